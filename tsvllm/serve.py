@@ -1,0 +1,258 @@
+"""Start and stop a TorchServe we own: config, readiness, clean stop, no orphans.
+
+Each :class:`TorchServe` runs in its own work directory with its own ``TMPDIR``:
+TorchServe keeps its pid file in the temp dir and ``key_file.json`` in its working
+directory, so two servers on one machine (tests, the quick start) never collide.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class ServeError(RuntimeError):
+    """TorchServe could not be started or did not become ready (message says why)."""
+
+
+@dataclass(frozen=True)
+class Ports:
+    inference: int = 8080
+    management: int = 8081
+    metrics: int = 8082
+    grpc_inference: int = 7070
+    grpc_management: int = 7071
+
+    @classmethod
+    def free(cls) -> Ports:
+        """Five currently free loopback ports."""
+        socks = []
+        try:
+            for _ in range(5):
+                s = socket.socket()
+                s.bind(("127.0.0.1", 0))
+                socks.append(s)
+            return cls(*(s.getsockname()[1] for s in socks))
+        finally:
+            for s in socks:
+                s.close()
+
+
+def ts_config_text(
+    *,
+    ports: Ports = Ports(),
+    model_store: str | Path | None = None,
+    token_auth: bool = True,
+    max_request_size: int = 1 << 20,
+    extra: Mapping[str, str] | None = None,
+) -> str:
+    """``config.properties`` with our defaults: loopback only, token auth on."""
+    props = {
+        "inference_address": f"http://127.0.0.1:{ports.inference}",
+        "management_address": f"http://127.0.0.1:{ports.management}",
+        "metrics_address": f"http://127.0.0.1:{ports.metrics}",
+        "grpc_inference_address": "127.0.0.1",
+        "grpc_inference_port": str(ports.grpc_inference),
+        "grpc_management_address": "127.0.0.1",
+        "grpc_management_port": str(ports.grpc_management),
+        "disable_token_authorization": "false" if token_auth else "true",
+        "enable_model_api": "false",
+        "install_py_dep_per_model": "false",
+        "max_request_size": str(max_request_size),
+        "max_response_size": str(max_request_size),
+        "metrics_mode": "prometheus",
+        "default_response_timeout": "300",
+    }
+    if model_store is not None:
+        props["model_store"] = str(model_store)
+    props.update(extra or {})
+    return "".join(f"{k}={v}\n" for k, v in props.items())
+
+
+class TorchServe:
+    """One TorchServe (Java frontend + Python workers) started and stopped by us."""
+
+    def __init__(
+        self,
+        *,
+        workdir: str | Path,
+        model_store: str | Path,
+        models: Sequence[str],
+        ports: Ports | None = None,
+        token_auth: bool = True,
+        env: Mapping[str, str] | None = None,
+    ):
+        self.workdir = Path(workdir).resolve()
+        self.model_store = Path(model_store).resolve()
+        self.models = list(models)
+        self.ports = ports or Ports.free()
+        self.token_auth = token_auth
+        self.env = dict(env or {})
+        self.process: subprocess.Popen | None = None
+        self.log_path = self.workdir / "torchserve.out"
+
+    # -- paths and environment -------------------------------------------------------
+
+    @property
+    def config_path(self) -> Path:
+        return self.workdir / "config.properties"
+
+    @property
+    def inference_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.inference}"
+
+    @property
+    def management_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.management}"
+
+    def _environ(self) -> dict[str, str]:
+        tmp = self.workdir / "tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **self.env, "TMPDIR": str(tmp)}
+        # the venv's bin first, so the frontend's workers use this interpreter's packages
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        env.setdefault("LOG_LOCATION", str(self.workdir / "logs"))
+        env.setdefault("METRICS_LOCATION", str(self.workdir / "logs"))
+        return env
+
+    def _torchserve(self) -> str:
+        exe = Path(sys.executable).parent / "torchserve"
+        return str(exe) if exe.exists() else (shutil.which("torchserve") or "torchserve")
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Write the config and start TorchServe in the foreground (as our child)."""
+        if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+            raise ServeError("Java not found: TorchServe needs a Java 11+ runtime (JDK 17 tested)")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(ts_config_text(ports=self.ports, token_auth=self.token_auth))
+        cmd = [
+            self._torchserve(), "--start", "--ncs", "--foreground",
+            "--model-store", str(self.model_store),
+            "--ts-config", str(self.config_path),
+        ]  # fmt: skip
+        if self.models:
+            cmd += ["--models", *self.models]
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            cmd,
+            cwd=self.workdir,
+            env=self._environ(),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+
+    def keys(self) -> dict[str, str]:
+        """Token-auth keys: ``{"inference": ..., "management": ..., "API": ...}``."""
+        path = self.workdir / "key_file.json"
+        if not path.exists():
+            return {}
+        data = json.loads(path.read_text())
+        return {kind: entry["key"] for kind, entry in data.items()}
+
+    def _get(self, url: str, *, key: str | None) -> tuple[int, str]:
+        req = urllib.request.Request(url)
+        if key:
+            req.add_header("Authorization", f"Bearer {key}")
+        try:
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode(errors="replace")
+
+    def model_status(self, model: str) -> list[str]:
+        """Worker statuses of ``model`` from the management API (``[]`` when unknown)."""
+        status, text = self._get(
+            f"{self.management_url}/models/{model}", key=self.keys().get("management")
+        )
+        if status != 200:
+            return []
+        return [w.get("status", "") for d in json.loads(text) for w in d.get("workers", [])]
+
+    def wait_ready(
+        self,
+        model: str,
+        *,
+        timeout: float = 600,
+        on_wait: Callable[[float], None] | None = None,
+    ) -> None:
+        """Block until a worker of ``model`` is READY; raise ServeError on death or timeout."""
+        deadline = time.monotonic() + timeout
+        start = time.monotonic()
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise ServeError(
+                    f"TorchServe exited with status {self.process.returncode}; "
+                    f"see {self.log_path} and {self.workdir / 'logs'}"
+                )
+            try:
+                if "READY" in self.model_status(model):
+                    return
+            except (OSError, ValueError):
+                pass  # frontend not listening yet
+            if on_wait:
+                on_wait(time.monotonic() - start)
+            time.sleep(1)
+        raise ServeError(
+            f"model {model!r} not ready after {timeout:.0f}s; see {self.workdir / 'logs'}"
+        )
+
+    def process_tree(self) -> list[int]:
+        """PIDs of the frontend and every descendant (workers, vLLM engine processes)."""
+        import psutil
+
+        if self.process is None:
+            return []
+        try:
+            root = psutil.Process(self.process.pid)
+            return [root.pid] + [p.pid for p in root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def stop(self, *, timeout: float = 60) -> None:
+        """``torchserve --stop``, wait; kill whatever of our tree is still alive after that."""
+        if self.process is None:
+            return
+        import psutil
+
+        tree = []
+        for pid in self.process_tree():
+            try:
+                tree.append(psutil.Process(pid))
+            except psutil.NoSuchProcess:
+                pass
+        subprocess.run(
+            [self._torchserve(), "--stop"],
+            cwd=self.workdir,
+            env=self._environ(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=timeout,
+            check=False,
+        )
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        _, alive = psutil.wait_procs(tree, timeout=15)
+        for proc in alive:
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+        self.process = None
