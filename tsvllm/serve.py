@@ -174,14 +174,19 @@ class TorchServe:
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode(errors="replace")
 
-    def model_status(self, model: str) -> list[str]:
-        """Worker statuses of ``model`` from the management API (``[]`` when unknown)."""
-        status, text = self._get(
-            f"{self.management_url}/models/{model}", key=self.keys().get("management")
-        )
-        if status != 200:
-            return []
-        return [w.get("status", "") for d in json.loads(text) for w in d.get("workers", [])]
+    def probe(self, model: str, *, version: str = "1.0") -> bool:
+        """True when ``model``'s handler answers ``GET v1/models`` through the frontend.
+
+        A real request, not the management API's worker status: after TorchServe restarts
+        an async worker, the management API reports it ``UNLOADING`` forever although it
+        serves (TorchServe 0.12).
+        """
+        url = f"{self.inference_url}/predictions/{model}/{version}/v1/models"
+        try:
+            status, _ = self._get(url, key=self.keys().get("inference"))
+        except (OSError, ValueError):
+            return False  # frontend not listening yet, or a slow answer
+        return status == 200
 
     def wait_ready(
         self,
@@ -190,20 +195,16 @@ class TorchServe:
         timeout: float = 600,
         on_wait: Callable[[float], None] | None = None,
     ) -> None:
-        """Block until a worker of ``model`` is READY; raise ServeError on death or timeout."""
-        deadline = time.monotonic() + timeout
+        """Block until ``model`` serves requests; raise ServeError on exit or timeout."""
         start = time.monotonic()
-        while time.monotonic() < deadline:
+        while time.monotonic() - start < timeout:
             if self.process is not None and self.process.poll() is not None:
                 raise ServeError(
                     f"TorchServe exited with status {self.process.returncode}; "
                     f"see {self.log_path} and {self.workdir / 'logs'}"
                 )
-            try:
-                if "READY" in self.model_status(model):
-                    return
-            except (OSError, ValueError):
-                pass  # frontend not listening yet
+            if self.probe(model):
+                return
             if on_wait:
                 on_wait(time.monotonic() - start)
             time.sleep(1)
@@ -223,6 +224,18 @@ class TorchServe:
         except psutil.NoSuchProcess:
             return []
 
+    def send_stop(self, *, timeout: float = 60) -> None:
+        """Run ``torchserve --stop`` for this server (what a user types), nothing more."""
+        subprocess.run(
+            [self._torchserve(), "--stop"],
+            cwd=self.workdir,
+            env=self._environ(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=timeout,
+            check=False,
+        )
+
     def stop(self, *, timeout: float = 60) -> None:
         """``torchserve --stop``, wait; kill whatever of our tree is still alive after that."""
         if self.process is None:
@@ -235,15 +248,7 @@ class TorchServe:
                 tree.append(psutil.Process(pid))
             except psutil.NoSuchProcess:
                 pass
-        subprocess.run(
-            [self._torchserve(), "--stop"],
-            cwd=self.workdir,
-            env=self._environ(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            timeout=timeout,
-            check=False,
-        )
+        self.send_stop(timeout=timeout)
         try:
             self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:

@@ -152,3 +152,51 @@ def _returning(value):
         return value
 
     return generate
+
+
+class _Starting:
+    """A handler whose engine start is controlled by the test (no TorchServe, no vLLM)."""
+
+    @staticmethod
+    def make(engine, *, fail: bool):
+        from tsvllm.handler import VLLMHandler
+
+        class Handler(VLLMHandler):
+            failures = 0
+
+            async def build_engine(self, *, model_dir):
+                await asyncio.sleep(0.05)
+                if fail:
+                    raise RuntimeError("no such model")
+                return engine
+
+            def on_engine_failure(self):
+                Handler.failures += 1
+
+        return Handler()
+
+
+def test_requests_during_engine_start_wait_for_it(engine):
+    handler = _Starting.make(engine, fail=False)
+
+    async def run():
+        handler._starting = asyncio.ensure_future(handler._start_engine(model_dir=None))
+        return await handler.handle([{"body": None}], make_context("v1/models"))
+
+    reply = asyncio.run(run())
+    assert json.loads(reply[0])["data"][0]["id"] == "tiny"
+
+
+def test_engine_start_failure_is_a_503_and_ends_the_worker(engine):
+    handler = _Starting.make(engine, fail=True)
+
+    async def run():
+        handler._starting = asyncio.ensure_future(handler._start_engine(model_dir=None))
+        ctx = make_context("v1/completions")
+        reply = await handler.handle([{"body": {"prompt": "x"}}], ctx)
+        return ctx, reply
+
+    ctx, reply = asyncio.run(run())
+    assert ctx.get_response_status(0)[0] == 503
+    assert error_of(reply[0])["type"] == "ServiceUnavailableError"
+    assert type(handler).failures == 1

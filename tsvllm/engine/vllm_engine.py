@@ -12,6 +12,7 @@ params, stop, logprobs, n, response_format, tools, ...) works unchanged.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import io
 import json
@@ -169,10 +170,11 @@ class VllmEngine:
         if not body.get("request_id"):
             request.request_id = request_id
 
-        task = _current_task()
-        self._running[request_id] = task
+        self._running[request_id] = asyncio.current_task()
         try:
             result = await create(request, None)
+        except Exception as exc:  # vLLM raises some request errors instead of returning them
+            raise _from_vllm_exception(exc) from exc
         finally:
             self._running.pop(request_id, None)
         if isinstance(result, ErrorResponse):
@@ -234,10 +236,17 @@ class VllmEngine:
         self._client.shutdown()
 
 
-def _current_task() -> Any:
-    import asyncio
+def _from_vllm_exception(exc: Exception) -> Exception:
+    """Classify an exception the way vLLM's own server does (status, type, param)."""
+    from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
 
-    return asyncio.current_task()
+    error = create_error_response(exc).error
+    if error.code >= 500:
+        logger.error("vLLM failed a request", exc_info=exc)
+        return error_for_status(
+            error.code, f"{error.type}: the engine failed this request; see the worker log"
+        )
+    return error_for_status(error.code, error.message, error_type=error.type, param=error.param)
 
 
 __all__ = [

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# README command 1: set up, then serve the real SmolLM2-135M-Instruct through TorchServe on
+# CPU (no hub) and ask it a question. Leaves TorchServe running; stop it with
+#   .venv/bin/torchserve --stop
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+. .venv/bin/activate
+
+tsvllm demo-model smollm2 --out models/smollm2
+tsvllm archive model_configs/smollm2-cpu.yaml --name vllm --export-path model_store --force
+
+if curl -s -o /dev/null http://127.0.0.1:8080/ping; then
+  echo "quickstart: something already listens on 127.0.0.1:8080 (torchserve --stop?)" >&2
+  exit 1
+fi
+rm -f key_file.json
+torchserve --start --ncs --model-store model_store --models vllm --ts-config docker/config.properties
+
+URL=http://127.0.0.1:8080/predictions/vllm/1.0/v1
+echo "quickstart: waiting for the model to load (about a minute on 2 cores)..."
+KEY=""
+for _ in $(seq 1 900); do
+  [ -z "$KEY" ] && [ -f key_file.json ] && \
+    KEY=$(python -c 'import json; print(json.load(open("key_file.json"))["inference"]["key"])')
+  if [ -n "$KEY" ] && curl -sf -m 5 -o /dev/null -H "Authorization: Bearer $KEY" "$URL/models"; then
+    break
+  fi
+  sleep 1
+done
+
+echo "quickstart: POST $URL/chat/completions"
+curl -sS "$URL/chat/completions" -H "Authorization: Bearer $KEY" \
+  -H "Content-Type: application/json" \
+  -d '{"model": "smollm2", "temperature": 0, "max_tokens": 40,
+       "messages": [{"role": "user", "content": "What is the capital of France?"}]}' \
+  | python -c 'import json, sys; r = json.load(sys.stdin); print(r["choices"][0]["message"]["content"] if "choices" in r else r)'
+cat <<MSG
+
+TorchServe is serving SmolLM2 at $URL (OpenAI API; auth key in ./key_file.json).
+  curl $URL/models -H "Authorization: Bearer $KEY"
+Stop it with:  .venv/bin/torchserve --stop
+MSG
