@@ -15,7 +15,9 @@ if curl -s -o /dev/null http://127.0.0.1:8080/ping; then
   exit 1
 fi
 rm -f key_file.json
-torchserve --start --ncs --model-store model_store --models vllm --ts-config docker/config.properties
+mkdir -p logs  # TorchServe's own logs go here too
+torchserve --start --ncs --model-store model_store --models vllm --ts-config docker/config.properties \
+  > logs/torchserve.out 2>&1
 
 URL=http://127.0.0.1:8080/predictions/vllm/1.0/v1
 echo "quickstart: waiting for the model to load (about a minute on 2 cores)..."
@@ -28,6 +30,10 @@ for _ in $(seq 1 900); do
   fi
   sleep 1
 done
+if [ -z "$KEY" ]; then
+  echo "quickstart: TorchServe did not come up; see logs/torchserve.out and logs/model_log.log" >&2
+  exit 1
+fi
 
 echo "quickstart: POST $URL/chat/completions"
 curl -sS "$URL/chat/completions" -H "Authorization: Bearer $KEY" \

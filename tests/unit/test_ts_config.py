@@ -1,0 +1,39 @@
+"""TorchServe settings we ship and generate keep the secure defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tsvllm.serve import Ports, ts_config_text
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def parse(text: str) -> dict[str, str]:
+    pairs = (ln.split("=", 1) for ln in text.splitlines() if ln.strip() and ln[0] != "#")
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
+@pytest.mark.parametrize(
+    "props",
+    [
+        parse((REPO / "docker" / "config.properties").read_text()),
+        parse(ts_config_text(ports=Ports.free())),
+    ],
+    ids=["docker/config.properties", "generated"],
+)
+def test_loopback_token_auth_no_model_api(props):
+    for key in ("inference_address", "management_address", "metrics_address"):
+        assert props[key].startswith("http://127.0.0.1:"), key
+    for key in ("grpc_inference_address", "grpc_management_address"):
+        assert props[key] == "127.0.0.1"
+    assert props["disable_token_authorization"] == "false"
+    assert props["enable_model_api"] == "false"
+    assert int(props["max_request_size"]) <= 1 << 20
+
+
+def test_docker_config_matches_the_generated_defaults():
+    shipped = parse((REPO / "docker" / "config.properties").read_text())
+    assert shipped == parse(ts_config_text())
