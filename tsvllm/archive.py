@@ -26,6 +26,8 @@ _FORMATS: dict[str, tuple[str, str]] = {
     "tgz": ("tgz", "{name}.tar.gz"),
 }
 DEFAULT_HANDLER = Path(__file__).resolve().parent.parent / "handlers" / "vllm_handler.py"
+#: folder name of the RAG index inside an artifact
+RAG_INDEX_NAME = "rag_index"
 
 
 class ArchiveError(Exception):
@@ -77,14 +79,21 @@ def build_archive(
         if not extra.exists():
             raise ArchiveError(f"extra file {extra} does not exist")
 
+    index_dir = _index_dir(cfg)
+
     with tempfile.TemporaryDirectory(prefix="tsvllm-archive-") as tmp:
-        staged = _stage_config(cfg, model_dir=model_dir, include_weights=include_weights)
+        staged = _stage_config(
+            cfg, model_dir=model_dir, include_weights=include_weights, index_dir=index_dir
+        )
         staged_path = Path(tmp) / "model-config.yaml"
         dump_model_config(staged, staged_path)
+        # the archiver copies a folder's *contents*: wrap each packed folder once more
+        pack = Path(tmp) / "pack"
         if include_weights:
-            # the archiver copies a folder's *contents*: wrap the model folder once more
-            pack = Path(tmp) / "weights"
             shutil.copytree(model_dir, pack / model_dir.name)
+        if index_dir is not None:
+            shutil.copytree(index_dir, pack / RAG_INDEX_NAME)
+        if pack.exists():
             extras.append(pack)
         export.mkdir(parents=True, exist_ok=True)
         if force and target.exists():
@@ -107,8 +116,27 @@ def build_archive(
     return target
 
 
-def _stage_config(cfg: ModelConfig, *, model_dir: Path, include_weights: bool) -> ModelConfig:
-    """The config as packed: model_path absolute, or the packed folder's name."""
-    model_path = model_dir.name if include_weights else str(model_dir)
-    handler = cfg.handler.model_copy(update={"model_path": model_path})
+def _index_dir(cfg: ModelConfig) -> Path | None:
+    """The RAG index folder the config names (it is always packed: it is small)."""
+    if cfg.handler.rag is None:
+        return None
+    index = Path(cfg.handler.rag.index).expanduser()
+    if not index.is_absolute():
+        index = Path.cwd() / index
+    if not (index / "manifest.json").is_file():
+        raise ArchiveError(
+            f"no RAG index at {index} (no manifest.json); build one with "
+            "`tsvllm index CORPUS_DIR --out INDEX_DIR` or fix handler.rag.index"
+        )
+    return index
+
+
+def _stage_config(
+    cfg: ModelConfig, *, model_dir: Path, include_weights: bool, index_dir: Path | None
+) -> ModelConfig:
+    """The config as packed: paths absolute, or relative to the archive for packed folders."""
+    update: dict = {"model_path": model_dir.name if include_weights else str(model_dir)}
+    if index_dir is not None:
+        update["rag"] = cfg.handler.rag.model_copy(update={"index": RAG_INDEX_NAME})
+    handler = cfg.handler.model_copy(update=update)
     return cfg.model_copy(update={"handler": handler})

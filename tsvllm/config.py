@@ -131,6 +131,119 @@ def _parallel_dim(cfg: Mapping[str, Any], key: str) -> int:
     return value
 
 
+Stage = Literal["input", "context", "output"]
+
+
+class RagConfig(BaseModel):
+    """``handler.rag``: retrieval-augmented generation before the engine (rag_guard_handler)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    index: str = Field(
+        description=(
+            "Index folder built by `tsvllm index`: absolute, or relative to the archive's "
+            "model_dir (pack it with `tsvllm archive --extra-files`)."
+        )
+    )
+    k: int = Field(4, ge=1, le=50, description="Chunks retrieved per request.")
+    min_score: float = Field(
+        0.3, ge=-1.0, le=1.0, description="Cosine score floor; weaker chunks are dropped."
+    )
+    hybrid: bool = Field(
+        False, description="Fuse BM25 with the dense ranking (needs an index built with BM25)."
+    )
+    context_header: str = Field(
+        "Use the following context to answer. Cite the sources you use as [1], [2], ...",
+        description="Text placed before the retrieved chunks in the context block.",
+    )
+    citations: bool = Field(
+        True, description="Return the chunks used (id, source, score) in the response."
+    )
+
+
+class RuleGuardConfig(BaseModel):
+    """One built-in rule guard."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["redact", "block"] = Field(
+        "block", description="What a match does: redact it, or refuse / end the output."
+    )
+    stages: list[Stage] = Field(
+        default_factory=lambda: ["input", "context", "output"],
+        description="Where the guard runs: input (user), context (retrieved), output (model).",
+    )
+
+
+class DenyListConfig(RuleGuardConfig):
+    """The deny list: words or phrases, matched after Unicode normalisation."""
+
+    terms: list[str] = Field(min_length=1, description="Words or phrases to refuse.")
+
+
+class JudgeConfig(BaseModel):
+    """An LLM judge with the Llama Guard 3 prompt format and S1–S14 categories."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str | None = Field(
+        None,
+        description=(
+            "OpenAI-compatible base URL of the judge model (…/v1). Unset: the served engine."
+        ),
+    )
+    model: str | None = Field(
+        None, description="Model name to ask. Unset: the first served_model_name."
+    )
+    api_key_env: str | None = Field(
+        None, description="Name of the environment variable holding the judge's API key."
+    )
+    stages: list[Literal["input", "output"]] = Field(
+        default_factory=lambda: ["input", "output"], description="Where the judge runs."
+    )
+    categories: list[str] | None = Field(
+        None, description="Llama Guard codes to enforce, e.g. [S1, S10]. Unset: S1–S14."
+    )
+    timeout: float = Field(10.0, gt=0, description="Seconds before the judge counts as failed.")
+    fail_closed: bool = Field(True, description="A judge error or timeout blocks (true).")
+
+
+class GuardsConfig(BaseModel):
+    """``handler.guards``: the guard chain run on input, retrieved context and output."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pii: RuleGuardConfig | None = Field(
+        None, description="Emails, phones, Luhn-checked cards, SSNs, IPs."
+    )
+    secrets: RuleGuardConfig | None = Field(None, description="API keys, JWTs, private keys.")
+    deny: DenyListConfig | None = Field(None, description="Words or phrases to refuse.")
+    injection: RuleGuardConfig | None = Field(
+        None, description="Prompt-injection heuristics (use on input and context)."
+    )
+    judge: JudgeConfig | None = Field(None, description="LLM judge (Llama Guard 3 format).")
+    fail_closed: bool = Field(True, description="A guard that errors blocks (true).")
+    stream_window: int = Field(
+        256, ge=16, description="Characters re-checked around each new stream chunk."
+    )
+    stream_hold: int = Field(
+        64, ge=0, description="Characters held back from the client until checked."
+    )
+    refusal: str = Field(
+        "I can't help with that.",
+        description="Text that replaces a blocked non-streaming answer.",
+    )
+
+    @model_validator(mode="after")
+    def _window_holds(self) -> GuardsConfig:
+        if self.stream_hold >= self.stream_window:
+            raise ValueError(
+                f"stream_hold {self.stream_hold} must be smaller than stream_window "
+                f"{self.stream_window}; raise stream_window or lower stream_hold"
+            )
+        return self
+
+
 class HandlerConfig(BaseModel):
     """``handler:``: everything VLLMHandler reads; TorchServe ignores this section."""
 
@@ -179,6 +292,12 @@ class HandlerConfig(BaseModel):
         1_048_576,
         gt=0,
         description="Largest accepted request body in bytes; larger bodies get HTTP 413.",
+    )
+    rag: RagConfig | None = Field(
+        None, description="Retrieval-augmented generation (needs handlers/rag_guard_handler.py)."
+    )
+    guards: GuardsConfig | None = Field(
+        None, description="Guards on input, context and output (needs rag_guard_handler.py)."
     )
 
     @field_validator("model_path")

@@ -37,6 +37,14 @@ class BadRequest(TsVllmError):
     error_type = "BadRequestError"
 
 
+class ContentFiltered(BadRequest):
+    """A guard refused the request (400, code ``content_filter``, with the categories)."""
+
+    def __init__(self, message: str, *, categories: tuple[str, ...] | list[str] = ()):
+        super().__init__(message, code="content_filter")
+        self.categories = list(categories)
+
+
 class NotFound(TsVllmError):
     """Unknown route or unknown model (404)."""
 
@@ -91,13 +99,16 @@ def to_error_body(exc: BaseException) -> tuple[int, dict[str, Any]]:
     exception's class name only (internal details stay in the worker log).
     """
     if isinstance(exc, TsVllmError):
-        return int(exc.status), error_body(
+        body = error_body(
             exc.message,
             status=int(exc.status),
             error_type=exc.error_type,
             param=exc.param,
             code=exc.code,
         )
+        if isinstance(exc, ContentFiltered):
+            body["error"]["categories"] = exc.categories
+        return int(exc.status), body
     status = int(HTTPStatus.INTERNAL_SERVER_ERROR)
     return status, error_body(
         f"internal error ({type(exc).__name__}); see the worker log",

@@ -20,12 +20,14 @@ import asyncio
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 from tsvllm import torchserve
-from tsvllm.engine.base import Api, Engine
+from tsvllm.engine.base import Api, Engine, StreamEvent
 from tsvllm.errors import BadRequest, EngineUnavailable, NotFound, PayloadTooLarge, to_error_body
+from tsvllm.hooks import EndStream, Hooks, RequestContext, final_chunk, overrides
 
 logger = logging.getLogger(__name__)
 
@@ -40,11 +42,12 @@ ROUTES: dict[str, Api | None] = {
 }
 
 
-class VLLMHandler:
+class VLLMHandler(Hooks):
     """TorchServe async handler (``asyncCommunication: true``) around a vLLM engine.
 
     Configure it in ``model-config.yaml`` (see :mod:`tsvllm.config`). To customise,
-    subclass it in a handler file; override :meth:`build_engine` to use another engine.
+    subclass it in a handler file and override the hooks (:mod:`tsvllm.hooks` documents
+    their call order) or :meth:`build_engine` to use another engine.
 
     The engine starts in the background: ``initialize`` returns at once and requests that
     arrive before the engine is up wait for it. (TorchServe 0.12 kills an async worker that
@@ -52,6 +55,9 @@ class VLLMHandler:
     ``initialize`` could never recover under traffic.) If the engine cannot start, the
     worker exits and TorchServe restarts it.
     """
+
+    #: optional ``handler:`` sections this class runs (subclasses add "rag", "guards")
+    features: frozenset[str] = frozenset()
 
     def __init__(self) -> None:
         self.engine: Engine | None = None
@@ -64,13 +70,22 @@ class VLLMHandler:
 
     def initialize(self, context: Any) -> None:
         """Called once by TorchServe, synchronously, in the worker's main thread."""
-        from tsvllm.config import validate_model_config
+        from tsvllm.config import ConfigError, validate_model_config
 
         model_dir = Path(context.system_properties.get("model_dir") or ".")
         self.config = validate_model_config(
             context.model_yaml_config or {}, source=str(model_dir / "model-config.yaml")
         )
         handler_cfg = self.config.handler
+        for section in ("rag", "guards"):
+            if getattr(handler_cfg, section) is not None and section not in self.features:
+                raise ConfigError(
+                    str(model_dir / "model-config.yaml"),
+                    [
+                        f"handler.{section}: {type(self).__name__} does not run {section}; "
+                        "archive with --handler handlers/rag_guard_handler.py"
+                    ],
+                )
         self.max_body_bytes = handler_cfg.max_body_bytes
         os.environ.update(handler_cfg.env)
         torchserve.install_socket_lock()
@@ -137,14 +152,17 @@ class VLLMHandler:
 
     async def handle(self, data: list[dict[str, Any]], context: Any) -> list[Any]:
         """Serve one request; always returns ``[reply]`` (errors included)."""
+        stats: dict[str, Any] = {"start": time.perf_counter()}
         try:
-            return [await self._serve(data[0], context)]
+            return [await self._serve(data[0], context, stats)]
         except asyncio.CancelledError:
             return [self._error_reply(context, TimeoutError("request cancelled"))]
         except Exception as exc:  # a request's own failure: reply, never raise
             return [self._error_reply(context, exc)]
+        finally:
+            self._emit_metrics(context, stats)
 
-    async def _serve(self, request: dict[str, Any], context: Any) -> bytes:
+    async def _serve(self, request: dict[str, Any], context: Any, stats: dict[str, Any]) -> bytes:
         route = (torchserve.request_header(context, "url_path") or "").split("?")[0].strip("/")
         if route not in ROUTES:
             raise NotFound(
@@ -156,23 +174,53 @@ class VLLMHandler:
             return self._json_reply(context, await (await self.ready_engine()).models())
 
         body = self._decode_body(request)
-        request_id = torchserve.request_id(context)
+        ctx = RequestContext(
+            request_id=torchserve.request_id(context),
+            route=route,
+            api=api,
+            headers=torchserve.request_headers(context),
+            stream=bool(body.get("stream")),
+        )
+        stats["ctx"] = ctx
         engine = await self.ready_engine()
-        result = await engine.generate(api, body, request_id=request_id)
+        body = await self.on_request(body, ctx)
+        result = await engine.generate(api, body, request_id=ctx.request_id)
         if isinstance(result, dict):
-            return self._json_reply(context, result)
+            stats["usage"] = result.get("usage")
+            return self._json_reply(context, await self.on_response(result, ctx))
+        return await self._stream(result, ctx, context, stats)
 
+    async def _stream(
+        self, events: Any, ctx: RequestContext, context: Any, stats: dict[str, Any]
+    ) -> bytes:
+        """Send each event as it comes; the returned bytes close the response."""
         torchserve.set_reply(context, status=200, content_type=SSE)
+        hooked = overrides(self, "on_chunk")
+        tail: list[StreamEvent] = []
+        last: StreamEvent | None = None
         try:
-            async for event in result:
-                torchserve.send_chunk(context, event.encode().encode())
+            async for event in events:
+                if last is None:
+                    stats["ttft_ms"] = (time.perf_counter() - stats["start"]) * 1000
+                last = event
+                if not hooked:
+                    torchserve.send_chunk(context, event.encode().encode())
+                    continue
+                ctx.last_chunk = event.payload
+                for out in await self.on_chunk(event, ctx):
+                    torchserve.send_chunk(context, out.encode().encode())
+            if last is not None and '"usage"' in last.data:  # include_usage was asked
+                stats["usage"] = last.payload.get("usage")
+            tail = list(await self.on_stream_end(ctx))
+        except EndStream as end:  # closing `events` below aborts the engine request
+            tail = [final_chunk(ctx, finish_reason=end.finish_reason)]
         except Exception as exc:  # mid-stream: the status is already 200
-            logger.exception("stream %s failed", request_id)
+            logger.exception("stream %s failed", ctx.request_id)
             _, err = to_error_body(exc)
-            return b"data: " + json.dumps(err).encode() + b"\n\n" + DONE
+            tail = [StreamEvent.from_payload(err)]
         finally:
-            await result.aclose()
-        return DONE
+            await events.aclose()
+        return b"".join(e.encode().encode() for e in tail) + DONE
 
     def _decode_body(self, request: dict[str, Any]) -> dict[str, Any]:
         body = request.get("body")
@@ -198,6 +246,29 @@ class VLLMHandler:
     def _json_reply(self, context: Any, body: dict[str, Any], *, status: int = 200) -> bytes:
         torchserve.set_reply(context, status=status, content_type=JSON)
         return json.dumps(body, separators=(",", ":")).encode()
+
+    def _emit_metrics(self, context: Any, stats: dict[str, Any]) -> None:
+        """Token counts, time to first token, retrieval time and guard decisions."""
+        try:
+            counters, times = [], []
+            usage = stats.get("usage") or {}
+            for key, name in (("prompt_tokens", "PromptTokens"), ("completion_tokens",
+                              "CompletionTokens")):  # fmt: skip
+                if usage.get(key) is not None:
+                    counters.append((name, usage[key], {}))
+            if "ttft_ms" in stats:
+                times.append(("TimeToFirstToken", stats["ttft_ms"], {}))
+            ctx = stats.get("ctx")
+            meta = ctx.metadata if ctx is not None else {}
+            if "retrieval_ms" in meta:
+                times.append(("RetrievalLatency", meta["retrieval_ms"], {}))
+            for guard, action, categories in meta.get("guard_decisions", ()):
+                for category in categories or ("none",):
+                    dims = {"Guard": guard, "Action": action, "Category": category}
+                    counters.append(("GuardDecisions", 1, dims))
+            torchserve.emit_metrics(context, counters=counters, times_ms=times)
+        except Exception:  # metrics must never fail a request
+            logger.exception("emitting metrics failed")
 
     def _error_reply(self, context: Any, exc: BaseException) -> bytes:
         status, body = to_error_body(exc)

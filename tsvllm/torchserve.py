@@ -62,6 +62,12 @@ def request_header(context: Any, name: str) -> str | None:
     return context.get_request_header(0, name)
 
 
+def request_headers(context: Any) -> dict[str, str]:
+    """The request's HTTP headers (TorchServe also passes its own, e.g. ``url_path``)."""
+    headers = context.get_all_request_header(0) or {}
+    return {k: v for k, v in headers.items() if isinstance(v, str)}
+
+
 def set_reply(context: Any, *, status: int, content_type: str) -> None:
     """Status and content type of the (single) request, sent with message code 200."""
     context.set_response_status(status, HTTPStatus(status).phrase, 0)
@@ -79,3 +85,21 @@ def send_chunk(context: Any, chunk: bytes) -> None:
         return
     with _SOCKET_LOCK:
         context.cl_socket.sendall(message)
+
+
+def emit_metrics(
+    context: Any,
+    *,
+    counters: list[tuple[str, float, dict[str, str]]] = (),
+    times_ms: list[tuple[str, float, dict[str, str]]] = (),
+) -> None:
+    """Emit model metrics through TorchServe (Prometheus with model_metrics_auto_detect)."""
+    metrics = getattr(context, "metrics", None)
+    if metrics is None:
+        return
+    from ts.metrics.dimension import Dimension
+
+    for name, value, dims in counters:
+        metrics.add_counter(name, value, 0, [Dimension(k, v) for k, v in dims.items()])
+    for name, value, dims in times_ms:
+        metrics.add_time(name, value, 0, "ms", [Dimension(k, v) for k, v in dims.items()])
