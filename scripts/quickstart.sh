@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # README command 1: set up, then serve the real SmolLM2-135M-Instruct through TorchServe on
-# CPU (no hub) and ask it a question. Leaves TorchServe running; stop it with
+# CPU (no hub) with RAG over examples/corpus and guards on, and ask it four questions.
+# Leaves TorchServe running; stop it with
 #   .venv/bin/torchserve --stop
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,7 +9,9 @@ scripts/setup.sh
 . .venv/bin/activate
 
 tsvllm demo-model smollm2 --out models/smollm2
-tsvllm archive model_configs/smollm2-cpu.yaml --name vllm --export-path model_store --force
+tsvllm index examples/corpus --out models/rag_index --force
+tsvllm archive model_configs/smollm2-rag-cpu.yaml --name vllm --export-path model_store \
+  --handler handlers/rag_guard_handler.py --force
 
 if curl -s -o /dev/null http://127.0.0.1:8080/ping; then
   echo "quickstart: something already listens on 127.0.0.1:8080 (torchserve --stop?)" >&2
@@ -35,15 +38,11 @@ if [ -z "$KEY" ]; then
   exit 1
 fi
 
-echo "quickstart: POST $URL/chat/completions"
-curl -sS "$URL/chat/completions" -H "Authorization: Bearer $KEY" \
-  -H "Content-Type: application/json" \
-  -d '{"model": "smollm2", "temperature": 0, "max_tokens": 40,
-       "messages": [{"role": "user", "content": "What is the capital of France?"}]}' \
-  | python -c 'import json, sys; r = json.load(sys.stdin); print(r["choices"][0]["message"]["content"] if "choices" in r else r)'
+python scripts/demo_requests.py --url "$URL" --key "$KEY"
 cat <<MSG
 
-TorchServe is serving SmolLM2 at $URL (OpenAI API; auth key in ./key_file.json).
+TorchServe is serving SmolLM2 with RAG and guards at $URL
+(OpenAI API; the auth key is in ./key_file.json).
   curl $URL/models -H "Authorization: Bearer $KEY"
 Stop it with:  .venv/bin/torchserve --stop
 MSG

@@ -4,11 +4,14 @@ Subcommands:
   demo-model {tiny,smollm2} --out DIR   build a model folder with no hub
   archive CONFIG --name N ...           build a no-archive / mar / tgz artifact
   validate CONFIG...                    check model configs (ours and vLLM's engine args)
+  index CORPUS_DIR --out INDEX_DIR      build a RAG index (all-MiniLM-L6-v2, exact cosine)
+  bench hooks [--json PATH]             time retrieval, query embedding and rule guards
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -41,6 +44,27 @@ def _cmd_archive(args: argparse.Namespace) -> int:
     )
     print(path)
     return 0
+
+
+def _cmd_index(args: argparse.Namespace) -> int:
+    from tsvllm.rag import build_index
+
+    stats = build_index(
+        args.corpus,
+        args.out,
+        chunk_chars=args.chunk_chars,
+        overlap=args.overlap,
+        bm25=args.bm25,
+        force=args.force,
+    )
+    print(json.dumps(stats, indent=2, default=str))
+    return 0
+
+
+def _cmd_bench_hooks(args: argparse.Namespace) -> int:
+    from tsvllm.bench import hooks
+
+    return hooks.main(chunks=args.chunks, repeat=args.repeat, json_path=args.json)
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -103,6 +127,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--force", action="store_true", help="overwrite an existing artifact")
     p.set_defaults(func=_cmd_archive)
+
+    p = sub.add_parser("index", help="build a RAG index from text/markdown files")
+    p.add_argument("corpus", help="folder of .txt/.md files (searched recursively)")
+    p.add_argument("--out", required=True, help="index folder to write")
+    p.add_argument("--chunk-chars", type=int, default=800)
+    p.add_argument("--overlap", type=int, default=100)
+    p.add_argument("--no-bm25", dest="bm25", action="store_false", help="dense index only")
+    p.add_argument("--force", action="store_true", help="overwrite an existing index")
+    p.set_defaults(func=_cmd_index)
+
+    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
+    p = bench.add_parser("hooks", help="retrieval, query embedding and rule guards vs targets")
+    p.add_argument("--chunks", type=int, default=100_000, help="index size for retrieval")
+    p.add_argument("--repeat", type=int, default=200)
+    p.add_argument("--json", help="write the report here")
+    p.set_defaults(func=_cmd_bench_hooks)
 
     p = sub.add_parser("validate", help="check model configs")
     p.add_argument("configs", nargs="+", help="model-config.yaml files")

@@ -147,7 +147,7 @@ class RagConfig(BaseModel):
     )
     k: int = Field(4, ge=1, le=50, description="Chunks retrieved per request.")
     min_score: float = Field(
-        0.3, ge=-1.0, le=1.0, description="Cosine score floor; weaker chunks are dropped."
+        0.25, ge=-1.0, le=1.0, description="Cosine score floor; weaker chunks are dropped."
     )
     hybrid: bool = Field(
         False, description="Fuse BM25 with the dense ranking (needs an index built with BM25)."

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -54,6 +55,7 @@ def ts_config_text(
     model_store: str | Path | None = None,
     token_auth: bool = True,
     max_request_size: int = 1 << 20,
+    initial_worker_port: int | None = None,
     extra: Mapping[str, str] | None = None,
 ) -> str:
     """``config.properties`` with our defaults: loopback only, token auth on."""
@@ -71,10 +73,14 @@ def ts_config_text(
         "max_request_size": str(max_request_size),
         "max_response_size": str(max_request_size),
         "metrics_mode": "prometheus",
+        "model_metrics_auto_detect": "true",
         "default_response_timeout": "300",
     }
     if model_store is not None:
         props["model_store"] = str(model_store)
+    if initial_worker_port is not None:
+        # workers talk to the frontend over /tmp/.ts.sock.<port>: distinct per server
+        props["initial_worker_port"] = str(initial_worker_port)
     props.update(extra or {})
     return "".join(f"{k}={v}\n" for k, v in props.items())
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tsvllm.archive import build_archive
-from tsvllm.config import dump_model_config, load_model_config
+from tsvllm.config import dump_model_config, load_model_config, validate_model_config
 from tsvllm.demo_models import build_smollm2, build_tiny
 from tsvllm.serve import TorchServe
 
@@ -40,16 +40,21 @@ def archive(
     store: Path,
     name: str,
     fmt: str = "no-archive",
-    aliases: list[str] | None = None,
+    handler: str | None = None,
+    **handler_cfg,
 ) -> Path:
-    """Archive a shipped config pointed at ``model`` into ``store`` as ``name``."""
+    """Archive a shipped config pointed at ``model`` into ``store`` as ``name``.
+
+    ``handler_cfg`` replaces keys of the config's ``handler:`` section (plain data).
+    """
     cfg = load_model_config(REPO / "model_configs" / config)
-    handler = {"model_path": str(model)}
-    if aliases:
-        handler["served_model_name"] = aliases
-    cfg = cfg.model_copy(update={"handler": cfg.handler.model_copy(update=handler)})
-    path = dump_model_config(cfg, store.parent / f"{name}-config.yaml")
-    return build_archive(path, name=name, fmt=fmt, export_path=store, force=True)
+    data = cfg.model_dump(mode="json", exclude_none=True, by_alias=True)
+    data["handler"].update(model_path=str(model), **handler_cfg)
+    path = dump_model_config(validate_model_config(data), store.parent / f"{name}-config.yaml")
+    handler_file = REPO / "handlers" / handler if handler else None
+    return build_archive(
+        path, name=name, fmt=fmt, export_path=store, handler=handler_file, force=True
+    )
 
 
 def started(ts: TorchServe, models: list[str]) -> TorchServe:
@@ -60,15 +65,41 @@ def started(ts: TorchServe, models: list[str]) -> TorchServe:
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory, tiny_model, smollm2_model) -> Iterator[TorchServe]:
+def rag_index(tmp_path_factory) -> Path:
+    from tsvllm.rag import build_index
+
+    out = tmp_path_factory.mktemp("rag") / "index"
+    build_index(REPO / "examples" / "corpus", out, progress=False)
+    return out
+
+
+#: guards of the "rag" model in tests: the shipped ones, plus "Paris" denied in outputs,
+#: so that a greedy answer about France trips a guard mid-stream
+RAG_GUARDS = {
+    "pii": {"mode": "redact", "stages": ["input", "output"]},
+    "secrets": {"mode": "block", "stages": ["input", "context", "output"]},
+    "injection": {"mode": "block", "stages": ["input", "context"]},
+    "deny": {"terms": ["Paris"], "mode": "block", "stages": ["output"]},
+}
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory, tiny_model, smollm2_model, rag_index) -> Iterator[TorchServe]:
+    """tiny (aliased), smollm2 (plain), rag (smollm2 + RAG + guards), team (example hooks)."""
     root = tmp_path_factory.mktemp("session-server")
     store = root / "model_store"
     archive("tiny-cpu.yaml", model=tiny_model, store=store, name="tiny",
-            aliases=["tiny", "tiny-alias"])  # fmt: skip
+            served_model_name=["tiny", "tiny-alias"])  # fmt: skip
     archive("smollm2-cpu.yaml", model=smollm2_model, store=store, name="smollm2")
-    ts = TorchServe(workdir=root / "ts", model_store=store, models=["tiny", "smollm2"])
+    archive("smollm2-rag-cpu.yaml", model=smollm2_model, store=store, name="rag",
+            handler="rag_guard_handler.py", guards=RAG_GUARDS,
+            rag={"index": str(rag_index), "k": 3, "min_score": 0.25})  # fmt: skip
+    archive("tiny-cpu.yaml", model=tiny_model, store=store, name="team",
+            handler="example_hooks_handler.py")  # fmt: skip
+    models = ["tiny", "smollm2", "rag", "team"]
+    ts = TorchServe(workdir=root / "ts", model_store=store, models=models)
     try:
-        yield started(ts, ["tiny", "smollm2"])
+        yield started(ts, models)
     finally:
         ts.stop()
 
@@ -84,13 +115,20 @@ def key(server) -> str:
 
 @pytest.fixture(scope="session")
 def tiny(server, key):
+    return client(server, key, "tiny")
+
+
+def client(server, key, model: str):
     from openai import OpenAI
 
-    return OpenAI(base_url=base_url(server, "tiny"), api_key=key, max_retries=0, timeout=120)
+    return OpenAI(base_url=base_url(server, model), api_key=key, max_retries=0, timeout=120)
 
 
 @pytest.fixture(scope="session")
 def smollm2(server, key):
-    from openai import OpenAI
+    return client(server, key, "smollm2")
 
-    return OpenAI(base_url=base_url(server, "smollm2"), api_key=key, max_retries=0, timeout=120)
+
+@pytest.fixture(scope="session")
+def rag(server, key):
+    return client(server, key, "rag")

