@@ -142,7 +142,13 @@ class TorchServe:
         if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
             raise ServeError("Java not found: TorchServe needs a Java 11+ runtime (JDK 17 tested)")
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(ts_config_text(ports=self.ports, token_auth=self.token_auth))
+        self.config_path.write_text(
+            ts_config_text(
+                ports=self.ports,
+                token_auth=self.token_auth,
+                initial_worker_port=random.randrange(10_000, 60_000, 100),
+            )
+        )
         cmd = [
             self._torchserve(), "--start", "--ncs", "--foreground",
             "--model-store", str(self.model_store),

@@ -85,7 +85,8 @@ RAG_GUARDS = {
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory, tiny_model, smollm2_model, rag_index) -> Iterator[TorchServe]:
-    """tiny (aliased), smollm2 (plain), rag (smollm2 + RAG + guards), team (example hooks)."""
+    """tiny (aliased), smollm2 (plain), rag (smollm2 + RAG + guards), team (example hooks),
+    judged (tiny + LLM judge on the same engine)."""
     root = tmp_path_factory.mktemp("session-server")
     store = root / "model_store"
     archive("tiny-cpu.yaml", model=tiny_model, store=store, name="tiny",
@@ -96,7 +97,12 @@ def server(tmp_path_factory, tiny_model, smollm2_model, rag_index) -> Iterator[T
             rag={"index": str(rag_index), "k": 3, "min_score": 0.25})  # fmt: skip
     archive("tiny-cpu.yaml", model=tiny_model, store=store, name="team",
             handler="example_hooks_handler.py")  # fmt: skip
-    models = ["tiny", "smollm2", "rag", "team"]
+    # the Llama Guard judge on its own served engine: the tiny model answers noise, which
+    # the judge cannot parse, so every request must fail closed (400 guard.error)
+    archive("tiny-cpu.yaml", model=tiny_model, store=store, name="judged",
+            handler="rag_guard_handler.py",
+            guards={"judge": {"stages": ["input"], "timeout": 60}})  # fmt: skip
+    models = ["tiny", "smollm2", "rag", "team", "judged"]
     ts = TorchServe(workdir=root / "ts", model_store=store, models=models)
     try:
         yield started(ts, models)

@@ -135,3 +135,21 @@ def test_guard_retrieval_and_token_metrics_reach_prometheus(server, rag):
     assert present("RetrievalLatency", 'ModelName="rag"')
     assert present("CompletionTokens", 'ModelName="rag"')
     assert present("TimeToFirstToken", 'ModelName="rag"')
+
+
+def test_llm_judge_runs_on_the_served_engine_and_fails_closed(server, key):
+    """The judge's Llama Guard prompt goes to the served (tiny) engine; its noise reply
+    cannot be parsed, so the request is refused rather than let through."""
+    url = f"{base_url(server, 'judged')}/chat/completions"
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 4}
+    resp = httpx.post(url, json=body, headers={"Authorization": f"Bearer {key}"}, timeout=120)
+    assert resp.status_code == 400, resp.text
+    err = resp.json()["error"]
+    assert (err["code"], err["categories"]) == ("content_filter", ["guard.error"])
+    metrics = httpx.get(f"http://127.0.0.1:{server.ports.metrics}/metrics", timeout=30).text
+    assert any(
+        ln.startswith("GuardDecisions")
+        and 'Guard="llamaguard"' in ln
+        and 'ModelName="judged"' in ln
+        for ln in metrics.splitlines()
+    )
