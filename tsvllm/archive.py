@@ -9,6 +9,7 @@ the archive's ``model_dir``.
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -26,6 +27,8 @@ _FORMATS: dict[str, tuple[str, str]] = {
     "tgz": ("tgz", "{name}.tar.gz"),
 }
 DEFAULT_HANDLER = Path(__file__).resolve().parent.parent / "handlers" / "vllm_handler.py"
+#: a Hugging Face hub id (org/name): vLLM downloads it when the engine starts
+HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 #: folder name of the RAG index inside an artifact
 RAG_INDEX_NAME = "rag_index"
 
@@ -69,7 +72,12 @@ def build_archive(
     model_dir = Path(cfg.handler.model_path).expanduser()
     if not model_dir.is_absolute():
         model_dir = Path.cwd() / model_dir
-    if not (model_dir / "config.json").is_file():
+    hub_id = not model_dir.exists() and HF_ID.match(cfg.handler.model_path) is not None
+    if hub_id and include_weights:
+        raise ArchiveError(
+            f"--include-weights needs a local model folder, not the hub id {cfg.handler.model_path}"
+        )
+    if not hub_id and not (model_dir / "config.json").is_file():
         raise ArchiveError(
             f"no model at {model_dir} (no config.json); build one with "
             "`tsvllm demo-model tiny|smollm2 --out DIR` or fix handler.model_path"
@@ -83,7 +91,10 @@ def build_archive(
 
     with tempfile.TemporaryDirectory(prefix="tsvllm-archive-") as tmp:
         staged = _stage_config(
-            cfg, model_dir=model_dir, include_weights=include_weights, index_dir=index_dir
+            cfg,
+            model_path=cfg.handler.model_path if hub_id else str(model_dir),
+            include_weights=include_weights,
+            index_dir=index_dir,
         )
         staged_path = Path(tmp) / "model-config.yaml"
         dump_model_config(staged, staged_path)
@@ -132,10 +143,10 @@ def _index_dir(cfg: ModelConfig) -> Path | None:
 
 
 def _stage_config(
-    cfg: ModelConfig, *, model_dir: Path, include_weights: bool, index_dir: Path | None
+    cfg: ModelConfig, *, model_path: str, include_weights: bool, index_dir: Path | None
 ) -> ModelConfig:
     """The config as packed: paths absolute, or relative to the archive for packed folders."""
-    update: dict = {"model_path": model_dir.name if include_weights else str(model_dir)}
+    update: dict = {"model_path": Path(model_path).name if include_weights else model_path}
     if index_dir is not None:
         update["rag"] = cfg.handler.rag.model_copy(update={"index": RAG_INDEX_NAME})
     handler = cfg.handler.model_copy(update=update)

@@ -6,6 +6,8 @@ Subcommands:
   validate CONFIG...                    check model configs (ours and vLLM's engine args)
   index CORPUS_DIR --out INDEX_DIR      build a RAG index (all-MiniLM-L6-v2, exact cosine)
   bench hooks [--json PATH]             time retrieval, query embedding and rule guards
+  launch --model_id DIR_OR_ID ...       quick start (ts.llm_launcher's flags; see
+                                        tsvllm.launcher, which parses its own flags)
 """
 
 from __future__ import annotations
@@ -107,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    sub.add_parser("launch", help="quick start: serve a model in the foreground", add_help=False)
+
     p = sub.add_parser("demo-model", help="build a model folder with no hub")
     p.add_argument("kind", choices=["tiny", "smollm2"])
     p.add_argument("--out", required=True, help="output folder")
@@ -157,6 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["launch"]:  # ts.llm_launcher-compatible flags, parsed by the launcher
+        from tsvllm.launcher import main as launch
+
+        return launch(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

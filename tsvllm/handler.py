@@ -53,7 +53,7 @@ class VLLMHandler(Hooks):
     arrive before the engine is up wait for it. (TorchServe 0.12 kills an async worker that
     receives a request while it is still loading after a restart, so a slow
     ``initialize`` could never recover under traffic.) If the engine cannot start, the
-    worker exits and TorchServe restarts it.
+    worker keeps retrying with back-off and answers 503 meanwhile.
     """
 
     #: optional ``handler:`` sections this class runs (subclasses add "rag", "guards")
@@ -65,6 +65,8 @@ class VLLMHandler(Hooks):
         self.max_body_bytes: int = 1 << 20
         self.initialized = False
         self._starting: asyncio.Task | None = None
+        #: why the last engine start failed (None once it runs)
+        self.start_error: Exception | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -90,28 +92,34 @@ class VLLMHandler(Hooks):
         os.environ.update(handler_cfg.env)
         torchserve.install_socket_lock()
 
+        from tsvllm.lifeline import start_reaper
+
+        start_reaper()  # the engine's processes die with this worker, however it ends
         # TorchServe runs this same loop right after initialize() returns.
         loop = asyncio.get_event_loop()
         self._starting = loop.create_task(self._start_engine(model_dir=model_dir))
         self.initialized = True
 
     async def _start_engine(self, *, model_dir: Path) -> Engine:
-        try:
-            self.engine = await self.build_engine(model_dir=model_dir)
-        except Exception:
-            logger.exception("tsvllm: the engine failed to start")
-            self.on_engine_failure()
-            raise
-        logger.info("tsvllm: engine ready")
-        return self.engine
+        """Start the engine; on failure retry here, with back-off, and never exit.
 
-    def on_engine_failure(self) -> None:
-        """The engine could not start or died: end this worker so TorchServe restarts it.
-
-        Waits a second so that requests waiting for the engine get their 503 first.
+        The worker stays up on purpose: TorchServe 0.12 cannot restart an async worker
+        while requests are queued for it (IllegalStateException "more than 1 control
+        command"), so a worker that exited under traffic might never come back.
         """
-        logger.error("tsvllm: exiting the worker so TorchServe restarts it")
-        asyncio.get_running_loop().call_later(1.0, os._exit, 1)
+        delay = 5.0
+        while True:
+            try:
+                self.engine = await self.build_engine(model_dir=model_dir)
+            except Exception as exc:
+                self.start_error = exc
+                logger.exception("tsvllm: the engine failed to start; retrying in %.0fs", delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 60.0)
+                continue
+            self.start_error = None
+            logger.info("tsvllm: engine ready")
+            return self.engine
 
     async def ready_engine(self) -> Engine:
         """The engine, once started (requests that arrive during start-up wait here)."""
@@ -119,34 +127,26 @@ class VLLMHandler(Hooks):
             return self.engine
         if self._starting is None:
             raise EngineUnavailable("the handler is not initialized")
-        try:
-            return await asyncio.shield(self._starting)
-        except Exception as exc:
-            raise EngineUnavailable("the engine failed to start; see the worker log") from exc
+        if self.start_error is not None:
+            raise EngineUnavailable(
+                f"the engine failed to start ({type(self.start_error).__name__}) and is "
+                "retrying; see the worker log"
+            )
+        return await asyncio.shield(self._starting)
 
     async def build_engine(self, *, model_dir: Path) -> Engine:
-        """Start the vLLM engine (and the watchdog that ends it with this worker)."""
+        """Start the vLLM engine described by ``handler:`` (override for another engine)."""
         from tsvllm.engine.vllm_engine import VllmEngine, engine_argv, parse_engine_args
-        from tsvllm.lifeline import start_reaper
 
         cfg = self.config.handler
-        model_path = Path(cfg.model_path)
-        if not model_path.is_absolute():
-            model_path = model_dir / model_path
-        adapters = {
-            name: str(p if Path(p).is_absolute() else model_dir / p)
-            for name, p in cfg.adapters.items()
-        }
         argv = engine_argv(
-            model=str(model_path),
+            model=_in_archive(cfg.model_path, model_dir),
             engine_args=cfg.vllm_engine_config,
             served_model_name=cfg.served_model_name,
             chat_template=cfg.chat_template,
-            adapters=adapters,
+            adapters={name: _in_archive(p, model_dir) for name, p in cfg.adapters.items()},
         )
-        args = parse_engine_args(argv)
-        start_reaper()
-        return await VllmEngine.start(args)
+        return await VllmEngine.start(parse_engine_args(argv))
 
     # -- requests ----------------------------------------------------------------------
 
@@ -275,3 +275,10 @@ class VLLMHandler(Hooks):
         if status >= 500:
             logger.error("request failed", exc_info=exc)
         return self._json_reply(context, body, status=status)
+
+
+def _in_archive(path: str, model_dir: Path) -> str:
+    """A relative path that exists inside the archive's model_dir, else ``path`` as is
+    (absolute paths, and Hugging Face ids that vLLM resolves itself)."""
+    candidate = model_dir / path
+    return str(candidate) if not Path(path).is_absolute() and candidate.exists() else path

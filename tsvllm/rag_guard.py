@@ -43,10 +43,10 @@ class RagGuardHandler(VLLMHandler):
         self.guards: Any = None
 
     async def build_engine(self, *, model_dir: Path) -> Engine:
-        engine = await super().build_engine(model_dir=model_dir)
         cfg = self.config.handler
-        if cfg.rag is not None:
+        if cfg.rag is not None and self.retriever is None:  # first: a failure leaves no engine
             self.retriever = await asyncio.to_thread(_load_retriever, cfg.rag, model_dir)
+        engine = await super().build_engine(model_dir=model_dir)
         if cfg.guards is not None:
             self.guards = build_guard_chain(
                 cfg.guards, engine=engine, served_name=(cfg.served_model_name or ["model"])[0]

@@ -1,8 +1,9 @@
 """Start and stop a TorchServe we own: config, readiness, clean stop, no orphans.
 
-Each :class:`TorchServe` runs in its own work directory with its own ``TMPDIR``:
+Each :class:`TorchServe` runs in its own work directory with its own short ``TMPDIR``:
 TorchServe keeps its pid file in the temp dir and ``key_file.json`` in its working
-directory, so two servers on one machine (tests, the quick start) never collide.
+directory, and each server gets its own worker socket names, so two servers on one
+machine (tests, the quick start) never collide.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -106,6 +108,7 @@ class TorchServe:
         self.env = dict(env or {})
         self.process: subprocess.Popen | None = None
         self.log_path = self.workdir / "torchserve.out"
+        self._tmp: str | None = None  # TorchServe's pid file lives here: one per server
 
     # -- paths and environment -------------------------------------------------------
 
@@ -122,9 +125,11 @@ class TorchServe:
         return f"http://127.0.0.1:{self.ports.management}"
 
     def _environ(self) -> dict[str, str]:
-        tmp = self.workdir / "tmp"
-        tmp.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **self.env, "TMPDIR": str(tmp)}
+        if self._tmp is None:
+            # Short on purpose: vLLM puts ZeroMQ IPC sockets in the temp dir, and a socket
+            # path may not exceed 107 characters (a deep workdir would break the engine).
+            self._tmp = tempfile.mkdtemp(prefix="tsvllm-ts-")
+        env = {**os.environ, **self.env, "TMPDIR": self._tmp}
         # the venv's bin first, so the frontend's workers use this interpreter's packages
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         env.setdefault("LOG_LOCATION", str(self.workdir / "logs"))
@@ -273,3 +278,6 @@ class TorchServe:
             except psutil.NoSuchProcess:
                 pass
         self.process = None
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None

@@ -99,3 +99,9 @@ def test_closing_a_stream_early_aborts_the_engine_request(engine):
 
     assert loop.run_until_complete(run())
     assert loop.run_until_complete(eng.health()) is None
+
+
+def test_vllm_parser_rejects_a_prefix_of_a_real_arg():
+    """argparse would take max_num_seq for max_num_seqs; a typo must be an error."""
+    with pytest.raises(EngineArgsError, match="max-num-seq"):
+        parse_engine_args(engine_argv(model="/m", engine_args={"max_num_seq": 4}))

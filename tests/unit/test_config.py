@@ -22,7 +22,7 @@ from tsvllm.config import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-SHIPPED = sorted((REPO / "model_configs").glob("*.yaml"))
+SHIPPED = sorted((REPO / "model_configs").glob("*-cpu.yaml"))
 
 GPU_TP4 = """
 deviceType: gpu

@@ -158,26 +158,24 @@ class _Starting:
     """A handler whose engine start is controlled by the test (no TorchServe, no vLLM)."""
 
     @staticmethod
-    def make(engine, *, fail: bool):
+    def make(engine, *, failures: int):
         from tsvllm.handler import VLLMHandler
 
         class Handler(VLLMHandler):
-            failures = 0
+            attempts = 0
 
             async def build_engine(self, *, model_dir):
+                Handler.attempts += 1
                 await asyncio.sleep(0.05)
-                if fail:
+                if Handler.attempts <= failures:
                     raise RuntimeError("no such model")
                 return engine
-
-            def on_engine_failure(self):
-                Handler.failures += 1
 
         return Handler()
 
 
 def test_requests_during_engine_start_wait_for_it(engine):
-    handler = _Starting.make(engine, fail=False)
+    handler = _Starting.make(engine, failures=0)
 
     async def run():
         handler._starting = asyncio.ensure_future(handler._start_engine(model_dir=None))
@@ -187,16 +185,23 @@ def test_requests_during_engine_start_wait_for_it(engine):
     assert json.loads(reply[0])["data"][0]["id"] == "tiny"
 
 
-def test_engine_start_failure_is_a_503_and_ends_the_worker(engine):
-    handler = _Starting.make(engine, fail=True)
+def test_engine_start_failure_is_a_503_and_is_retried_in_the_worker(engine, monkeypatch):
+    handler = _Starting.make(engine, failures=1)
+    real_sleep = asyncio.sleep
+    monkeypatch.setattr(asyncio, "sleep", lambda s: real_sleep(min(s, 0.2)))
 
     async def run():
         handler._starting = asyncio.ensure_future(handler._start_engine(model_dir=None))
+        await real_sleep(0.1)  # the first attempt has failed
         ctx = make_context("v1/completions")
-        reply = await handler.handle([{"body": {"prompt": "x"}}], ctx)
-        return ctx, reply
+        first = await handler.handle([{"body": {"prompt": "x"}}], ctx)
+        await handler._starting  # the retry succeeds
+        later = await handler.handle([{"body": {"prompt": "x"}}], make_context("v1/completions"))
+        return ctx, first, later
 
-    ctx, reply = asyncio.run(run())
+    ctx, first, later = asyncio.run(run())
     assert ctx.get_response_status(0)[0] == 503
-    assert error_of(reply[0])["type"] == "ServiceUnavailableError"
-    assert type(handler).failures == 1
+    err = error_of(first[0])
+    assert err["type"] == "ServiceUnavailableError" and "retrying" in err["message"]
+    assert json.loads(later[0])["object"] == "text_completion"
+    assert type(handler).attempts == 2

@@ -83,7 +83,8 @@ def parse_engine_args(argv: Sequence[str]) -> argparse.Namespace:
     from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
-    parser = make_arg_parser(FlexibleArgumentParser(prog="vllm serve"))
+    # exact names only: argparse would otherwise take a prefix (max_num_seq) as a match
+    parser = make_arg_parser(FlexibleArgumentParser(prog="vllm serve", allow_abbrev=False))
     stderr = io.StringIO()
     try:
         with contextlib.redirect_stderr(stderr):

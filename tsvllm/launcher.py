@@ -1,0 +1,351 @@
+"""Quick start that replaces ``ts.llm_launcher``: flags → config → archive → TorchServe.
+
+``tsvllm launch --model_id DIR_OR_HF_ID`` (also ``python -m tsvllm.launcher``) takes
+ts.llm_launcher's flags with the same meaning, writes a validated model config, builds
+the archive, starts TorchServe, waits until the model answers, prints the OpenAI base
+URL, an example ``curl`` and where the auth key is, and stays in the foreground.
+Ctrl-C or SIGTERM stops TorchServe and every engine process.
+
+Device and tensor parallelism are detected, not guessed: ``--device auto`` uses the GPUs
+that are visible (``CUDA_VISIBLE_DEVICES`` honoured) and falls back to CPU;
+``--tensor-parallel-size auto`` uses all visible GPUs (1 on CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tsvllm.config import ModelConfig, dump_model_config, validate_model_config
+
+
+class LaunchError(RuntimeError):
+    """The launch cannot proceed (the message says what to fix)."""
+
+
+# -- device and parallelism -----------------------------------------------------------
+
+
+def count_gpus(
+    env: Mapping[str, str] | None = None, *, probe: Callable[[], int] | None = None
+) -> int:
+    """Visible GPUs: ``CUDA_VISIBLE_DEVICES`` when set, else what ``nvidia-smi -L`` lists."""
+    env = os.environ if env is None else env
+    visible = env.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        ids = [d.strip() for d in visible.split(",") if d.strip()]
+        if "-1" in ids:  # CUDA ignores everything from the first invalid id on
+            ids = ids[: ids.index("-1")]
+        return len(ids)
+    return (probe or _nvidia_smi_count)()
+
+
+def _nvidia_smi_count() -> int:
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
+
+
+@dataclass(frozen=True)
+class Placement:
+    device: str  # "cpu" | "gpu"
+    tensor_parallel_size: int
+
+
+def place(*, device: str, tensor_parallel_size: str | int, gpus: int) -> Placement:
+    """Resolve ``--device`` and ``--tensor-parallel-size`` against the visible GPUs."""
+    if device not in ("auto", "cpu", "gpu"):
+        raise LaunchError(f"--device {device!r}: use auto, cpu or gpu")
+    if device == "auto":
+        device = "gpu" if gpus > 0 else "cpu"
+    if device == "gpu" and gpus == 0:
+        raise LaunchError("--device gpu, but no GPU is visible (check CUDA_VISIBLE_DEVICES)")
+    if tensor_parallel_size == "auto":
+        tp = gpus if device == "gpu" else 1
+    else:
+        try:
+            tp = int(tensor_parallel_size)
+        except ValueError:
+            raise LaunchError(
+                f"--tensor-parallel-size {tensor_parallel_size!r}: use auto or a number"
+            ) from None
+        if tp < 1:
+            raise LaunchError("--tensor-parallel-size must be at least 1")
+        if device == "cpu" and tp != 1:
+            raise LaunchError("--tensor-parallel-size > 1 needs GPUs; use --device gpu")
+        if device == "gpu" and tp > gpus:
+            raise LaunchError(f"--tensor-parallel-size {tp}, but only {gpus} GPU(s) are visible")
+    return Placement(device=device, tensor_parallel_size=tp)
+
+
+# -- the model config -----------------------------------------------------------------
+
+
+def model_config_from_flags(
+    *,
+    model_path: str,
+    model_name: str,
+    placement: Placement,
+    engine: Mapping[str, Any],
+    startup_timeout: int,
+    rag_index: str | None = None,
+    guards: Mapping[str, Any] | None = None,
+) -> ModelConfig:
+    """The model config ts.llm_launcher would have written, but valid for the device."""
+    engine_args: dict[str, Any] = {k: v for k, v in engine.items() if v is not None}
+    data: dict[str, Any] = {
+        "minWorkers": 1,
+        "maxWorkers": 1,
+        "startupTimeout": startup_timeout,
+        "responseTimeout": 1200,
+        "deviceType": placement.device,
+        "asyncCommunication": True,
+        "handler": {"model_path": model_path, "served_model_name": [model_name]},
+    }
+    if placement.device == "cpu":
+        data["handler"]["env"] = {"VLLM_CPU_KVCACHE_SPACE": os.environ.get(
+            "VLLM_CPU_KVCACHE_SPACE", "4")}  # fmt: skip
+        engine_args.setdefault("enforce_eager", True)
+    else:
+        engine_args["tensor_parallel_size"] = placement.tensor_parallel_size
+        if placement.tensor_parallel_size > 1:
+            data["parallelType"] = "custom"
+            data["parallelLevel"] = placement.tensor_parallel_size
+    data["handler"]["vllm_engine_config"] = engine_args
+    if rag_index:
+        data["handler"]["rag"] = {"index": rag_index}
+    if guards:
+        data["handler"]["guards"] = dict(guards)
+    return validate_model_config(data, source="tsvllm launch flags")
+
+
+DEFAULT_GUARDS = {
+    "pii": {"mode": "redact", "stages": ["input", "output"]},
+    "secrets": {"mode": "block"},
+    "injection": {"mode": "block", "stages": ["input", "context"]},
+}
+
+
+def load_guards(value: str | None) -> dict[str, Any] | None:
+    """``--guards default`` or a YAML file holding a ``handler.guards`` section."""
+    if not value:
+        return None
+    if value == "default":
+        return dict(DEFAULT_GUARDS)
+    path = Path(value)
+    if not path.is_file():
+        raise LaunchError(f"--guards {value}: not 'default' and no such file")
+    data = yaml.safe_load(path.read_text()) or {}
+    return data.get("guards", data)
+
+
+# -- running --------------------------------------------------------------------------
+
+
+def check_port_free(port: int) -> None:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            raise LaunchError(
+                f"port {port} on 127.0.0.1 is in use (another TorchServe? `torchserve --stop`, "
+                "or pick another with --port)"
+            ) from None
+
+
+def ports_for(port: int) -> Any:
+    """inference=port, management=port+1, metrics=port+2; gRPC after them (off-default)."""
+    from tsvllm.serve import Ports
+
+    if port == 8080:
+        return Ports()
+    return Ports(port, port + 1, port + 2, port + 3, port + 4)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="tsvllm launch", description=__doc__.split("\n\n")[0], allow_abbrev=False
+    )
+    # ts.llm_launcher's flags, same meaning
+    p.add_argument("--model_id", help="local model folder or Hugging Face id")
+    p.add_argument("--model_name", default="model", help="TorchServe model name (URL)")
+    p.add_argument("--model_store", default="model_store", help="where artifacts go")
+    p.add_argument("--disable_token_auth", action="store_true", help="turn token auth off")
+    p.add_argument("--vllm_engine.max_num_seqs", dest="max_num_seqs", type=int, default=256)
+    p.add_argument("--vllm_engine.max_model_len", dest="max_model_len", type=int)
+    p.add_argument("--vllm_engine.download_dir", dest="download_dir")
+    p.add_argument("--startup_timeout", type=int, default=1200, help="seconds to load")
+    p.add_argument("--dtype", default="auto", help="bfloat16, float16, float32 or auto")
+    # ours
+    p.add_argument("--config", help="a model-config.yaml to use instead of the flags above")
+    p.add_argument("--handler", help="handler entry file (default handlers/vllm_handler.py)")
+    p.add_argument("--rag-index", help="RAG index folder (tsvllm index); enables RAG")
+    p.add_argument("--guards", help="'default' or a YAML file with a guards section")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"])
+    p.add_argument("--tensor-parallel-size", default="auto", help="auto or a number")
+    p.add_argument("--port", type=int, default=8080, help="inference port (management +1)")
+    p.add_argument("--keep-artifacts", action="store_true", help="keep config and archive")
+    args = p.parse_args(argv)
+    if not args.model_id and not args.config:
+        p.error("give --model_id (a model folder or HF id) or --config")
+    return args
+
+
+def prepare(args: argparse.Namespace, *, gpus: int | None = None) -> tuple[Path, str]:
+    """Write the config and build the archive; returns (config path, handler file)."""
+    from tsvllm.archive import DEFAULT_HANDLER, HF_ID, build_archive
+    from tsvllm.config import load_model_config
+
+    store = Path(args.model_store)
+    guards = load_guards(args.guards)
+    handler = args.handler
+    if args.config:
+        cfg = load_model_config(args.config)
+    else:
+        model_path = args.model_id
+        local = Path(model_path).expanduser()
+        if local.exists() or not HF_ID.match(model_path):
+            if not (local / "config.json").is_file():
+                raise LaunchError(
+                    f"--model_id {model_path}: no model folder there (no config.json) and not "
+                    "a Hugging Face id like org/name"
+                )
+            model_path = str(local.resolve())
+        placement = place(
+            device=args.device,
+            tensor_parallel_size=args.tensor_parallel_size,
+            gpus=count_gpus() if gpus is None else gpus,
+        )
+        engine = {
+            "max_num_seqs": args.max_num_seqs,
+            "max_model_len": args.max_model_len,
+            "download_dir": args.download_dir,
+            "dtype": args.dtype,
+        }
+        cfg = model_config_from_flags(
+            model_path=model_path,
+            model_name=args.model_name,
+            placement=placement,
+            engine=engine,
+            startup_timeout=args.startup_timeout,
+            rag_index=str(Path(args.rag_index).resolve()) if args.rag_index else None,
+            guards=guards,
+        )
+    if (cfg.handler.rag or cfg.handler.guards) and not handler:
+        handler = str(DEFAULT_HANDLER.parent / "rag_guard_handler.py")
+    store.mkdir(parents=True, exist_ok=True)
+    config_path = dump_model_config(cfg, store / f"{args.model_name}-model-config.yaml")
+    build_archive(config_path, name=args.model_name, export_path=store, handler=handler,
+                  force=True)  # fmt: skip
+    return config_path, handler or str(DEFAULT_HANDLER)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tsvllm.serve import ServeError, TorchServe
+
+    args = parse_args(argv)
+    try:
+        if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+            raise LaunchError("Java not found: TorchServe needs Java 11+ (JDK 17 tested)")
+        ports = ports_for(args.port)
+        for port in (ports.inference, ports.management, ports.metrics):
+            check_port_free(port)
+        config_path, _ = prepare(args)
+    except (LaunchError, ValueError) as exc:
+        print(f"tsvllm launch: {exc}", file=sys.stderr)
+        return 2
+
+    store = Path(args.model_store).resolve()
+    ts = TorchServe(
+        workdir=store / ".torchserve",
+        model_store=store,
+        models=[args.model_name],
+        ports=ports,
+        token_auth=not args.disable_token_auth,
+    )
+    stopping = False
+
+    def stop(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    code = 0
+    try:
+        ts.start()
+        print(f"tsvllm launch: starting TorchServe (logs in {ts.workdir / 'logs'})", flush=True)
+        last = [0.0]
+
+        def progress(elapsed: float) -> None:
+            if stopping:
+                raise KeyboardInterrupt
+            if elapsed - last[0] >= 10:
+                last[0] = elapsed
+                print(f"tsvllm launch: loading the model... {elapsed:.0f}s", flush=True)
+
+        ts.wait_ready(args.model_name, timeout=args.startup_timeout, on_wait=progress)
+        _announce(ts, args.model_name, config_path)
+        while not stopping and ts.process is not None and ts.process.poll() is None:
+            time.sleep(0.5)
+        if not stopping:
+            print("tsvllm launch: TorchServe exited unexpectedly", file=sys.stderr)
+            code = 1
+    except KeyboardInterrupt:
+        pass
+    except ServeError as exc:
+        print(f"tsvllm launch: {exc}", file=sys.stderr)
+        code = 1
+    finally:
+        print("tsvllm launch: stopping TorchServe", flush=True)
+        ts.stop()
+        if not args.keep_artifacts:
+            _remove_artifacts(store, args.model_name, config_path)
+    return code
+
+
+def _announce(ts: Any, model: str, config_path: Path) -> None:
+    url = f"{ts.inference_url}/predictions/{model}/1.0/v1"
+    keys = ts.keys()
+    auth = f' -H "Authorization: Bearer {keys["inference"]}"' if keys else ""
+    served = yaml.safe_load(config_path.read_text())["handler"]["served_model_name"][0]
+    print(
+        f"tsvllm launch: ready. OpenAI base URL: {url}\n"
+        + (
+            f"  auth: token auth is on; keys are in {ts.workdir / 'key_file.json'} "
+            f"(inference key {keys['inference']})\n"
+            if keys
+            else "  auth: token auth is off\n"
+        )
+        + f"  curl {url}/chat/completions{auth} -H 'Content-Type: application/json' "
+        f'-d \'{{"model": "{served}", "messages": [{{"role": "user", "content": "Hello"}}]}}\'\n'
+        "  Ctrl-C stops TorchServe and every engine process.",
+        flush=True,
+    )
+
+
+def _remove_artifacts(store: Path, name: str, config_path: Path) -> None:
+    target = store / name
+    if target.is_dir():
+        shutil.rmtree(target, ignore_errors=True)
+    config_path.unlink(missing_ok=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
