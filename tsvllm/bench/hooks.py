@@ -15,8 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,15 +27,10 @@ TARGETS = {
 }
 
 
-def _p50_ms(fn: Callable[[], object], *, repeat: int, warmup: int = 5) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
+def _p50_ms(fn: Callable[[], object], *, repeat: int) -> float:
+    from tsvllm.bench.rag import _ms
+
+    return _ms(fn, repeat=repeat)["p50_ms"]
 
 
 def run(*, chunks: int = 100_000, repeat: int = 200) -> dict[str, Any]:
