@@ -107,3 +107,25 @@ def test_llm_launcher_flags_keep_their_meaning():
     assert args.disable_token_auth and args.startup_timeout == 9
     with pytest.raises(SystemExit):
         parse_args([])
+
+
+def test_busy_port_and_missing_java_are_clear_errors(tmp_path, monkeypatch, capsys):
+    import socket
+
+    from tsvllm import launcher
+
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    args = ["--model_id", str(model), "--model_store", str(tmp_path / "store")]
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert launcher.main([*args, "--port", str(port)]) == 2
+    assert f"port {port} on 127.0.0.1 is in use" in capsys.readouterr().err
+
+    monkeypatch.setattr(launcher.shutil, "which", lambda name: None)
+    monkeypatch.delenv("JAVA_HOME", raising=False)
+    assert launcher.main(args) == 2
+    assert "Java not found" in capsys.readouterr().err
