@@ -111,12 +111,15 @@ class RagGuardHandler(VLLMHandler):
         )
         body = dict(body)
         if ctx.api is Api.CHAT:
-            messages = list(body.get("messages") or [])
-            first_system = bool(messages) and messages[0].get("role") in ("system", "developer")
+            messages = list(body["messages"])  # a list: _query found a user message in it
+            first = messages[0] if messages else None
+            first_system = isinstance(first, dict) and first.get("role") in ("system", "developer")
             messages.insert(1 if first_system else 0, {"role": "system", "content": block})
             body["messages"] = messages
-        else:
+        elif isinstance(body["prompt"], str):
             body["prompt"] = block + "\n\n" + body["prompt"]
+        else:  # a batch of prompts: each gets the context of the last one's query
+            body["prompt"] = [block + "\n\n" + p for p in body["prompt"]]
         return body
 
     # -- after the engine ------------------------------------------------------------

@@ -175,3 +175,22 @@ def test_completions_prompt_gets_the_context_block_first():
     asyncio.run(h.handle([{"body": {"model": "tiny", "prompt": "Who designed it?"}}], ctx))
     prompt = h.engine.bodies[0]["prompt"]
     assert prompt.index("Okonkwo") < prompt.index("Who designed it?")
+
+
+@pytest.mark.parametrize(
+    ("route", "body"),
+    [
+        ("v1/chat/completions", {"messages": ["not a dict", {"role": "user", "content": "hi"}]}),
+        ("v1/chat/completions", {"messages": "not a list"}),
+        ("v1/chat/completions", {"messages": [{"role": "user", "content": [{"type": "x"}]}]}),
+        ("v1/completions", {"prompt": ["Who designed it?", "And when?"]}),
+        ("v1/completions", {"prompt": [1, 2, 3]}),
+        ("v1/completions", {}),
+    ],
+)
+def test_odd_bodies_never_crash_the_hooks(route, body):
+    """Schema errors are vLLM's to report (400); the hooks must not turn them into 500s."""
+    h = make_handler("ok")
+    ctx = make_context(route)
+    asyncio.run(h.handle([{"body": {"model": "tiny", **body}}], ctx))
+    assert ctx.get_response_status(0)[0] != 500
