@@ -6,6 +6,7 @@ Subcommands:
   validate CONFIG...                    check model configs (ours and vLLM's engine args)
   index CORPUS_DIR --out INDEX_DIR      build a RAG index (all-MiniLM-L6-v2, exact cosine)
   bench hooks [--json PATH]             time retrieval, query embedding and rule guards
+  bench serve --model-dir DIR ...       vLLM's own server vs TorchServe + VLLMHandler
   launch --model_id DIR_OR_ID ...       quick start (ts.llm_launcher's flags; see
                                         tsvllm.launcher, which parses its own flags)
 """
@@ -67,6 +68,22 @@ def _cmd_bench_hooks(args: argparse.Namespace) -> int:
     from tsvllm.bench import hooks
 
     return hooks.main(chunks=args.chunks, repeat=args.repeat, json_path=args.json)
+
+
+def _cmd_bench_serve(args: argparse.Namespace) -> int:
+    from tsvllm.bench import serve
+
+    return serve.main(
+        model_dir=args.model_dir,
+        config=args.config,
+        workdir=args.workdir,
+        requests=args.requests,
+        concurrency=args.concurrency,
+        max_tokens=args.max_tokens,
+        rounds=args.rounds,
+        json_path=args.json,
+        plot_path=args.plot,
+    )
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -147,6 +164,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=int, default=200)
     p.add_argument("--json", help="write the report here")
     p.set_defaults(func=_cmd_bench_hooks)
+
+    p = bench.add_parser("serve", help="vLLM's own server vs TorchServe + VLLMHandler")
+    p.add_argument("--model-dir", required=True, help="model folder both sides serve")
+    p.add_argument("--config", default="model_configs/tiny-cpu.yaml", help="engine args from")
+    p.add_argument("--workdir", default=".tsvllm/bench", help="logs and artifacts")
+    p.add_argument("--requests", type=int, default=64)
+    p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--max-tokens", type=int, default=32)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--json", help="write the report here")
+    p.add_argument("--plot", help="write a PNG plot here")
+    p.set_defaults(func=_cmd_bench_serve)
 
     p = sub.add_parser("validate", help="check model configs")
     p.add_argument("configs", nargs="+", help="model-config.yaml files")

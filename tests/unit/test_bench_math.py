@@ -1,0 +1,53 @@
+"""The benchmark's arithmetic: percentiles, per-run summaries, medians and ratios."""
+
+from __future__ import annotations
+
+import pytest
+
+from tsvllm.bench.load import percentile, summarize
+from tsvllm.bench.serve import median_of, ratios
+
+
+def test_percentile_nearest_rank():
+    values = [float(v) for v in range(1, 101)]
+    assert (percentile(values, 50), percentile(values, 99), percentile(values, 100)) == (
+        50.0, 99.0, 100.0)  # fmt: skip
+    assert percentile([], 50) == 0.0
+    assert percentile([7.0], 99) == 7.0
+
+
+def test_summary_counts_tokens_from_usage_and_separates_errors():
+    samples = [
+        {"latency_s": 0.5, "tokens": 32, "ttft_s": 0.02, "itl_s": 0.01},
+        {"latency_s": 1.5, "tokens": 32, "ttft_s": 0.04, "itl_s": 0.03},
+        {"latency_s": 0.1, "tokens": 0, "error": "ConnectError()"},
+    ]
+    s = summarize(samples, wall_s=2.0)
+    assert (s["requests"], s["errors"], s["tokens"]) == (3, 1, 64)
+    assert (s["tok_per_s"], s["req_per_s"]) == (32.0, 1.0)
+    assert s["ttft_p50_ms"] == 20.0 and s["itl_p50_ms"] == 20.0
+
+
+def test_medians_over_rounds_and_ratios_b_over_a():
+    a_runs = [{"tok_per_s": 100.0, "ttft_p50_ms": 20.0}, {"tok_per_s": 120.0, "ttft_p50_ms": 30.0},
+              {"tok_per_s": 110.0, "ttft_p50_ms": 25.0}]  # fmt: skip
+    a = {"non_stream": median_of(a_runs), "stream": median_of(a_runs), "cold_start_s": 20.0,
+         "peak_rss_mb": 3000.0}  # fmt: skip
+    b = {"non_stream": {"tok_per_s": 99.0}, "stream": {"tok_per_s": 88.0, "ttft_p50_ms": 28.0},
+         "cold_start_s": 22.0, "peak_rss_mb": 3200.0}  # fmt: skip
+    assert a["stream"] == {"tok_per_s": 110.0, "ttft_p50_ms": 25.0}
+    r = ratios(a, b)
+    assert r == {
+        "non_stream_tok_per_s_b_over_a": 0.9,
+        "stream_tok_per_s_b_over_a": 0.8,
+        "stream_ttft_p50_overhead_ms": 3.0,
+        "cold_start_b_over_a": 1.1,
+        "peak_rss_b_minus_a_mb": 200.0,
+    }
+
+
+@pytest.mark.parametrize("missing", ["non_stream", "stream"])
+def test_ratios_skip_a_mode_that_was_not_run(missing):
+    side = {"non_stream": {"tok_per_s": 1.0}, "stream": {"tok_per_s": 1.0}}
+    del side[missing]
+    assert f"{missing}_tok_per_s_b_over_a" not in ratios(side, side)
