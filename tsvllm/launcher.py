@@ -324,7 +324,8 @@ def _announce(ts: Any, model: str, config_path: Path) -> None:
     url = f"{ts.inference_url}/predictions/{model}/1.0/v1"
     keys = ts.keys()
     auth = f' -H "Authorization: Bearer {keys["inference"]}"' if keys else ""
-    served = yaml.safe_load(config_path.read_text())["handler"]["served_model_name"][0]
+    handler = yaml.safe_load(config_path.read_text())["handler"]
+    served = (handler.get("served_model_name") or [handler["model_path"]])[0]
     print(
         f"tsvllm launch: ready. OpenAI base URL: {url}\n"
         + (
