@@ -226,18 +226,12 @@ def _embed_all(
 
     # longest first: similar lengths batch together (less padding) and the ETA is honest
     order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-    vectors: np.ndarray | None = None
+    vectors = np.zeros((len(texts), embedder.dims), dtype=np.float32)
     with tqdm(total=len(texts), desc="embedding", unit="chunk", disable=not progress) as bar:
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            batch = np.asarray(
-                embedder.embed([texts[i] for i in idx], batch_size=batch_size), dtype=np.float32
-            )
-            if vectors is None:
-                vectors = np.zeros((len(texts), batch.shape[1]), dtype=np.float32)
-            vectors[idx] = batch
+            vectors[idx] = embedder.embed([texts[i] for i in idx], batch_size=batch_size)
             bar.update(len(idx))
-    assert vectors is not None
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     return vectors / np.where(norms > 0, norms, 1.0)
 
