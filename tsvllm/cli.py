@@ -105,18 +105,9 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 def _check_engine_args(cfg) -> None:
     """Run the handler's engine args through vLLM's own parser (needs vLLM installed)."""
-    from tsvllm.engine.vllm_engine import engine_argv, parse_engine_args
+    from tsvllm.engine.vllm_engine import handler_argv, parse_engine_args
 
-    h = cfg.handler
-    parse_engine_args(
-        engine_argv(
-            model=h.model_path,
-            engine_args=h.vllm_engine_config,
-            served_model_name=h.served_model_name,
-            chat_template=h.chat_template,
-            adapters=h.adapters,
-        )
-    )
+    parse_engine_args(handler_argv(cfg.handler))
 
 
 def build_parser() -> argparse.ArgumentParser:

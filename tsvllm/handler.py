@@ -136,16 +136,9 @@ class VLLMHandler(Hooks):
 
     async def build_engine(self, *, model_dir: Path) -> Engine:
         """Start the vLLM engine described by ``handler:`` (override for another engine)."""
-        from tsvllm.engine.vllm_engine import VllmEngine, engine_argv, parse_engine_args
+        from tsvllm.engine.vllm_engine import VllmEngine, handler_argv, parse_engine_args
 
-        cfg = self.config.handler
-        argv = engine_argv(
-            model=_in_archive(cfg.model_path, model_dir),
-            engine_args=cfg.vllm_engine_config,
-            served_model_name=cfg.served_model_name,
-            chat_template=cfg.chat_template,
-            adapters={name: _in_archive(p, model_dir) for name, p in cfg.adapters.items()},
-        )
+        argv = handler_argv(self.config.handler, resolve=lambda p: _in_archive(p, model_dir))
         return await VllmEngine.start(parse_engine_args(argv))
 
     # -- requests ----------------------------------------------------------------------

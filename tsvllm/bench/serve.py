@@ -157,7 +157,7 @@ def run(
 ) -> dict[str, Any]:
     from tsvllm.archive import build_archive
     from tsvllm.config import dump_model_config, load_model_config
-    from tsvllm.engine.vllm_engine import engine_argv
+    from tsvllm.engine.vllm_engine import handler_argv
 
     cfg = load_model_config(config)
     served = (cfg.handler.served_model_name or ["model"])[0]
@@ -169,8 +169,10 @@ def run(
     ts = None
     try:
         port = Ports.free().inference
-        argv = engine_argv(model=str(model_dir), engine_args=cfg.handler.vllm_engine_config,
-                           served_model_name=[served])  # fmt: skip
+        # both sides get the same handler section, pointed at the same model folder
+        staged = cfg.model_copy(update={"handler": cfg.handler.model_copy(
+            update={"model_path": str(model_dir), "served_model_name": [served]})})  # fmt: skip
+        argv = handler_argv(staged.handler)
         progress("bench: starting vLLM's OpenAI server (a)")
         start = time.monotonic()
         vllm_proc = subprocess.Popen(
@@ -185,8 +187,6 @@ def run(
         procs["a_vllm"] = vllm_proc.pid
 
         progress("bench: starting TorchServe + VLLMHandler (b)")
-        staged = cfg.model_copy(update={"handler": cfg.handler.model_copy(
-            update={"model_path": str(model_dir)})})  # fmt: skip
         cfg_path = dump_model_config(staged, workdir / "bench-config.yaml")
         store = workdir / "model_store"
         build_archive(cfg_path, name="bench", export_path=store, force=True)

@@ -17,7 +17,7 @@ import contextlib
 import io
 import json
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 from tsvllm.engine.base import Api, GenerateResult, StreamEvent
@@ -77,6 +77,20 @@ def engine_argv(
     return argv
 
 
+def handler_argv(handler: Any, *, resolve: Callable[[str], str] = str) -> list[str]:
+    """:func:`engine_argv` for a ``handler:`` config section (:class:`tsvllm.config.HandlerConfig`).
+
+    ``resolve`` maps the model and adapter paths (e.g. into an archive's model_dir).
+    """
+    return engine_argv(
+        model=resolve(handler.model_path),
+        engine_args=handler.vllm_engine_config,
+        served_model_name=handler.served_model_name,
+        chat_template=handler.chat_template,
+        adapters={name: resolve(path) for name, path in handler.adapters.items()},
+    )
+
+
 def parse_engine_args(argv: Sequence[str]) -> argparse.Namespace:
     """Parse ``argv`` with vLLM's own ``vllm serve`` parser; raise EngineArgsError on error."""
     _require_vllm()
@@ -109,6 +123,8 @@ class VllmEngine:
     def __init__(self, *, client: Any, state: Any, exit_stack: contextlib.AsyncExitStack):
         self._client = client
         self._state = state
+        # holds vLLM's client context open: were it collected, its finaliser would shut
+        # the engine down
         self._exit_stack = exit_stack
         self._running: dict[str, Any] = {}  # our request id -> task or stream generator
         self._closed = False
@@ -254,5 +270,6 @@ __all__ = [
     "EngineArgsError",
     "VllmEngine",
     "engine_argv",
+    "handler_argv",
     "parse_engine_args",
 ]
