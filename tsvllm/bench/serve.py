@@ -18,28 +18,32 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 from tsvllm.serve import Ports, TorchServe
 
 
-def _get_ok(url: str, *, timeout: float = 5) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return resp.status == 200
-    except OSError:
-        return False
+def first_token_s(
+    base_url: str,
+    model: str,
+    *,
+    start: float,
+    proc: subprocess.Popen,
+    timeout: float = 900,
+    api_key: str | None = None,
+) -> float:
+    """Seconds from ``start`` until one completion token came back (polls until it does).
 
-
-def first_token_s(base_url: str, model: str, *, start: float, api_key: str | None = None) -> float:
-    """Seconds from ``start`` until one completion token came back (polls until it does)."""
+    Raises RuntimeError if the server process exits or ``timeout`` passes first.
+    """
     import httpx
 
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     body = {"model": model, "prompt": "hi", "max_tokens": 1}
-    while True:
+    while time.monotonic() - start < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited with status {proc.returncode}; see its log")
         try:
             resp = httpx.post(f"{base_url}/completions", json=body, headers=headers, timeout=30)
             if resp.status_code == 200:
@@ -47,6 +51,7 @@ def first_token_s(base_url: str, model: str, *, start: float, api_key: str | Non
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
+    raise RuntimeError(f"no first token from {base_url} within {timeout:.0f}s")
 
 
 class PeakRss:
@@ -182,8 +187,9 @@ def run(
             start_new_session=True,
         )  # fmt: skip
         urls = {"a_vllm": f"http://127.0.0.1:{port}/v1"}
-        sides["a_vllm"]["cold_start_s"] = round(first_token_s(urls["a_vllm"], served,
-                                                              start=start), 2)  # fmt: skip
+        sides["a_vllm"]["cold_start_s"] = round(
+            first_token_s(urls["a_vllm"], served, start=start, proc=vllm_proc), 2
+        )
         procs["a_vllm"] = vllm_proc.pid
 
         progress("bench: starting TorchServe + VLLMHandler (b)")
@@ -196,7 +202,7 @@ def run(
         ts.start()
         urls["b_torchserve"] = f"{ts.inference_url}/predictions/bench/1.0/v1"
         sides["b_torchserve"]["cold_start_s"] = round(
-            first_token_s(urls["b_torchserve"], served, start=start), 2
+            first_token_s(urls["b_torchserve"], served, start=start, proc=ts.process), 2
         )
         procs["b_torchserve"] = ts.process.pid
 
