@@ -45,6 +45,16 @@ class ContentFiltered(BadRequest):
         self.categories = list(categories)
 
 
+class Unauthorized(TsVllmError):
+    """No API key, or a wrong one (401, code ``invalid_api_key``, as OpenAI answers)."""
+
+    status = HTTPStatus.UNAUTHORIZED
+    error_type = "AuthenticationError"
+
+    def __init__(self, message: str):
+        super().__init__(message, code="invalid_api_key")
+
+
 class NotFound(TsVllmError):
     """Unknown route or unknown model (404)."""
 
@@ -119,7 +129,14 @@ def to_error_body(exc: BaseException) -> tuple[int, dict[str, Any]]:
 
 _BY_STATUS: dict[int, type[TsVllmError]] = {
     cls.status: cls
-    for cls in (BadRequest, NotFound, MethodNotAllowed, PayloadTooLarge, EngineUnavailable)
+    for cls in (
+        BadRequest,
+        Unauthorized,
+        NotFound,
+        MethodNotAllowed,
+        PayloadTooLarge,
+        EngineUnavailable,
+    )
 }
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from tsvllm import torchserve
+from tsvllm.auth import ApiKey
 from tsvllm.engine.base import Api, Engine, StreamEvent
 from tsvllm.errors import BadRequest, EngineUnavailable, NotFound, PayloadTooLarge, to_error_body
 from tsvllm.hooks import EndStream, Hooks, RequestContext, final_chunk, overrides
@@ -64,6 +65,8 @@ class VLLMHandler(Hooks):
         self.config: Any = None
         self.max_body_bytes: int = 1 << 20
         self.initialized = False
+        #: the key every request must carry (``TSVLLM_API_KEY_FILE``), see tsvllm.auth
+        self.api_key: ApiKey | None = None
         self._starting: asyncio.Task | None = None
         #: why the last engine start failed (None once it runs)
         self.start_error: Exception | None = None
@@ -89,6 +92,7 @@ class VLLMHandler(Hooks):
                     ],
                 )
         self.max_body_bytes = handler_cfg.max_body_bytes
+        self.api_key = ApiKey.from_environ(os.environ)
         os.environ.update(handler_cfg.env)
         torchserve.install_socket_lock()
 
@@ -156,6 +160,9 @@ class VLLMHandler(Hooks):
             self._emit_metrics(context, stats)
 
     async def _serve(self, request: dict[str, Any], context: Any, stats: dict[str, Any]) -> bytes:
+        headers = torchserve.request_headers(context)
+        if self.api_key is not None:
+            self.api_key.check(headers)
         route = (torchserve.request_header(context, "url_path") or "").split("?")[0].strip("/")
         if route not in ROUTES:
             raise NotFound(
@@ -171,7 +178,7 @@ class VLLMHandler(Hooks):
             request_id=torchserve.request_id(context),
             route=route,
             api=api,
-            headers=torchserve.request_headers(context),
+            headers=headers,
             stream=bool(body.get("stream")),
         )
         stats["ctx"] = ctx

@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         model_store=store,
         models=[args.model_name],
         ports=ports,
-        token_auth=not args.disable_token_auth,
+        auth="off" if args.disable_token_auth else "key",
     )
     stopping = False
 
@@ -329,8 +329,9 @@ def _announce(ts: Any, model: str, config_path: Path) -> None:
     print(
         f"tsvllm launch: ready. OpenAI base URL: {url}\n"
         + (
-            f"  auth: token auth is on; keys are in {ts.workdir / 'key_file.json'} "
-            f"(inference key {keys['inference']})\n"
+            f"  auth: token auth is on; the key is in {ts.key_file} "
+            f"(inference key {keys['inference']}); a request without it gets 401\n"
+            f"  management API: Unix socket {ts.management_socket} (owner only)\n"
             if keys
             else "  auth: token auth is off\n"
         )

@@ -22,6 +22,13 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
+
+from tsvllm.auth import KEY_FILE_ENV, write_key_file
+
+#: who checks the inference key: the handler (401, tsvllm.auth), TorchServe's frontend
+#: (its token auth, 400 on a bad key), or nobody
+Auth = Literal["key", "torchserve", "off"]
 
 
 class ServeError(RuntimeError):
@@ -56,14 +63,22 @@ def ts_config_text(
     ports: Ports = Ports(),
     model_store: str | Path | None = None,
     token_auth: bool = True,
+    management_socket: str | Path | None = None,
     max_request_size: int = 1 << 20,
     initial_worker_port: int | None = None,
     extra: Mapping[str, str] | None = None,
 ) -> str:
-    """``config.properties`` with our defaults: loopback only, token auth on."""
+    """``config.properties`` with our defaults: loopback only, token auth on.
+
+    ``management_socket`` puts the management API on that Unix socket instead of a TCP
+    port: only its owner can connect (connecting needs write permission on the file).
+    """
+    management = f"http://127.0.0.1:{ports.management}"
+    if management_socket is not None:
+        management = f"unix:{management_socket}"
     props = {
         "inference_address": f"http://127.0.0.1:{ports.inference}",
-        "management_address": f"http://127.0.0.1:{ports.management}",
+        "management_address": management,
         "metrics_address": f"http://127.0.0.1:{ports.metrics}",
         "grpc_inference_address": "127.0.0.1",
         "grpc_inference_port": str(ports.grpc_inference),
@@ -78,6 +93,8 @@ def ts_config_text(
         "model_metrics_auto_detect": "true",
         "default_response_timeout": "300",
     }
+    if management_socket is not None:
+        props["use_native_io"] = "true"  # TorchServe needs it for Unix sockets
     if model_store is not None:
         props["model_store"] = str(model_store)
     if initial_worker_port is not None:
@@ -88,7 +105,14 @@ def ts_config_text(
 
 
 class TorchServe:
-    """One TorchServe (Java frontend + Python workers) started and stopped by us."""
+    """One TorchServe (Java frontend + Python workers) started and stopped by us.
+
+    ``auth="key"`` (the default): the handler checks the inference key and answers 401
+    (:mod:`tsvllm.auth`); TorchServe's token auth is off and the management API listens on
+    ``management.sock`` in the private work directory. ``"torchserve"``: TorchServe's own
+    token auth (keys for both APIs; a bad key gets 400). ``"off"``: no auth, loopback only.
+    Either way the inference key is in ``keys()["inference"]``.
+    """
 
     def __init__(
         self,
@@ -97,14 +121,16 @@ class TorchServe:
         model_store: str | Path,
         models: Sequence[str],
         ports: Ports | None = None,
-        token_auth: bool = True,
+        auth: Auth = "key",
         env: Mapping[str, str] | None = None,
     ):
         self.workdir = Path(workdir).resolve()
         self.model_store = Path(model_store).resolve()
         self.models = list(models)
         self.ports = ports or Ports.free()
-        self.token_auth = token_auth
+        if auth not in ("key", "torchserve", "off"):
+            raise ValueError(f"auth must be key, torchserve or off, not {auth!r}")
+        self.auth = auth
         self.env = dict(env or {})
         self.process: subprocess.Popen | None = None
         self.log_path = self.workdir / "torchserve.out"
@@ -121,8 +147,9 @@ class TorchServe:
         return f"http://127.0.0.1:{self.ports.inference}"
 
     @property
-    def management_url(self) -> str:
-        return f"http://127.0.0.1:{self.ports.management}"
+    def management_socket(self) -> Path | None:
+        """The management API's Unix socket (``auth="key"``), else None (TCP port)."""
+        return self.workdir / "management.sock" if self.auth == "key" else None
 
     def _environ(self) -> dict[str, str]:
         if self._tmp is None:
@@ -130,6 +157,9 @@ class TorchServe:
             # path may not exceed 107 characters (a deep workdir would break the engine).
             self._tmp = tempfile.mkdtemp(prefix="tsvllm-ts-")
         env = {**os.environ, **self.env, "TMPDIR": self._tmp}
+        env.pop(KEY_FILE_ENV, None)
+        if self.auth == "key":
+            env[KEY_FILE_ENV] = str(self.key_file)
         # the venv's bin first, so the frontend's workers use this interpreter's packages
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         env.setdefault("LOG_LOCATION", str(self.workdir / "logs"))
@@ -147,10 +177,15 @@ class TorchServe:
         if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
             raise ServeError("Java not found: TorchServe needs a Java 11+ runtime (JDK 17 tested)")
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir.chmod(0o700)  # keys and the management socket live here
+        self.key_file.unlink(missing_ok=True)
+        if self.auth == "key":
+            write_key_file(self.key_file)
         self.config_path.write_text(
             ts_config_text(
                 ports=self.ports,
-                token_auth=self.token_auth,
+                token_auth=self.auth == "torchserve",
+                management_socket=self.management_socket,
                 initial_worker_port=random.randrange(10_000, 60_000, 100),
             )
         )
@@ -173,12 +208,16 @@ class TorchServe:
         )
         log.close()
 
+    @property
+    def key_file(self) -> Path:
+        """Where the keys are (TorchServe writes its own ``key_file.json`` in its cwd)."""
+        return self.workdir / "key_file.json"
+
     def keys(self) -> dict[str, str]:
-        """Token-auth keys: ``{"inference": ..., "management": ..., "API": ...}``."""
-        path = self.workdir / "key_file.json"
-        if not path.exists():
+        """The auth keys: ``{"inference": ...}`` (TorchServe's also has management, API)."""
+        if not self.key_file.exists():
             return {}
-        data = json.loads(path.read_text())
+        data = json.loads(self.key_file.read_text())
         return {kind: entry["key"] for kind, entry in data.items()}
 
     def _get(self, url: str, *, key: str | None) -> tuple[int, str]:

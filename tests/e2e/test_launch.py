@@ -124,16 +124,23 @@ def test_launch_without_token_auth_serves_and_sigterm_leaves_nothing(launch):
 
 
 def test_launch_with_token_auth_needs_the_printed_key(launch):
+    from openai import AuthenticationError, OpenAI
+
     la = launch()
     line = la.wait_for("inference key")
-    key = line.rsplit("inference key ", 1)[1].rstrip(")")
+    key = line.split("inference key ", 1)[1].split(")", 1)[0]
     no_key = httpx.post(f"{la.url}/chat/completions", json=CHAT, timeout=60)
-    # TorchServe 0.12 answers a missing or wrong token with 400 InvalidKeyException
-    assert no_key.status_code in (400, 401)
-    assert "Token Authorization failed" in no_key.text
-    ok = httpx.post(f"{la.url}/chat/completions", json=CHAT, timeout=120,
-                    headers={"Authorization": f"Bearer {key}"})  # fmt: skip
-    assert ok.status_code == 200, ok.text
+    assert no_key.status_code == 401, no_key.text
+    assert no_key.json()["error"]["code"] == "invalid_api_key"
+    with pytest.raises(AuthenticationError):
+        OpenAI(base_url=la.url, api_key="wrong", max_retries=0).chat.completions.create(**CHAT)
+    ok = OpenAI(base_url=la.url, api_key=key, max_retries=0, timeout=120)
+    assert ok.chat.completions.create(**CHAT).choices[0].message.role == "assistant"
+    # the management API is a Unix socket only its owner can reach
+    sock = la.store / ".torchserve" / "management.sock"
+    assert sock.is_socket() and not sock.stat().st_mode & 0o022
+    with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock))) as mgmt:
+        assert mgmt.get("http://localhost/models").json()["models"][0]["modelName"] == "launched"
     la.sigterm_and_check_nothing_left()
 
 

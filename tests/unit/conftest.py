@@ -93,13 +93,17 @@ class RecordingSocket:
         return out
 
 
-def make_context(url_path: str | None, *, request_id: str = "req-1"):
+def make_context(
+    url_path: str | None, *, request_id: str = "req-1", headers: dict[str, str] | None = None
+):
     """TorchServe's own Context, set up as its async worker does for one request."""
     from ts.context import Context, RequestProcessor
 
     ctx = Context("tiny", "/tmp", None, 1, None, "0.12.0")
     ctx.request_ids = {0: request_id}
-    headers = {} if url_path is None else {"url_path": url_path}
+    headers = dict(headers or {})
+    if url_path is not None:
+        headers["url_path"] = url_path
     ctx.request_processor = [RequestProcessor(headers)]
     ctx.cl_socket = RecordingSocket()
     return ctx

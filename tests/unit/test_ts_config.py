@@ -37,3 +37,13 @@ def test_loopback_token_auth_no_model_api(props):
 def test_docker_config_matches_the_generated_defaults():
     shipped = parse((REPO / "docker" / "config.properties").read_text())
     assert shipped == parse(ts_config_text())
+
+
+def test_management_on_a_unix_socket(tmp_path):
+    from tsvllm.serve import ts_config_text
+
+    text = ts_config_text(token_auth=False, management_socket=tmp_path / "m.sock")
+    props = dict(line.split("=", 1) for line in text.splitlines())
+    assert props["management_address"] == f"unix:{tmp_path / 'm.sock'}"
+    assert props["use_native_io"] == "true"
+    assert props["disable_token_authorization"] == "true"

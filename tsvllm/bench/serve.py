@@ -197,7 +197,7 @@ def run(
         store = workdir / "model_store"
         build_archive(cfg_path, name="bench", export_path=store, force=True)
         ts = TorchServe(workdir=workdir / "ts", model_store=store, models=["bench"],
-                        token_auth=False)  # fmt: skip
+                        auth="off")  # fmt: skip
         start = time.monotonic()
         ts.start()
         urls["b_torchserve"] = f"{ts.inference_url}/predictions/bench/1.0/v1"
