@@ -253,6 +253,49 @@ def test_hybrid_order_is_the_rrf_of_dense_and_bm25() -> None:
     assert [h.id for h in r.retrieve(query, k=3)] == expected
 
 
+# --- partitioned search -------------------------------------------------------------------
+
+
+def test_auto_partitions_only_large_indexes() -> None:
+    assert retriever().partitions is None
+    parted = retriever(partition_from=3)
+    assert parted.partitions is not None
+    assert sorted(parted.partitions.order.tolist()) == list(range(len(DOCS)))
+    with pytest.raises(ValueError, match="search must be"):
+        retriever(search="fast")
+
+
+def test_partitioned_search_finds_what_exact_finds_with_exact_scores() -> None:
+    from tsvllm.bench.rag import clustered_vectors, recall_at_k
+
+    vectors, queries = clustered_vectors(6000, 48, topics=120, queries=100, seed=3)
+    ps = [Passage(id=f"d{i}", source=f"s{i}", text="") for i in range(len(vectors))]
+    exact = LocalRetriever(vectors, ps, search="exact")
+    parted = LocalRetriever(vectors, ps, search="partitioned")
+    assert parted.partitions.lists == 77 and parted.nprobe == 8  # ~sqrt(n); 1/16, at least 8
+    assert recall_at_k(parted, exact, queries, k=4) >= 0.95
+    by_id = {p.id: i for i, p in enumerate(ps)}
+    for chunk in parted.retrieve_by_vector(queries[0], k=4):
+        assert chunk.score == pytest.approx(float(vectors[by_id[chunk.id]] @ queries[0]), abs=1e-5)
+    # scanning every group is exact search
+    parted.nprobe = parted.partitions.lists
+    assert recall_at_k(parted, exact, queries, k=4) == 1.0
+
+
+def test_partitioned_hybrid_maps_keyword_hits_to_the_right_chunks() -> None:
+    ps = passages()
+    emb = BlindEmbedder()
+    vectors = np.zeros((4, emb.dims), dtype=np.float32)
+    vectors[[0, 2], 0] = 1.0  # two groups, {0, 2} and {1, 3}: rows are regrouped
+    vectors[[1, 3], 1] = 1.0
+    hybrid = LocalRetriever(
+        vectors, ps, embedder=emb, bm25=bm25_over(ps), hybrid=True, search="partitioned"
+    )
+    assert [p.source for p in hybrid.passages] != [p.source for p in ps]
+    assert hybrid.retrieve("Tromso 2019", k=1)[0].source == "history.md"
+    assert hybrid.retrieve("Support Friday", k=1)[0].source == "support.md"
+
+
 # --- import weight ------------------------------------------------------------------------
 
 

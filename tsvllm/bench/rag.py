@@ -1,7 +1,8 @@
 """Measure the RAG pieces on this machine: ``python -m tsvllm.bench.rag [--chunks 100000]``.
 
 Prints, as JSON: query embedding latency, exact search latency over random unit vectors
-(embedding excluded, via ``retrieve_by_vector``) with its parts, and indexing throughput
+(embedding excluded, via ``retrieve_by_vector``) with its parts, partitioned search against
+exact on embedding-like vectors (latency, recall@k), and indexing throughput
 on copies of ``examples/corpus``. Loads the real embedding model; starts no server.
 """
 
@@ -57,14 +58,76 @@ def bench_query_embedding(*, repeat: int) -> dict[str, object]:
     return {"load_s": round(load_s, 2), **stats}
 
 
+def clustered_vectors(
+    n: int, dims: int, *, topics: int = 2000, queries: int = 64, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Unit vectors shaped like text embeddings, and queries near some of them.
+
+    Rows sit around ``topics`` random directions (cosine ~0.7 to their topic, ~0.5 within
+    a topic, ~0 across, as sentence embeddings of a mixed corpus roughly do); each query
+    is a perturbed row (a paraphrase). Uniform random vectors, the worst case for a
+    partitioned index, have no such structure and no real corpus looks like them.
+    """
+    rng = np.random.default_rng(seed)
+    centers = _unit(rng.standard_normal((topics, dims), dtype=np.float32))
+    noise = rng.standard_normal((n, dims), dtype=np.float32) / np.sqrt(dims)
+    rows = _unit(centers[rng.integers(0, topics, n)] + noise)
+    picked = rows[rng.integers(0, n, queries)]
+    paraphrase = 0.5 * rng.standard_normal(picked.shape, dtype=np.float32) / np.sqrt(dims)
+    asked = _unit(picked + paraphrase)
+    return rows, asked
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def recall_at_k(approx: object, exact: object, queries: np.ndarray, *, k: int) -> float:
+    """Mean share of the exact top-``k`` that ``approx`` also returns."""
+    hits = 0
+    for q in queries:
+        want = {c.id for c in exact.retrieve_by_vector(q, k=k)}
+        hits += len(want & {c.id for c in approx.retrieve_by_vector(q, k=k)})
+    return hits / (k * len(queries))
+
+
+def bench_partitioned(*, n: int, dims: int, k: int, repeat: int) -> dict[str, object]:
+    """Partitioned vs exact search over embedding-like vectors: latency and recall@k."""
+    from tsvllm.rag.chunking import Passage
+    from tsvllm.rag.retriever import LocalRetriever
+
+    vectors, queries = clustered_vectors(n, dims, queries=200)
+    passages = [Passage(id=f"doc{i}#0", source=f"doc{i}", text="") for i in range(n)]
+    exact = LocalRetriever(vectors, passages, search="exact")
+    started = time.perf_counter()
+    parted = LocalRetriever(vectors, passages, search="partitioned")
+    build_s = time.perf_counter() - started
+    it = iter(range(10**9))
+
+    def timed(r: object) -> dict[str, float]:
+        return _ms(lambda: r.retrieve_by_vector(queries[next(it) % len(queries)], k=k),
+                   repeat=repeat)  # fmt: skip
+
+    return {
+        "chunks": n,
+        "lists": parted.partitions.lists,
+        "nprobe": parted.nprobe,
+        "build_s": round(build_s, 2),
+        "partitioned": timed(parted),
+        "exact": timed(exact),
+        f"recall_at_{k}": round(recall_at_k(parted, exact, queries, k=k), 4),
+    }
+
+
 def bench_search(*, n: int, dims: int, k: int, repeat: int) -> dict[str, object]:
+    """Exact search over uniform random vectors, with its parts."""
     from tsvllm.rag.chunking import Passage
     from tsvllm.rag.retriever import LocalRetriever, top_k_indices
 
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((n, dims), dtype=np.float32)
     passages = [Passage(id=f"doc{i}#0", source=f"doc{i}", text="") for i in range(n)]
-    retriever = LocalRetriever(vectors, passages)
+    retriever = LocalRetriever(vectors, passages, search="exact")
     del vectors
     queries = rng.standard_normal((64, dims), dtype=np.float32)
     it = iter(range(10**9))
@@ -116,6 +179,9 @@ def main(argv: list[str] | None = None) -> None:
     report = {
         "torch_threads": torch.get_num_threads(),
         "search": bench_search(n=args.chunks, dims=args.dims, k=args.k, repeat=args.repeat),
+        "partitioned_search": bench_partitioned(
+            n=args.chunks, dims=args.dims, k=args.k, repeat=args.repeat
+        ),
         "query_embedding": bench_query_embedding(repeat=args.repeat),
         "indexing": bench_indexing(copies=args.copies),
     }

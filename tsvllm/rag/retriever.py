@@ -1,13 +1,18 @@
-"""Exact in-memory search over a local index: cosine in numpy, optionally fused with BM25.
+"""In-memory search over a local index: cosine in numpy, optionally fused with BM25.
 
 :class:`LocalRetriever` keeps every chunk embedding in one contiguous, L2-normalised
-float32 matrix and scores a query against all of them (no approximate index, so results
-are exact and deterministic). Dense scoring uses ``np.einsum`` rather than ``matrix @ q``:
-both read the matrix at about memory bandwidth on an idle 2-core machine, but OpenBLAS's
-two-thread matrix-vector product ran about 2x slower while the other core was busy (as it
-is when the vLLM engine runs beside the handler); single-threaded einsum was unaffected.
-Search is bound by reading the matrix: at 100k chunks x 384 dims it is 154 MB, about
-6.5 ms per query on the reference machine (~23 GB/s), whatever computes the dot products.
+float32 matrix. Exact search scores a query against every row; it is bound by reading the
+matrix (154 MB at 100k chunks x 384 dims: ~6.5 ms per query on the reference machine,
+~23 GB/s, whatever computes the dot products). So from ``partition_from`` chunks up (20k
+by default) the retriever searches a partitioned index instead
+(:mod:`tsvllm.rag.partitions`): exact cosines over the few groups of rows nearest the
+query, ~1 ms at 100k chunks, with recall@k against exact search reported by
+``tsvllm bench rag``. ``search="exact"`` forces exact search at any size.
+
+Dense scoring uses ``np.einsum`` rather than ``matrix @ q``: both read the matrix at about
+memory bandwidth on an idle 2-core machine, but OpenBLAS's two-thread matrix-vector
+product ran about 2x slower while the other core was busy (as it is when the vLLM engine
+runs beside the handler); single-threaded einsum was unaffected.
 
 With ``hybrid=True`` (the index must have been built with ``bm25=True``) the dense ranking
 and a BM25 keyword ranking (``bm25s``) are merged by reciprocal rank fusion, which helps
@@ -18,12 +23,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from tsvllm.rag.base import Chunk, TextEmbedder
 from tsvllm.rag.chunking import Passage
+from tsvllm.rag.partitions import Partitions, build_partitions, default_lists
 
 RRF_K = 60
 
@@ -86,6 +92,11 @@ class LocalRetriever:
     [-1, 1]. In hybrid mode the *order* is the RRF order, so scores need not decrease down
     the list, and a chunk found by keywords alone can have a low cosine. ``min_score``
     always filters on that cosine.
+
+    ``search``: ``"exact"`` scans every row; ``"partitioned"`` groups the rows with
+    k-means at construction (seconds at 100k chunks) and scans the ``nprobe`` groups
+    nearest each query (default: 1/16 of the groups, at least 8); ``"auto"`` partitions
+    from ``partition_from`` chunks up.
     """
 
     def __init__(
@@ -99,6 +110,9 @@ class LocalRetriever:
         model_sha256: str | None = None,
         rrf_k: int = RRF_K,
         rrf_depth: int = 100,
+        search: Literal["auto", "exact", "partitioned"] = "auto",
+        partition_from: int = 20_000,
+        nprobe: int | None = None,
     ) -> None:
         matrix = np.array(embeddings, dtype=np.float32, order="C", copy=True, ndmin=2)
         if matrix.shape[0] != len(passages):
@@ -110,8 +124,22 @@ class LocalRetriever:
                 "hybrid=True needs a BM25 index: rebuild the index with bm25=True "
                 "(the default), or use hybrid=False"
             )
+        passages = list(passages)
+        if search not in ("auto", "exact", "partitioned"):
+            raise ValueError(f"search must be auto, exact or partitioned, not {search!r}")
+        self.partitions: Partitions | None = None
+        self.nprobe: int | None = None
+        #: row of the matrix holding document ``i`` of ``passages`` as given (BM25's ids)
+        self._row_of_doc: np.ndarray | None = None
+        if search == "partitioned" or (search == "auto" and len(passages) >= partition_from):
+            parts = build_partitions(matrix, lists=default_lists(len(passages)))
+            matrix = matrix[parts.order]
+            passages = [passages[i] for i in parts.order.tolist()]
+            self._row_of_doc = np.argsort(parts.order)
+            self.partitions = parts
+            self.nprobe = nprobe or max(8, parts.lists // 16)
         self.matrix = matrix
-        self.passages = list(passages)
+        self.passages = passages
         self.bm25 = bm25
         self.hybrid = hybrid
         self.model_sha256 = model_sha256
@@ -165,17 +193,16 @@ class LocalRetriever:
         _check_k(k)
         if not self.passages:
             return []
-        vec = np.asarray(self.embedder.embed_query(query), dtype=np.float32)
-        scores = self._cosine(vec)
+        vec = self._unit(np.asarray(self.embedder.embed_query(query), dtype=np.float32))
         if self.hybrid:
             depth = max(k, self.rrf_depth)
-            dense = top_k_indices(scores, depth)
+            dense = self._dense(vec, depth)
             keyword = self._bm25_ranking(query, depth)
             fused = rrf_fuse([dense.tolist(), keyword], k=self.rrf_k)
-            order = np.array([doc for doc, _ in fused], dtype=np.int64)
+            rows = np.array([row for row, _ in fused], dtype=np.int64)
         else:
-            order = top_k_indices(scores, k)
-        return self._chunks(order, scores, k=k, min_score=min_score)
+            rows = self._dense(vec, k)
+        return self._chunks(rows, vec, k=k, min_score=min_score)
 
     def retrieve_by_vector(
         self, vec: np.ndarray, *, k: int = 4, min_score: float | None = None
@@ -184,17 +211,22 @@ class LocalRetriever:
         _check_k(k)
         if not self.passages:
             return []
-        scores = self._cosine(np.asarray(vec, dtype=np.float32))
-        return self._chunks(top_k_indices(scores, k), scores, k=k, min_score=min_score)
+        vec = self._unit(np.asarray(vec, dtype=np.float32))
+        return self._chunks(self._dense(vec, k), vec, k=k, min_score=min_score)
 
-    def _cosine(self, vec: np.ndarray) -> np.ndarray:
+    def _unit(self, vec: np.ndarray) -> np.ndarray:
         vec = vec.reshape(-1)
         if vec.shape[0] != self.dims:
             raise ValueError(f"query vector has {vec.shape[0]} dims, the index {self.dims}")
         norm = float(np.linalg.norm(vec))
-        if norm > 0:
-            vec = vec / norm
-        return np.einsum("nd,d->n", self.matrix, vec)
+        return vec / norm if norm > 0 else vec
+
+    def _dense(self, vec: np.ndarray, depth: int) -> np.ndarray:
+        """Rows of the ``depth`` best cosines to the unit vector ``vec``, best first."""
+        if self.partitions is None:
+            return top_k_indices(np.einsum("nd,d->n", self.matrix, vec), depth)
+        rows, scores = self.partitions.probe(self.matrix, vec, nprobe=self.nprobe)
+        return rows[top_k_indices(scores, depth)]
 
     def _bm25_ranking(self, query: str, depth: int) -> list[int]:
         ids = self.bm25.get_tokens_ids(bm25_tokenize([query])[0])
@@ -202,14 +234,15 @@ class LocalRetriever:
             return []
         scores = np.asarray(self.bm25.get_scores_from_ids(ids), dtype=np.float32)
         top = top_k_indices(scores, depth)
-        return top[scores[top] > 0].tolist()
+        top = top[scores[top] > 0]
+        return (top if self._row_of_doc is None else self._row_of_doc[top]).tolist()
 
     def _chunks(
-        self, order: np.ndarray, scores: np.ndarray, *, k: int, min_score: float | None
+        self, rows: np.ndarray, vec: np.ndarray, *, k: int, min_score: float | None
     ) -> list[Chunk]:
         out: list[Chunk] = []
-        for i in order.tolist():
-            score = float(scores[i])
+        scores = self.matrix[rows] @ vec if len(rows) else np.empty(0, dtype=np.float32)
+        for i, score in zip(rows.tolist(), scores.tolist(), strict=True):
             if min_score is not None and score < min_score:
                 continue
             p = self.passages[i]
