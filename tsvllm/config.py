@@ -152,6 +152,19 @@ class RagConfig(BaseModel):
     hybrid: bool = Field(
         False, description="Fuse BM25 with the dense ranking (needs an index built with BM25)."
     )
+    search: Literal["auto", "exact", "partitioned"] = Field(
+        "auto",
+        description=(
+            "Dense search: exact scans every chunk; partitioned scans the k-means groups "
+            "nearest the query (~1 ms at 100k chunks, recall@4 ~0.99); auto partitions "
+            "from 20k chunks up."
+        ),
+    )
+    nprobe: int | None = Field(
+        None,
+        ge=1,
+        description="Groups scanned per query in partitioned search (default: 1/16, ≥8).",
+    )
     context_header: str = Field(
         "Use the following context to answer. Cite the sources you use as [1], [2], ...",
         description="Text placed before the retrieved chunks in the context block.",

@@ -222,7 +222,7 @@ def _load_retriever(rag: Any, model_dir: Path) -> Any:
     path = Path(rag.index)
     if not path.is_absolute():
         path = model_dir / path
-    retriever = load_index(path, hybrid=rag.hybrid)
+    retriever = load_index(path, hybrid=rag.hybrid, search=rag.search, nprobe=rag.nprobe)
     retriever.warm_up()  # load the query embedder now, not on the first request
     return retriever
 

@@ -22,7 +22,7 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -148,10 +148,13 @@ def load_index(
     *,
     hybrid: bool = False,
     embedder: TextEmbedder | None = None,
+    search: Literal["auto", "exact", "partitioned"] = "auto",
+    nprobe: int | None = None,
 ) -> LocalRetriever:
     """Load an index folder into a :class:`LocalRetriever` (the query embedder loads lazily).
 
-    ``hybrid=True`` needs an index built with ``bm25=True``.
+    ``hybrid=True`` needs an index built with ``bm25=True``. ``search`` and ``nprobe``:
+    see :class:`LocalRetriever` (partitioning runs here, at load: ~3 s at 100k chunks).
     """
     root = Path(index_dir)
     manifest = read_manifest(root)
@@ -180,6 +183,8 @@ def load_index(
         bm25=bm25_index,
         hybrid=hybrid,
         model_sha256=manifest["embedding_model"]["sha256"],
+        search=search,
+        nprobe=nprobe,
     )
 
 
