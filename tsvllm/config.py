@@ -306,6 +306,15 @@ class HandlerConfig(BaseModel):
         gt=0,
         description="Largest accepted request body in bytes; larger bodies get HTTP 413.",
     )
+    request_timeout_s: float = Field(
+        300.0,
+        gt=0,
+        description=(
+            "Longest a request may run; then its generation is aborted (504, or an error "
+            "event in a stream). TorchServe never tells the handler that a client left, so "
+            "this deadline is what frees the engine from a disconnected client."
+        ),
+    )
     rag: RagConfig | None = Field(
         None, description="Retrieval-augmented generation (needs handlers/rag_guard_handler.py)."
     )

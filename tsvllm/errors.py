@@ -83,6 +83,13 @@ class EngineUnavailable(TsVllmError):
     error_type = "ServiceUnavailableError"
 
 
+class RequestTimeout(TsVllmError):
+    """The request ran past ``handler.request_timeout_s``; its generation was aborted (504)."""
+
+    status = HTTPStatus.GATEWAY_TIMEOUT
+    error_type = "TimeoutError"
+
+
 def error_body(
     message: str,
     *,
@@ -136,6 +143,7 @@ _BY_STATUS: dict[int, type[TsVllmError]] = {
         MethodNotAllowed,
         PayloadTooLarge,
         EngineUnavailable,
+        RequestTimeout,
     )
 }
 

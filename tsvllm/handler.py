@@ -7,7 +7,13 @@ passes as the ``url_path`` request header):
 ``v1/completions``         OpenAI completions (JSON or SSE stream)
 ``v1/chat/completions``    OpenAI chat completions (JSON or SSE stream)
 ``v1/models``              the served model names and LoRA adapters
+``health``                 200 ``{"status": "ok", "running_requests": n}``
+                           once the engine serves, else 503
 =========================  ==============================================
+
+Every request is bounded by ``handler.request_timeout_s``: past it the generation is
+aborted (TorchServe never tells the handler a client left; this deadline frees the engine).
+If the engine dies, requests in flight get 503, and the worker builds a new engine.
 
 Each call of :meth:`VLLMHandler.handle` serves one request and *always returns* a
 reply: a request's own failure becomes an OpenAI error body with its HTTP status and
@@ -27,7 +33,14 @@ from typing import Any
 from tsvllm import torchserve
 from tsvllm.auth import ApiKey
 from tsvllm.engine.base import Api, Engine, StreamEvent
-from tsvllm.errors import BadRequest, EngineUnavailable, NotFound, PayloadTooLarge, to_error_body
+from tsvllm.errors import (
+    BadRequest,
+    EngineUnavailable,
+    NotFound,
+    PayloadTooLarge,
+    RequestTimeout,
+    to_error_body,
+)
 from tsvllm.hooks import EndStream, Hooks, RequestContext, final_chunk, overrides
 
 logger = logging.getLogger(__name__)
@@ -36,10 +49,11 @@ JSON = "application/json"
 SSE = "text/event-stream"
 DONE = b"data: [DONE]\n\n"
 
-ROUTES: dict[str, Api | None] = {
+ROUTES: dict[str, Api | str] = {
     "v1/completions": Api.COMPLETIONS,
     "v1/chat/completions": Api.CHAT,
-    "v1/models": None,
+    "v1/models": "models",
+    "health": "health",
 }
 
 
@@ -64,6 +78,8 @@ class VLLMHandler(Hooks):
         self.engine: Engine | None = None
         self.config: Any = None
         self.max_body_bytes: int = 1 << 20
+        self.request_timeout_s: float = 300.0
+        self._model_dir = Path(".")
         self.initialized = False
         #: the key every request must carry (``TSVLLM_API_KEY_FILE``), see tsvllm.auth
         self.api_key: ApiKey | None = None
@@ -92,9 +108,11 @@ class VLLMHandler(Hooks):
                     ],
                 )
         self.max_body_bytes = handler_cfg.max_body_bytes
+        self.request_timeout_s = handler_cfg.request_timeout_s
+        self._model_dir = model_dir
         self.api_key = ApiKey.from_environ(os.environ)
         os.environ.update(handler_cfg.env)
-        torchserve.install_socket_lock()
+        torchserve.install_worker_path()
 
         from tsvllm.lifeline import start_reaper
 
@@ -126,9 +144,21 @@ class VLLMHandler(Hooks):
             return self.engine
 
     async def ready_engine(self) -> Engine:
-        """The engine, once started (requests that arrive during start-up wait here)."""
-        if self.engine is not None:
-            return self.engine
+        """The engine, once started (requests that arrive during start-up wait here).
+
+        A dead engine (its process was killed, it crashed) is shut down and a new one
+        started in the background; until it serves, requests get 503.
+        """
+        engine = self.engine
+        if engine is not None and not engine.dead:
+            return engine
+        if engine is not None:
+            logger.error("tsvllm: the engine died; starting a new one")
+            self.engine = None
+            engine.shutdown()  # reaps whatever is left of its processes
+            loop = asyncio.get_running_loop()
+            self._starting = loop.create_task(self._start_engine(model_dir=self._model_dir))
+            raise EngineUnavailable("the engine died and is restarting; retry shortly")
         if self._starting is None:
             raise EngineUnavailable("the handler is not initialized")
         if self.start_error is not None:
@@ -170,8 +200,13 @@ class VLLMHandler(Hooks):
                 + ", ".join(f"/{r}" for r in ROUTES),
             )
         api = ROUTES[route]
-        if api is None:
+        if api == "models":
             return self._json_reply(context, await (await self.ready_engine()).models())
+        if api == "health":
+            engine = await self.ready_engine()
+            await engine.health()
+            body = {"status": "ok", "running_requests": engine.running_requests()}
+            return self._json_reply(context, body)
 
         body = self._decode_body(request)
         ctx = RequestContext(
@@ -182,40 +217,59 @@ class VLLMHandler(Hooks):
             stream=bool(body.get("stream")),
         )
         stats["ctx"] = ctx
-        engine = await self.ready_engine()
-        body = await self.on_request(body, ctx)
-        result = await engine.generate(api, body, request_id=ctx.request_id)
-        if isinstance(result, dict):
-            stats["usage"] = result.get("usage")
-            return self._json_reply(context, await self.on_response(result, ctx))
-        return await self._stream(result, ctx, context, stats)
+        deadline = asyncio.get_running_loop().time() + self.request_timeout_s
+        timer = asyncio.timeout_at(deadline)
+        try:
+            async with timer:
+                engine = await self.ready_engine()
+                body = await self.on_request(body, ctx)
+                result = await engine.generate(api, body, request_id=ctx.request_id)
+                if isinstance(result, dict):
+                    stats["usage"] = result.get("usage")
+                    return self._json_reply(context, await self.on_response(result, ctx))
+        except TimeoutError:
+            if timer.expired():  # cancelling generate() aborted the engine request
+                raise self._timeout() from None
+            raise
+        return await self._stream(result, ctx, context, stats, deadline=deadline)
 
     async def _stream(
-        self, events: Any, ctx: RequestContext, context: Any, stats: dict[str, Any]
+        self,
+        events: Any,
+        ctx: RequestContext,
+        context: Any,
+        stats: dict[str, Any],
+        *,
+        deadline: float,
     ) -> bytes:
         """Send each event as it comes; the returned bytes close the response."""
         torchserve.set_reply(context, status=200, content_type=SSE)
         hooked = overrides(self, "on_chunk")
         tail: list[StreamEvent] = []
         last: StreamEvent | None = None
+        timer = asyncio.timeout_at(deadline)
         try:
-            async for event in events:
-                if last is None:
-                    stats["ttft_ms"] = (time.perf_counter() - stats["start"]) * 1000
-                last = event
-                if not hooked:
-                    torchserve.send_chunk(context, event.encode().encode())
-                    continue
-                ctx.last_chunk = event.payload
-                for out in await self.on_chunk(event, ctx):
-                    torchserve.send_chunk(context, out.encode().encode())
-            if last is not None and '"usage"' in last.data:  # include_usage was asked
-                stats["usage"] = last.payload.get("usage")
-            tail = list(await self.on_stream_end(ctx))
+            async with timer:
+                async for event in events:
+                    if last is None:
+                        stats["ttft_ms"] = (time.perf_counter() - stats["start"]) * 1000
+                    last = event
+                    if not hooked:
+                        torchserve.send_chunk(context, event.encode().encode())
+                        continue
+                    ctx.last_chunk = event.payload
+                    for out in await self.on_chunk(event, ctx):
+                        torchserve.send_chunk(context, out.encode().encode())
+                if last is not None and '"usage"' in last.data:  # include_usage was asked
+                    stats["usage"] = last.payload.get("usage")
+                tail = list(await self.on_stream_end(ctx))
         except EndStream as end:  # closing `events` below aborts the engine request
             tail = [final_chunk(ctx, finish_reason=end.finish_reason)]
         except Exception as exc:  # mid-stream: the status is already 200
-            logger.exception("stream %s failed", ctx.request_id)
+            if isinstance(exc, TimeoutError) and timer.expired():
+                exc = self._timeout()  # closing `events` below aborts the engine request
+            else:
+                logger.exception("stream %s failed", ctx.request_id)
             _, err = to_error_body(exc)
             tail = [StreamEvent.from_payload(err)]
         finally:
@@ -242,6 +296,12 @@ class VLLMHandler(Hooks):
         return body
 
     # -- replies -----------------------------------------------------------------------
+
+    def _timeout(self) -> RequestTimeout:
+        return RequestTimeout(
+            f"the request ran past the server's limit of {self.request_timeout_s:g}s "
+            "(handler.request_timeout_s) and was stopped"
+        )
 
     def _json_reply(self, context: Any, body: dict[str, Any], *, status: int = 200) -> bytes:
         torchserve.set_reply(context, status=status, content_type=JSON)

@@ -8,8 +8,8 @@ Two traps of TorchServe 0.12 async mode are contained here (see FACTS.md):
 * a reply with a non-200 *message* code fails every request in flight on the worker,
   so per-request errors are sent as message code 200 with a per-request HTTP status;
 * stream chunks are written to the frontend socket from the event-loop thread while
-  final replies are written from a sender thread, unguarded. :func:`install_socket_lock`
-  makes the two mutually exclusive.
+  final replies are written from a sender thread, unguarded. :func:`install_worker_path`
+  writes both from the event loop under one lock.
 """
 
 from __future__ import annotations
@@ -26,31 +26,90 @@ _SOCKET_LOCK = threading.Lock()
 _installed = False
 
 
-def install_socket_lock() -> None:
-    """Make TorchServe's sender thread take :data:`_SOCKET_LOCK` for each final reply.
+def install_worker_path() -> None:
+    """Replace TorchServe 0.12's per-request path in the async worker with a lean one.
 
-    Must run before TorchServe builds its ``AsyncService`` (i.e. in ``initialize``), which
-    starts the sender thread from the class attribute patched here.
+    Must run before TorchServe builds its ``AsyncService`` (i.e. in ``initialize``). Same
+    wire protocol and replies; what goes away, per request (each measured in
+    docs/PERFORMANCE.md):
+
+    * two thread hand-offs: a request goes from the receive thread straight to the event
+      loop (not through a queue and a batching thread), and the reply is written from the
+      loop (not through a queue and a sender thread);
+    * a deep copy of the whole worker context (a shallow copy with fresh per-request fields
+      does: the handler never mutates shared state);
+    * three stdout lines the frontend parses and logs: ``Backend received inference at``,
+      ``self._entry_point=...`` and the ``PredictionTime`` metric (the frontend's own
+      ``ts_inference_latency_microseconds`` still measures each request).
+
+    Stream chunks and final replies share :data:`_SOCKET_LOCK` (TorchServe wrote them from
+    two threads unguarded). A handler that raises gets a per-request 500, never a non-200
+    message code (which would fail every request in flight, see FACTS.md).
     """
     global _installed
     if _installed:
         return
     try:
-        import asyncio
-
         from ts.async_service import AsyncService
     except ImportError:  # not inside a TorchServe worker (unit tests, scripts)
         return
-
-    def send_responses(self: Any) -> None:
-        while True:
-            future = asyncio.run_coroutine_threadsafe(self.out_queue.get(), self.loop)
-            message = future.result()
-            with _SOCKET_LOCK:
-                self.service.cl_socket.sendall(message)
-
-    AsyncService.send_responses = send_responses
+    AsyncService.receive_requests = _receive_requests
+    AsyncService.call_predict = _call_predict
     _installed = True
+
+
+def _receive_requests(self: Any) -> None:
+    """Read requests off the frontend socket and start each on the event loop at once."""
+    import asyncio
+
+    from ts.protocol.otf_message_handler import (
+        PREDICT_MSG,
+        _retrieve_buffer,
+        _retrieve_inference_msg,
+    )
+
+    sock = self.service.cl_socket
+    while True:
+        cmd = _retrieve_buffer(sock, 1)
+        if cmd != PREDICT_MSG:
+            raise ValueError(f"unexpected command {cmd!r} from the frontend")
+        batch = _retrieve_inference_msg(sock)
+        asyncio.run_coroutine_threadsafe(self.call_predict(batch), self.loop)
+
+
+async def _call_predict(self: Any, batch: list[dict[str, Any]]) -> None:
+    """One request: a shallow per-request context, the handler, the reply (under the lock)."""
+    import copy
+
+    from ts.protocol.otf_message_handler import create_predict_response
+    from ts.service import Service
+
+    service = self.service
+    headers, input_batch, req_id_map = Service.retrieve_data_for_inference(batch)
+    context = copy.copy(service.context)
+    context.request_ids = req_id_map
+    context.request_processor = headers
+    context.cl_socket = service.cl_socket
+    try:
+        ret = await service._entry_point(input_batch, context)
+        if not isinstance(ret, list) or len(ret) != len(input_batch):
+            raise TypeError(f"the handler returned {type(ret).__name__}, not [reply]")
+    except Exception as exc:  # the handler never raises for a request; a bug might
+        logger.exception("handler failed")
+        ret = [_internal_error(context, exc)]
+    message = create_predict_response(ret, req_id_map, "Prediction success", 200, context)
+    with _SOCKET_LOCK:
+        service.cl_socket.sendall(message)
+
+
+def _internal_error(context: Any, exc: BaseException) -> bytes:
+    import json
+
+    from tsvllm.errors import to_error_body
+
+    status, body = to_error_body(exc)
+    set_reply(context, status=status, content_type="application/json")
+    return json.dumps(body).encode()
 
 
 def request_id(context: Any) -> str:
@@ -99,6 +158,9 @@ def emit_metrics(
         return
     from ts.metrics.dimension import Dimension
 
+    # the worker's metrics cache is shared by concurrent requests (no per-request deep
+    # copy): point it at this request; nothing awaits between here and the last add
+    metrics.request_ids = context.request_ids
     for name, value, dims in counters:
         metrics.add_counter(name, value, 0, [Dimension(k, v) for k, v in dims.items()])
     for name, value, dims in times_ms:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import struct
 from collections.abc import AsyncIterator, Mapping
@@ -27,6 +28,9 @@ class FakeEngine:
         self.calls: list[tuple[Api, dict[str, Any], str]] = []
         self.aborted: list[str] = []
         self.closed_streams = 0
+        self.dead = False
+        self.delay_s = 0.0  # per stream chunk, and before a full response
+        self.shut_down = False
 
     async def generate(self, api: Api, body: Mapping[str, Any], *, request_id: str):
         self.calls.append((api, dict(body), request_id))
@@ -36,6 +40,7 @@ class FakeEngine:
             raise BadRequest("max_tokens: Input should be a valid integer", param="max_tokens")
         if body.get("stream"):
             return self._stream(golden("chat_completion_chunks.json"))
+        await asyncio.sleep(self.delay_s)
         return golden("chat_completion.json" if api is Api.CHAT else "completion.json")
 
     async def _stream(self, chunks: list[dict[str, Any]]) -> AsyncIterator[StreamEvent]:
@@ -43,6 +48,7 @@ class FakeEngine:
             for chunk in chunks:
                 if chunk.get("explode"):
                     raise RuntimeError("engine died mid-stream")
+                await asyncio.sleep(self.delay_s)
                 yield StreamEvent(json.dumps(chunk))
         finally:
             self.closed_streams += 1
@@ -56,8 +62,11 @@ class FakeEngine:
     async def health(self) -> None:
         return None
 
+    def running_requests(self) -> int:
+        return len(self.calls) - self.closed_streams
+
     def shutdown(self) -> None:
-        return None
+        self.shut_down = True
 
 
 class RecordingSocket:

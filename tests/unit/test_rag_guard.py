@@ -20,6 +20,8 @@ CARD = "4111 1111 1111 1111"
 class ScriptedEngine:
     """Answers every request with ``answer``; streams it in 3-character deltas."""
 
+    dead = False
+
     def __init__(self, answer: str):
         self.answer = answer
         self.bodies: list[dict] = []

@@ -101,6 +101,15 @@ class Engine(Protocol):
         """Return when the engine can serve; raise ``EngineUnavailable`` otherwise."""
         ...
 
+    @property
+    def dead(self) -> bool:
+        """True once the engine has failed for good (e.g. its process died): build another."""
+        ...
+
+    def running_requests(self) -> int:
+        """Requests the engine has accepted and not finished yet."""
+        ...
+
     def shutdown(self) -> None:
         """Stop the engine and every process it started. Safe to call twice."""
         ...

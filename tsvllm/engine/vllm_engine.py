@@ -166,7 +166,7 @@ class VllmEngine:
         from vllm.exceptions import VLLMValidationError
 
         if self._client.errored:
-            raise EngineUnavailable("the engine is not running; the worker will be restarted")
+            raise EngineUnavailable("the engine is not running; it is being restarted")
         if api is Api.CHAT:
             schema, create = ChatCompletionRequest, self._state.openai_serving_chat
             create = create.create_chat_completion
@@ -191,6 +191,8 @@ class VllmEngine:
         try:
             result = await create(request, None)
         except Exception as exc:  # vLLM raises some request errors instead of returning them
+            if self._client.errored:
+                raise EngineUnavailable("the engine died; it is being restarted") from exc
             raise _from_vllm_exception(exc) from exc
         finally:
             self._running.pop(request_id, None)
@@ -242,8 +244,11 @@ class VllmEngine:
         except Exception as exc:
             raise EngineUnavailable(f"the engine is not healthy: {type(exc).__name__}") from exc
 
+    @property
+    def dead(self) -> bool:
+        return bool(self._client.errored)
+
     def running_requests(self) -> int:
-        """Requests the engine has not finished (for tests and metrics)."""
         return self._client.get_num_unfinished_requests()
 
     def shutdown(self) -> None:

@@ -296,7 +296,7 @@ class LlamaGuardJudge:
             prompt = self.prompt(text, stage=stage, ctx=ctx)
             reply = await asyncio.wait_for(self.complete(prompt), self.timeout)
             verdict = parse_reply(reply)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return self._failed(f"no reply within {self.timeout:g}s")
         except Exception as exc:
             return self._failed(f"{type(exc).__name__}: {str(exc)[:200]}", exc)

@@ -1,0 +1,65 @@
+"""The request deadline, the health route and a dead engine, behind a fake engine."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from tests.unit.conftest import FakeEngine
+from tests.unit.test_handler import error_of, serve
+
+
+def test_health_reports_running_requests(handler):
+    _, status, ctype, payload = serve(handler, "health", None)
+    assert (status, ctype) == (200, "application/json")
+    assert json.loads(payload) == {"status": "ok", "running_requests": 0}
+
+
+def test_a_slow_full_response_is_stopped_at_the_deadline(handler, engine):
+    handler.request_timeout_s = 0.05
+    engine.delay_s = 5
+    _, status, _, payload = serve(handler, "v1/completions", {"prompt": "hi"})
+    assert status == 504
+    err = error_of(payload)
+    assert err["type"] == "TimeoutError" and "request_timeout_s" in err["message"]
+
+
+def test_a_slow_stream_ends_with_a_timeout_event_and_is_aborted(handler, engine):
+    handler.request_timeout_s = 0.3
+    engine.delay_s = 0.2  # the 2nd chunk comes after the deadline
+    ctx, status, _, last = serve(handler, "v1/chat/completions", {"stream": True})
+    assert status == 200
+    assert 1 <= len(ctx.cl_socket.payloads()) < 3
+    head, done = last.split(b"\n\n", 1)
+    assert error_of(head.removeprefix(b"data: "))["code"] == 504
+    assert done == b"data: [DONE]\n\n"
+    assert engine.closed_streams == 1  # closing the stream aborts the generation
+
+
+def test_a_dead_engine_gets_503_and_is_replaced(handler, engine):
+    replacement = FakeEngine()
+    started = asyncio.Event()
+
+    async def build_engine(*, model_dir):
+        started.set()
+        return replacement
+
+    handler.build_engine = build_engine
+    engine.dead = True
+
+    async def scenario():
+        from tests.unit.conftest import make_context
+
+        ctx = make_context("v1/completions")
+        first = await handler.handle([{"body": {"prompt": "hi"}}], ctx)
+        assert ctx.get_response_status(0)[0] == 503
+        assert "restarting" in error_of(first[0])["message"]
+        assert engine.shut_down
+        await asyncio.wait_for(started.wait(), 5)
+        await asyncio.sleep(0)
+        ctx = make_context("v1/completions")
+        await handler.handle([{"body": {"prompt": "hi"}}], ctx)
+        assert ctx.get_response_status(0)[0] == 200
+        assert handler.engine is replacement and len(replacement.calls) == 1
+
+    asyncio.run(scenario())
