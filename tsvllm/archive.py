@@ -26,7 +26,9 @@ _FORMATS: dict[str, tuple[str, str]] = {
     "mar": ("default", "{name}.mar"),
     "tgz": ("tgz", "{name}.tar.gz"),
 }
-DEFAULT_HANDLER = Path(__file__).resolve().parent.parent / "handlers" / "vllm_handler.py"
+#: the repository checkout this package runs from (handlers/, examples/ live there)
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_HANDLER = REPO_ROOT / "handlers" / "vllm_handler.py"
 #: a Hugging Face hub id (org/name): vLLM downloads it when the engine starts
 HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 #: folder name of the RAG index inside an artifact

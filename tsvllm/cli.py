@@ -77,10 +77,9 @@ def _cmd_bench_serve(args: argparse.Namespace) -> int:
         model_dir=args.model_dir,
         config=args.config,
         workdir=args.workdir,
-        requests=args.requests,
-        concurrency=args.concurrency,
-        max_tokens=args.max_tokens,
+        shapes=args.shapes.split(","),
         rounds=args.rounds,
+        sides=args.sides.split(","),
         json_path=args.json,
         plot_path=args.plot,
     )
@@ -160,9 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-dir", required=True, help="model folder both sides serve")
     p.add_argument("--config", default="model_configs/tiny-cpu.yaml", help="engine args from")
     p.add_argument("--workdir", default=".tsvllm/bench", help="logs and artifacts")
-    p.add_argument("--requests", type=int, default=64)
-    p.add_argument("--concurrency", type=int, default=16)
-    p.add_argument("--max-tokens", type=int, default=32)
+    p.add_argument("--shapes", default="64x16x32,256x64x64",
+                   help="load shapes REQUESTSxCONCURRENCYxTOKENS, comma-separated")  # fmt: skip
+    p.add_argument("--sides", default="a,b,c",
+                   help="a: vLLM server, b: TorchServe+VLLMHandler, c: + RAG and rule guards, "
+                        "b0: b with TorchServe's own worker path")  # fmt: skip
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--json", help="write the report here")
     p.add_argument("--plot", help="write a PNG plot here")

@@ -306,6 +306,14 @@ class HandlerConfig(BaseModel):
         gt=0,
         description="Largest accepted request body in bytes; larger bodies get HTTP 413.",
     )
+    lean_worker: bool = Field(
+        True,
+        description=(
+            "Replace TorchServe's per-request path in the worker with a lean one (same "
+            "protocol; no thread hand-offs, context deep copy or per-request log lines; "
+            "see docs/PERFORMANCE.md). false keeps TorchServe's own path."
+        ),
+    )
     request_timeout_s: float = Field(
         300.0,
         gt=0,

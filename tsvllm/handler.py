@@ -112,7 +112,10 @@ class VLLMHandler(Hooks):
         self._model_dir = model_dir
         self.api_key = ApiKey.from_environ(os.environ)
         os.environ.update(handler_cfg.env)
-        torchserve.install_worker_path()
+        if handler_cfg.lean_worker:
+            torchserve.install_worker_path()
+        else:
+            torchserve.install_socket_lock()
 
         from tsvllm.lifeline import start_reaper
 
@@ -208,7 +211,7 @@ class VLLMHandler(Hooks):
             body = {"status": "ok", "running_requests": engine.running_requests()}
             return self._json_reply(context, body)
 
-        body = self._decode_body(request)
+        body = self._decode_body(request, headers)
         ctx = RequestContext(
             request_id=torchserve.request_id(context),
             route=route,
@@ -276,21 +279,32 @@ class VLLMHandler(Hooks):
             await events.aclose()
         return b"".join(e.encode().encode() for e in tail) + DONE
 
-    def _decode_body(self, request: dict[str, Any]) -> dict[str, Any]:
+    def _decode_body(self, request: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
+        """The request's JSON object. TorchServe's worker has usually decoded it already
+        (``application/json``); the size check then uses the Content-Length header."""
         body = request.get("body")
         if body is None:
             body = request.get("data")
-        if isinstance(body, (bytes, bytearray)):
-            if len(body) > self.max_body_bytes:
-                raise PayloadTooLarge(
-                    f"request body is {len(body)} bytes; the limit is {self.max_body_bytes}"
-                )
+        length = len(body) if isinstance(body, (bytes, bytearray, str)) else None
+        if length is None:
+            declared = next((v for k, v in headers.items() if k.lower() == "content-length"), "")
+            length = int(declared) if declared.isdigit() else None
+        if length is not None and length > self.max_body_bytes:
+            raise PayloadTooLarge(
+                f"request body is {length} bytes; the limit is {self.max_body_bytes} "
+                "(handler.max_body_bytes)"
+            )
+        if isinstance(body, (bytes, bytearray, str)):
             if not body.strip():
                 raise BadRequest("request body is empty; send a JSON object")
             try:
                 body = json.loads(body)
-            except (UnicodeDecodeError, ValueError) as exc:
-                raise BadRequest(f"request body is not valid JSON: {exc}") from None
+            except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+                reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+                raise BadRequest(
+                    f"request body is not valid JSON ({reason[:200]}); send a JSON object "
+                    "with Content-Type: application/json"
+                ) from None
         if not isinstance(body, dict):
             raise BadRequest(f"request body must be a JSON object, not {type(body).__name__}")
         return body

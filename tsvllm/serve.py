@@ -64,7 +64,7 @@ def ts_config_text(
     model_store: str | Path | None = None,
     token_auth: bool = True,
     management_socket: str | Path | None = None,
-    max_request_size: int = 1 << 20,
+    max_request_size: int = 8 << 20,
     initial_worker_port: int | None = None,
     extra: Mapping[str, str] | None = None,
 ) -> str:
@@ -87,8 +87,10 @@ def ts_config_text(
         "disable_token_authorization": "false" if token_auth else "true",
         "enable_model_api": "false",
         "install_py_dep_per_model": "false",
+        # the frontend's hard cap (its 413 has no OpenAI body): above the handler's own
+        # limit (handler.max_body_bytes, 1 MiB by default), which answers in OpenAI's shape
         "max_request_size": str(max_request_size),
-        "max_response_size": str(max_request_size),
+        "max_response_size": str(32 << 20),
         "metrics_mode": "prometheus",
         "model_metrics_auto_detect": "true",
         "default_response_timeout": "300",

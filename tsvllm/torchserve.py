@@ -58,6 +58,30 @@ def install_worker_path() -> None:
     _installed = True
 
 
+def install_socket_lock() -> None:
+    """Only make TorchServe's sender thread take :data:`_SOCKET_LOCK` for each final reply
+    (TorchServe's own path otherwise; ``handler.lean_worker: false``)."""
+    global _installed
+    if _installed:
+        return
+    try:
+        import asyncio
+
+        from ts.async_service import AsyncService
+    except ImportError:
+        return
+
+    def send_responses(self: Any) -> None:
+        while True:
+            future = asyncio.run_coroutine_threadsafe(self.out_queue.get(), self.loop)
+            message = future.result()
+            with _SOCKET_LOCK:
+                self.service.cl_socket.sendall(message)
+
+    AsyncService.send_responses = send_responses
+    _installed = True
+
+
 def _receive_requests(self: Any) -> None:
     """Read requests off the frontend socket and start each on the event loop at once."""
     import asyncio

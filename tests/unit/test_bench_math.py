@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tsvllm.bench.load import percentile, summarize
-from tsvllm.bench.serve import median_of, ratios
+from tsvllm.bench.serve import median_of, parse_shape, ratios, side_ratios
 
 
 def test_percentile_nearest_rank():
@@ -36,18 +36,22 @@ def test_medians_over_rounds_and_ratios_b_over_a():
     b = {"non_stream": {"tok_per_s": 99.0}, "stream": {"tok_per_s": 88.0, "ttft_p50_ms": 28.0},
          "cold_start_s": 22.0, "peak_rss_mb": 3200.0}  # fmt: skip
     assert a["stream"] == {"tok_per_s": 110.0, "ttft_p50_ms": 25.0}
-    r = ratios(a, b)
-    assert r == {
-        "non_stream_tok_per_s_b_over_a": 0.9,
-        "stream_tok_per_s_b_over_a": 0.8,
+    assert ratios(a, b) == {
+        "non_stream_tok_per_s": 0.9,
+        "stream_tok_per_s": 0.8,
         "stream_ttft_p50_overhead_ms": 3.0,
-        "cold_start_b_over_a": 1.1,
-        "peak_rss_b_minus_a_mb": 200.0,
     }
+    assert side_ratios(a, b) == {"cold_start": 1.1, "peak_rss_delta_mb": 200.0}
+
+
+def test_load_shapes():
+    assert parse_shape("256x64x64") == (256, 64, 64)
+    with pytest.raises(ValueError, match="REQUESTSxCONCURRENCYxTOKENS"):
+        parse_shape("256x64")
 
 
 @pytest.mark.parametrize("missing", ["non_stream", "stream"])
 def test_ratios_skip_a_mode_that_was_not_run(missing):
     side = {"non_stream": {"tok_per_s": 1.0}, "stream": {"tok_per_s": 1.0}}
     del side[missing]
-    assert f"{missing}_tok_per_s_b_over_a" not in ratios(side, side)
+    assert f"{missing}_tok_per_s" not in ratios(side, side)

@@ -63,3 +63,25 @@ def test_a_dead_engine_gets_503_and_is_replaced(handler, engine):
         assert handler.engine is replacement and len(replacement.calls) == 1
 
     asyncio.run(scenario())
+
+
+def test_deeply_nested_json_is_a_400_not_a_crash(handler):
+    raw = b"[" * 100_000 + b"]" * 100_000
+    _, status, _, payload = serve(handler, "v1/completions", raw=raw)
+    assert status == 400 and "nested too deeply" in error_of(payload)["message"]
+
+
+def test_a_decoded_body_over_the_limit_is_refused_by_its_content_length(handler, engine):
+    from tests.unit.conftest import make_context
+
+    handler.max_body_bytes = 100
+    ctx = make_context("v1/completions", headers={"Content-Length": "5000"})
+    payload = asyncio.run(handler.handle([{"body": {"prompt": "hi"}}], ctx))[0]
+    assert ctx.get_response_status(0)[0] == 413
+    assert "handler.max_body_bytes" in error_of(payload)["message"]
+    assert engine.calls == []
+
+
+def test_a_text_body_holding_json_is_accepted(handler, engine):
+    _, status, _, _ = serve(handler, "v1/completions", raw='{"prompt": "hi"}')
+    assert status == 200 and engine.calls[0][1]["prompt"] == "hi"

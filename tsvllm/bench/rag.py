@@ -20,7 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-EXAMPLE_CORPUS = Path(__file__).resolve().parents[2] / "examples" / "corpus"
+from tsvllm.archive import REPO_ROOT
+
+EXAMPLE_CORPUS = REPO_ROOT / "examples" / "corpus"
 QUERIES = [
     "Who designed the Zorblax-7?",
     "What is the default irrigation interval?",

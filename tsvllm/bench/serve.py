@@ -1,11 +1,15 @@
-"""``tsvllm bench serve``: vLLM's own OpenAI server (a) against TorchServe + VLLMHandler (b).
+"""``tsvllm bench serve``: vLLM's own OpenAI server against TorchServe + our handlers.
 
-Both sides serve the same model folder with the same engine args (taken from a model
-config), and stay up together; the same load (``tsvllm.bench.load``, run as a separate
-client process) is sent to each, in alternating order round by round to cancel drift.
-Reported per side: tok/s, req/s, TTFT p50/p99, inter-token latency, latency p50/p99, peak
-RSS of the whole process tree, and cold start (start command to first token); then the
-ratios b/a. Everything started is stopped at the end, also on Ctrl-C.
+Sides (``--sides``): **a** vLLM's own OpenAI server, the reference; **b** TorchServe +
+VLLMHandler with hooks off; **c** TorchServe + the RAG and rule-guards handler; **b0** b
+with TorchServe's own worker path, to measure what ``handler.lean_worker`` saves. Every
+side serves the same model folder with the same engine args (from a model config) and all
+stay up together. For each load shape (``--shapes``: requests x concurrency x tokens) the
+same load (``tsvllm.bench.load``, a separate client process, ``ignore_eos``) goes to each
+side, non-streaming then streaming, in alternating side order round by round to cancel
+drift. Reported per side: tok/s, req/s, TTFT p50/p99, inter-token latency, latency
+p50/p99, peak RSS of the whole process tree and cold start (start command to first token);
+then every side's ratios to a. Everything started is stopped at the end, also on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -107,46 +111,140 @@ def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def ratios(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    """b relative to a: throughput ratios, TTFT overhead in ms, cold-start ratio, RSS delta."""
+    """Side ``b`` relative to side ``a`` for one load shape: throughput ratios and the TTFT
+    overhead in ms."""
     out: dict[str, Any] = {}
     for mode in ("non_stream", "stream"):
         if mode in a and mode in b and a[mode]["tok_per_s"]:
-            out[f"{mode}_tok_per_s_b_over_a"] = round(
-                b[mode]["tok_per_s"] / a[mode]["tok_per_s"], 3
-            )
+            out[f"{mode}_tok_per_s"] = round(b[mode]["tok_per_s"] / a[mode]["tok_per_s"], 3)
     if a.get("stream", {}).get("ttft_p50_ms") is not None:
         out["stream_ttft_p50_overhead_ms"] = round(
             b["stream"]["ttft_p50_ms"] - a["stream"]["ttft_p50_ms"], 1
         )
+    return out
+
+
+def side_ratios(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """What does not depend on the load shape: cold start ratio and the RSS delta."""
+    out: dict[str, Any] = {}
     if a.get("cold_start_s"):
-        out["cold_start_b_over_a"] = round(b["cold_start_s"] / a["cold_start_s"], 3)
+        out["cold_start"] = round(b["cold_start_s"] / a["cold_start_s"], 3)
     if a.get("peak_rss_mb"):
-        out["peak_rss_b_minus_a_mb"] = round(b["peak_rss_mb"] - a["peak_rss_mb"], 1)
+        out["peak_rss_delta_mb"] = round(b["peak_rss_mb"] - a["peak_rss_mb"], 1)
     return out
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
+    """Throughput per side and mode, and stream TTFT, one row of panels per load shape."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     sides = list(report["sides"])
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, (metric, label) in zip(
-        axes, [("tok_per_s", "tokens/s"), ("ttft_p50_ms", "stream TTFT p50 (ms)")], strict=True
-    ):
-        modes = ["non_stream", "stream"] if metric == "tok_per_s" else ["stream"]
-        width = 0.8 / len(sides)
-        for i, side in enumerate(sides):
-            values = [report["sides"][side][m].get(metric) or 0 for m in modes]
-            ax.bar([x + i * width for x in range(len(modes))], values, width, label=side)
-        ax.set_xticks([x + width * (len(sides) - 1) / 2 for x in range(len(modes))], modes)
-        ax.set_title(label)
-        ax.legend()
+    shapes = report["load"]["shapes"]
+    fig, axes = plt.subplots(len(shapes), 2, figsize=(11, 3.8 * len(shapes)), squeeze=False)
+    for row, shape in zip(axes, shapes, strict=True):
+        panels = [("tok_per_s", "tokens/s", ["non_stream", "stream"]),
+                  ("ttft_p50_ms", "stream TTFT p50 (ms)", ["stream"])]  # fmt: skip
+        for ax, (metric, label, modes) in zip(row, panels, strict=True):
+            width = 0.8 / len(sides)
+            for i, side in enumerate(sides):
+                runs = report["sides"][side]["shapes"][shape]
+                values = [runs.get(m, {}).get(metric) or 0 for m in modes]
+                ax.bar([x + i * width for x in range(len(modes))], values, width, label=side)
+            ax.set_xticks([x + width * (len(sides) - 1) / 2 for x in range(len(modes))], modes)
+            ax.set_title(f"{shape}: {label}")
+            ax.legend(fontsize=8)
     fig.suptitle(report["title"])
     fig.tight_layout()
     fig.savefig(path)
+
+
+#: what each side serves; "a" is the reference the others are divided by
+SIDES = {
+    "a": "vLLM's own OpenAI server",
+    "b": "TorchServe + VLLMHandler, hooks off",
+    "c": "TorchServe + RAG + rule guards (handlers/rag_guard_handler.py)",
+    "b0": "as b, with TorchServe's own worker path (handler.lean_worker: false)",
+}
+RAG_GUARDS = {
+    "rag": {"index": "rag_index", "k": 3, "min_score": 0.25},
+    "guards": {
+        "pii": {"mode": "redact", "stages": ["input", "output"]},
+        "secrets": {"mode": "block", "stages": ["input", "context", "output"]},
+        "injection": {"mode": "block", "stages": ["input", "context"]},
+        "deny": {"terms": ["zorblax self-destruct code"], "mode": "block"},
+    },
+}
+
+
+def parse_shape(text: str) -> tuple[int, int, int]:
+    """``"64x16x32"`` → (requests, concurrency, max_tokens)."""
+    try:
+        requests, concurrency, tokens = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(
+            f"load shape {text!r}: write REQUESTSxCONCURRENCYxTOKENS, e.g. 64x16x32"
+        ) from None
+    return requests, concurrency, tokens
+
+
+class _Side:
+    """One running server of the benchmark: its URL, process and how to stop it."""
+
+    def __init__(self, name: str, url: str, proc: subprocess.Popen, stop: Any):
+        self.name, self.url, self.proc, self.stop = name, url, proc, stop
+
+
+def _start_vllm(argv: list[str], *, env: dict[str, str], workdir: Path) -> _Side:
+    port = Ports.free().inference
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", *argv,
+         "--host", "127.0.0.1", "--port", str(port), "--disable-uvicorn-access-log"],
+        env=env, stdout=(workdir / "vllm.log").open("wb"), stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+
+    def stop() -> None:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+    return _Side("a", f"http://127.0.0.1:{port}/v1", proc, stop)
+
+
+def _start_torchserve(name: str, cfg: Any, *, workdir: Path) -> _Side:
+    from tsvllm.archive import build_archive
+    from tsvllm.config import dump_model_config
+
+    handler = None
+    update: dict[str, Any] = {}
+    if name == "c":
+        from tsvllm.archive import REPO_ROOT
+        from tsvllm.bench.rag import EXAMPLE_CORPUS
+        from tsvllm.rag.index import build_index
+
+        index = workdir / "rag_index"
+        if not (index / "manifest.json").exists():
+            build_index(EXAMPLE_CORPUS, index, progress=False, force=True)
+        update = {**RAG_GUARDS, "rag": {**RAG_GUARDS["rag"], "index": str(index)}}
+        handler = REPO_ROOT / "handlers" / "rag_guard_handler.py"
+    elif name == "b0":
+        update = {"lean_worker": False}
+    staged = cfg.model_copy(update={"handler": cfg.handler.model_validate(
+        {**cfg.handler.model_dump(), **update})})  # fmt: skip
+    side_dir = workdir / f"side-{name}"
+    side_dir.mkdir(parents=True, exist_ok=True)
+    cfg_path = dump_model_config(staged, side_dir / "model-config.yaml")
+    store = side_dir / "model_store"
+    build_archive(cfg_path, name="bench", export_path=store, handler=handler, force=True)
+    ts = TorchServe(workdir=side_dir / "ts", model_store=store, models=["bench"], auth="off")
+    ts.start()
+    return _Side(name, f"{ts.inference_url}/predictions/bench/1.0/v1", ts.process, ts.stop)
 
 
 def run(
@@ -154,99 +252,106 @@ def run(
     model_dir: Path,
     config: Path,
     workdir: Path,
-    requests: int,
-    concurrency: int,
-    max_tokens: int,
+    shapes: list[str],
     rounds: int,
+    sides: list[str],
     progress: Any = print,
 ) -> dict[str, Any]:
-    from tsvllm.archive import build_archive
-    from tsvllm.config import dump_model_config, load_model_config
+    """Start every side, drive each load shape at each in alternating order, stop all."""
+    from tsvllm.config import load_model_config
     from tsvllm.engine.vllm_engine import handler_argv
 
+    if "a" not in sides:
+        raise ValueError("side a (vLLM's own server) is the reference: keep it in --sides")
+    unknown = sorted(set(sides) - set(SIDES))
+    if unknown:
+        raise ValueError(f"unknown side(s) {', '.join(unknown)}; choose from {', '.join(SIDES)}")
+    parsed = {shape: parse_shape(shape) for shape in shapes}
     cfg = load_model_config(config)
     served = (cfg.handler.served_model_name or ["model"])[0]
-    env = {**os.environ, **cfg.handler.env}
+    # every side gets the same handler section, pointed at the same model folder
+    cfg = cfg.model_copy(update={"handler": cfg.handler.model_copy(
+        update={"model_path": str(model_dir), "served_model_name": [served]})})  # fmt: skip
     workdir.mkdir(parents=True, exist_ok=True)
-    sides: dict[str, dict[str, Any]] = {"a_vllm": {}, "b_torchserve": {}}
-    procs: dict[str, int] = {}
-    vllm_proc = None
-    ts = None
+    report: dict[str, dict[str, Any]] = {s: {"shapes": {}} for s in sides}
+    running: dict[str, _Side] = {}
     try:
-        port = Ports.free().inference
-        # both sides get the same handler section, pointed at the same model folder
-        staged = cfg.model_copy(update={"handler": cfg.handler.model_copy(
-            update={"model_path": str(model_dir), "served_model_name": [served]})})  # fmt: skip
-        argv = handler_argv(staged.handler)
-        progress("bench: starting vLLM's OpenAI server (a)")
-        start = time.monotonic()
-        vllm_proc = subprocess.Popen(
-            [sys.executable, "-m", "vllm.entrypoints.openai.api_server", *argv,
-             "--host", "127.0.0.1", "--port", str(port), "--disable-uvicorn-access-log"],
-            env=env, stdout=(workdir / "vllm.log").open("wb"), stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
-        urls = {"a_vllm": f"http://127.0.0.1:{port}/v1"}
-        sides["a_vllm"]["cold_start_s"] = round(
-            first_token_s(urls["a_vllm"], served, start=start, proc=vllm_proc), 2
-        )
-        procs["a_vllm"] = vllm_proc.pid
+        for name in sides:  # one at a time: cold starts are not measured against each other
+            progress(f"bench: starting side {name}: {SIDES[name]}")
+            start = time.monotonic()
+            if name == "a":
+                env = {**os.environ, **cfg.handler.env}
+                side = _start_vllm(handler_argv(cfg.handler), env=env, workdir=workdir)
+            else:
+                side = _start_torchserve(name, cfg, workdir=workdir)
+            running[name] = side
+            cold = first_token_s(side.url, served, start=start, proc=side.proc)
+            report[name]["cold_start_s"] = round(cold, 2)
 
-        progress("bench: starting TorchServe + VLLMHandler (b)")
-        cfg_path = dump_model_config(staged, workdir / "bench-config.yaml")
-        store = workdir / "model_store"
-        build_archive(cfg_path, name="bench", export_path=store, force=True)
-        ts = TorchServe(workdir=workdir / "ts", model_store=store, models=["bench"],
-                        auth="off")  # fmt: skip
-        start = time.monotonic()
-        ts.start()
-        urls["b_torchserve"] = f"{ts.inference_url}/predictions/bench/1.0/v1"
-        sides["b_torchserve"]["cold_start_s"] = round(
-            first_token_s(urls["b_torchserve"], served, start=start, proc=ts.process), 2
-        )
-        procs["b_torchserve"] = ts.process.pid
-
-        runs: dict[str, dict[str, list[dict[str, Any]]]] = {s: {} for s in sides}
+        runs: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
         peaks = {s: 0.0 for s in sides}
         for r in range(rounds):
-            order = list(sides) if r % 2 == 0 else list(reversed(sides))
-            for stream in (False, True):
-                mode = "stream" if stream else "non_stream"
-                for side in order:
-                    with PeakRss(procs[side]) as rss:
-                        result = load(urls[side], served, stream=stream, requests=requests,
-                                      concurrency=concurrency, max_tokens=max_tokens)  # fmt: skip
-                    peaks[side] = max(peaks[side], rss.peak)
-                    runs[side].setdefault(mode, []).append(result)
-                    progress(
-                        f"bench: round {r + 1}/{rounds} {mode:10s} {side:13s} "
-                        f"{result['tok_per_s']:8.1f} tok/s  errors {result['errors']}"
-                    )
-        for side in sides:
-            for mode, results in runs[side].items():
-                sides[side][mode] = median_of(results)
-            sides[side]["peak_rss_mb"] = round(peaks[side], 1)
+            order = sides if r % 2 == 0 else sides[::-1]
+            for shape, (requests, concurrency, tokens) in parsed.items():
+                for stream in (False, True):
+                    mode = "stream" if stream else "non_stream"
+                    for name in order:
+                        with PeakRss(running[name].proc.pid) as rss:
+                            result = load(running[name].url, served, stream=stream,
+                                          requests=requests, concurrency=concurrency,
+                                          max_tokens=tokens)  # fmt: skip
+                        peaks[name] = max(peaks[name], rss.peak)
+                        runs.setdefault((name, shape, mode), []).append(result)
+                        progress(
+                            f"bench: round {r + 1}/{rounds} {shape:10s} {mode:10s} side {name:3s}"
+                            f"{result['tok_per_s']:9.1f} tok/s  errors {result['errors']}"
+                        )
+        for (name, shape, mode), results in runs.items():
+            report[name]["shapes"].setdefault(shape, {})[mode] = median_of(results)
+        for name in sides:
+            report[name]["peak_rss_mb"] = round(peaks[name], 1)
     finally:
-        if vllm_proc is not None and vllm_proc.poll() is None:
-            os.killpg(vllm_proc.pid, signal.SIGTERM)
-            try:
-                vllm_proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(vllm_proc.pid, signal.SIGKILL)
-        if ts is not None:
-            ts.stop()
+        for side in running.values():
+            side.stop()
     return {
-        "title": f"{requests} requests, concurrency {concurrency}, {max_tokens} tokens, "
-        f"{rounds} rounds (medians)",
-        "load": {
-            "requests": requests,
-            "concurrency": concurrency,
-            "max_tokens": max_tokens,
-            "rounds": rounds,
-        },  # fmt: skip
-        "sides": sides,
-        "ratios": ratios(sides["a_vllm"], sides["b_torchserve"]),
+        "title": f"{', '.join(shapes)} (requests x concurrency x tokens), "
+        f"{rounds} alternating rounds, medians",
+        "load": {"shapes": shapes, "rounds": rounds},
+        "sides": report,
+        "ratios": {
+            f"{name}/a": {
+                **side_ratios(report["a"], report[name]),
+                **{
+                    shape: ratios(report["a"]["shapes"][shape], report[name]["shapes"][shape])
+                    for shape in shapes
+                },  # fmt: skip
+            }
+            for name in sides
+            if name != "a"
+        },
     }
+
+
+def render(report: dict[str, Any]) -> str:
+    """A plain table: one line per side, shape and mode; then the ratios."""
+    lines = [f"{'side':4s} {'shape':12s} {'mode':10s} {'tok/s':>9s} {'req/s':>7s} "
+             f"{'TTFT p50':>9s} {'ITL p50':>8s} {'lat p50':>8s} {'lat p99':>8s}"]  # fmt: skip
+    for name, side in report["sides"].items():
+        for shape, modes in side["shapes"].items():
+            for mode, m in modes.items():
+                ttft = m.get("ttft_p50_ms")
+                itl = m.get("itl_p50_ms")
+                lines.append(
+                    f"{name:4s} {shape:12s} {mode:10s} {m['tok_per_s']:9.1f} {m['req_per_s']:7.2f} "
+                    f"{'-' if ttft is None else f'{ttft:.1f}':>9s} "
+                    f"{'-' if itl is None else f'{itl:.2f}':>8s} "
+                    f"{m['latency_p50_ms']:8.1f} {m['latency_p99_ms']:8.1f}"
+                )
+        lines.append(f"{name:4s} cold start {side['cold_start_s']} s, "
+                     f"peak RSS {side['peak_rss_mb']:.0f} MB")  # fmt: skip
+    for pair, values in report["ratios"].items():
+        lines.append(f"{pair}: {json.dumps(values)}")
+    return "\n".join(lines)
 
 
 def main(
@@ -254,17 +359,16 @@ def main(
     model_dir: str,
     config: str,
     workdir: str,
-    requests: int,
-    concurrency: int,
-    max_tokens: int,
+    shapes: list[str],
     rounds: int,
+    sides: list[str],
     json_path: str | None,
     plot_path: str | None,
 ) -> int:
     report = run(model_dir=Path(model_dir).resolve(), config=Path(config),
-                 workdir=Path(workdir).resolve(), requests=requests, concurrency=concurrency,
-                 max_tokens=max_tokens, rounds=rounds)  # fmt: skip
-    print(json.dumps(report, indent=2))
+                 workdir=Path(workdir).resolve(), shapes=shapes, rounds=rounds,
+                 sides=sides)  # fmt: skip
+    print(render(report))
     if json_path:
         Path(json_path).write_text(json.dumps(report, indent=2))
     if plot_path:
