@@ -36,6 +36,7 @@ setup(
         "dev": [
             "pytest>=8",
             "pytest-timeout>=2.3",
+            "hypothesis>=6.100",
             "openai>=1.40",
             "httpx>=0.27",
             "ruff>=0.6",

@@ -156,14 +156,14 @@ class RagConfig(BaseModel):
         "auto",
         description=(
             "Dense search: exact scans every chunk; partitioned scans the k-means groups "
-            "nearest the query (~1 ms at 100k chunks, recall@4 ~0.99); auto partitions "
-            "from 20k chunks up."
+            "nearest the query (~1.5 ms at 100k chunks; recall@4 0.96 on real text); auto "
+            "partitions from 20k chunks up."
         ),
     )
     nprobe: int | None = Field(
         None,
         ge=1,
-        description="Groups scanned per query in partitioned search (default: 1/16, ≥8).",
+        description="Groups scanned per query in partitioned search (default: 1/6, at least 8).",
     )
     context_header: str = Field(
         "Use the following context to answer. Cite the sources you use as [1], [2], ...",

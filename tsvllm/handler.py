@@ -232,6 +232,7 @@ class VLLMHandler(Hooks):
                     return self._json_reply(context, await self.on_response(result, ctx))
         except TimeoutError:
             if timer.expired():  # cancelling generate() aborted the engine request
+                stats["timed_out"] = True
                 raise self._timeout() from None
             raise
         return await self._stream(result, ctx, context, stats, deadline=deadline)
@@ -270,6 +271,7 @@ class VLLMHandler(Hooks):
             tail = [final_chunk(ctx, finish_reason=end.finish_reason)]
         except Exception as exc:  # mid-stream: the status is already 200
             if isinstance(exc, TimeoutError) and timer.expired():
+                stats["timed_out"] = True
                 exc = self._timeout()  # closing `events` below aborts the engine request
             else:
                 logger.exception("stream %s failed", ctx.request_id)
@@ -322,7 +324,7 @@ class VLLMHandler(Hooks):
         return json.dumps(body, separators=(",", ":")).encode()
 
     def _emit_metrics(self, context: Any, stats: dict[str, Any]) -> None:
-        """Token counts, time to first token, retrieval time and guard decisions."""
+        """Token counts, time to first token, deadline hits, retrieval time, guard decisions."""
         try:
             counters, times = [], []
             usage = stats.get("usage") or {}
@@ -330,6 +332,8 @@ class VLLMHandler(Hooks):
                               "CompletionTokens")):  # fmt: skip
                 if usage.get(key) is not None:
                     counters.append((name, usage[key], {}))
+            if stats.get("timed_out"):
+                counters.append(("RequestTimeouts", 1, {}))
             if "ttft_ms" in stats:
                 times.append(("TimeToFirstToken", stats["ttft_ms"], {}))
             ctx = stats.get("ctx")

@@ -1,12 +1,18 @@
-"""vLLM's engine processes never outlive the TorchServe worker: worker death and --stop.
+"""Disconnects, an engine crash, worker death and --stop: nothing but the request at fault
+is lost, and no vLLM process outlives its worker.
 
-Uses its own TorchServe (serving a ``.mar`` artifact) because it kills things.
+Uses its own TorchServe (serving a ``.mar`` artifact, ``request_timeout_s`` 20) because it
+kills things. The tests run in file order and share the server.
 """
 
 from __future__ import annotations
 
+import asyncio
+import signal
+import threading
 import time
 
+import httpx
 import psutil
 import pytest
 from openai import OpenAI
@@ -15,6 +21,7 @@ from tests.e2e.conftest import archive, base_url, started
 from tsvllm.serve import TorchServe
 
 GONE_WITHIN = 15.0
+DEADLINE_S = 20
 
 
 def engine_processes(ts: TorchServe) -> list[psutil.Process]:
@@ -56,12 +63,111 @@ def chat_ok(ts: TorchServe) -> bool:
 def own_server(tmp_path_factory, tiny_model):
     root = tmp_path_factory.mktemp("lifecycle")
     store = root / "model_store"
-    archive("tiny-cpu.yaml", model=tiny_model, store=store, name="lifecycle", fmt="mar")
+    archive("tiny-cpu.yaml", model=tiny_model, store=store, name="lifecycle", fmt="mar",
+            request_timeout_s=DEADLINE_S)  # fmt: skip
     ts = TorchServe(workdir=root / "ts", model_store=store, models=["lifecycle.mar"])
     try:
         yield started(ts, ["lifecycle"])
     finally:
         ts.stop()
+
+
+def auth(ts: TorchServe) -> dict[str, str]:
+    return {"Authorization": f"Bearer {ts.keys()['inference']}"}
+
+
+def health(ts: TorchServe) -> httpx.Response:
+    url = f"{ts.inference_url}/predictions/lifecycle/1.0/health"
+    return httpx.get(url, headers=auth(ts), timeout=60)
+
+
+def wait_for(predicate, *, timeout: float = 600) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def metric_total(ts: TorchServe, name: str) -> float:
+    text = httpx.get(f"http://127.0.0.1:{ts.ports.metrics}/metrics", timeout=30).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name + "{") and 'ModelName="lifecycle"' in line
+    )
+
+
+def long_stream_body(i: int) -> dict:
+    return {"model": "tiny", "prompt": f"go on {i}", "max_tokens": 1900, "ignore_eos": True,
+            "stream": True}  # fmt: skip
+
+
+def test_dropped_streams_are_stopped_by_the_deadline(own_server):
+    """TorchServe never tells the handler that a client left: 100 clients hang up after
+    the first event, and the request deadline aborts all 100 generations."""
+    ts = own_server
+    url = f"{base_url(ts, 'lifecycle')}/completions"
+
+    async def drop_all() -> None:
+        limits = httpx.Limits(max_connections=100)
+        async with httpx.AsyncClient(headers=auth(ts), timeout=300, limits=limits) as client:
+
+            async def drop(i: int) -> None:
+                async with client.stream("POST", url, json=long_stream_body(i)) as reply:
+                    async for line in reply.aiter_lines():
+                        if line.startswith("data: "):
+                            return  # leaving the block closes the connection mid-stream
+
+            await asyncio.gather(*(drop(i) for i in range(100)))
+
+    before = metric_total(ts, "RequestTimeouts")
+    asyncio.run(drop_all())
+    assert wait_for(lambda: health(ts).json()["running_requests"] == 0)
+    # 100 x 1900 tokens would take minutes: every one was cut by the deadline
+    assert wait_for(lambda: metric_total(ts, "RequestTimeouts") - before == 100, timeout=60)
+    assert chat_ok(ts)
+
+
+def test_a_killed_engine_fails_requests_in_flight_with_503_and_is_replaced(own_server):
+    ts = own_server
+    worker = worker_process(ts)
+    old_engine = engine_processes(ts)
+    core = next(p for p in old_engine if "EngineCore" in p.name() + " ".join(p.cmdline()))
+    url = f"{base_url(ts, 'lifecycle')}/completions"
+    results: list[tuple[str, int, str]] = []
+
+    def in_flight(i: int) -> None:
+        body = long_stream_body(i)
+        if i % 2:
+            reply = httpx.post(url, json={**body, "stream": False}, headers=auth(ts),
+                               timeout=120)  # fmt: skip
+            results.append(("full", reply.status_code, reply.text))
+            return
+        with httpx.stream("POST", url, json=body, headers=auth(ts), timeout=120) as reply:
+            results.append(("stream", reply.status_code, reply.read().decode()))
+
+    threads = [threading.Thread(target=in_flight, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    assert wait_for(lambda: health(ts).json()["running_requests"] >= 6, timeout=120)
+    core.send_signal(signal.SIGKILL)
+    for t in threads:
+        t.join(timeout=180)
+    assert not any(t.is_alive() for t in threads)  # nothing hangs
+    for kind, status, text in results:
+        if kind == "full":
+            assert status == 503, text
+            assert httpx.Response(503, text=text).json()["error"]["code"] == 503
+        else:  # headers went out with the first chunk: the stream ends with an error event
+            assert status == 200 and text.rstrip().endswith("data: [DONE]"), text[-500:]
+            assert '"code":503' in text.replace(" ", ""), text[-500:]
+    # the worker stays, builds a new engine, and serves again; the old engine is gone
+    assert wait_for(lambda: health(ts).status_code == 200)
+    assert chat_ok(ts)
+    assert worker_process(ts).pid == worker.pid
+    assert wait_gone(old_engine, GONE_WITHIN) == []
 
 
 def test_engine_dies_with_a_killed_worker_and_the_worker_comes_back(own_server):

@@ -84,3 +84,40 @@ def test_missing_model_and_bad_config_are_reported_before_packing(tmp_path, mode
     with pytest.raises(ConfigError, match="asyncCommunication"):
         build_archive(bad, name="vllm", export_path=tmp_path / "store")
     assert not (tmp_path / "store").exists()
+
+
+def _texts_of(artifact):
+    """(name, text) of every member of an artifact folder, .mar or .tar.gz."""
+    if artifact.is_dir():
+        for path in sorted(artifact.rglob("*")):
+            if path.is_file():
+                yield str(path.relative_to(artifact)), path.read_bytes()
+    elif artifact.suffix == ".mar":
+        with zipfile.ZipFile(artifact) as z:
+            for name in z.namelist():
+                yield name, z.read(name)
+    else:
+        with tarfile.open(artifact) as t:
+            for member in t.getmembers():
+                if member.isfile():
+                    yield member.name, t.extractfile(member).read()
+
+
+@pytest.mark.parametrize("fmt", ["no-archive", "mar", "tgz"])
+def test_artifacts_hold_no_secrets(tmp_path, config, fmt, monkeypatch):
+    """Keys stay out of artifacts even when the environment that builds them has some."""
+    from tsvllm.auth import KEY_FILE_ENV, write_key_file
+    from tsvllm.guards import SecretsGuard
+
+    key = write_key_file(tmp_path / "key_file.json")
+    monkeypatch.setenv(KEY_FILE_ENV, str(tmp_path / "key_file.json"))
+    monkeypatch.setenv("HF_TOKEN", "hf_" + "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7")
+    monkeypatch.chdir(tmp_path)  # a key_file.json sits in the working directory
+    artifact = build_archive(config, name="vllm", fmt=fmt, export_path=tmp_path / "out")
+    guard = SecretsGuard()
+    members = dict(_texts_of(artifact))
+    assert members and not any("key_file" in name for name in members)
+    for name, data in members.items():
+        text = data.decode("utf-8", errors="replace")
+        assert key not in text and "hf_A1b2" not in text, name
+        assert not guard.scan(text).categories, (name, guard.scan(text).detail)

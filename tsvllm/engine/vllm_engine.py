@@ -120,8 +120,17 @@ class VllmEngine:
     (``VLLM::EngineCore``, ``VLLM::Worker``) are children of the calling process.
     """
 
-    def __init__(self, *, client: Any, state: Any, exit_stack: contextlib.AsyncExitStack):
+    def __init__(
+        self,
+        *,
+        client: Any,
+        state: Any,
+        exit_stack: contextlib.AsyncExitStack,
+        processes: Sequence[Any] = (),
+    ):
         self._client = client
+        #: the processes the engine started (psutil), killed at shutdown if still alive
+        self._processes = list(processes)
         self._state = state
         # holds vLLM's client context open: were it collected, its finaliser would shut
         # the engine down
@@ -132,6 +141,7 @@ class VllmEngine:
     @classmethod
     async def start(cls, args: argparse.Namespace) -> VllmEngine:
         """Start AsyncLLM and build vLLM's serving objects from parsed ``args``."""
+        import psutil
         from starlette.datastructures import State
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.entrypoints.launchers.api_server.app_state import init_app_state
@@ -139,6 +149,8 @@ class VllmEngine:
             build_async_engine_client_from_engine_args,
         )
 
+        me = psutil.Process()
+        before = {p.pid for p in me.children(recursive=True)}
         stack = contextlib.AsyncExitStack()
         try:
             client = await stack.enter_async_context(
@@ -153,7 +165,8 @@ class VllmEngine:
         if getattr(state, "openai_serving_chat", None) is None:
             await stack.aclose()
             raise EngineArgsError("the model does not support text generation (no chat serving)")
-        return cls(client=client, state=state, exit_stack=stack)
+        started = [p for p in me.children(recursive=True) if p.pid not in before]
+        return cls(client=client, state=state, exit_stack=stack, processes=started)
 
     # -- Engine protocol -------------------------------------------------------------
 
@@ -220,7 +233,13 @@ class VllmEngine:
                     data = line[6:]
                     if data == "[DONE]":
                         return
+                    if data.startswith('{"error"') and self._client.errored:
+                        raise EngineUnavailable("the engine died; it is being restarted")
                     yield StreamEvent(data)
+        except Exception as exc:
+            if self._client.errored and not isinstance(exc, EngineUnavailable):
+                raise EngineUnavailable("the engine died; it is being restarted") from exc
+            raise
         finally:
             self._running.pop(request_id, None)
             await sse.aclose()
@@ -255,7 +274,14 @@ class VllmEngine:
         if self._closed:
             return
         self._closed = True
-        self._client.shutdown()
+        try:
+            self._client.shutdown()
+        finally:
+            # a killed EngineCore leaves its worker process behind: nothing may outlive us
+            for proc in self._processes:
+                with contextlib.suppress(Exception):
+                    if proc.is_running():
+                        proc.kill()
 
 
 def _from_vllm_exception(exc: Exception) -> Exception:
