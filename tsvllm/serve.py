@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import socket
 import subprocess
@@ -99,6 +100,8 @@ def ts_config_text(
         props["use_native_io"] = "true"  # TorchServe needs it for Unix sockets
     if model_store is not None:
         props["model_store"] = str(model_store)
+        # models may come from the store only (TorchServe's default allows any http(s) URL)
+        props["allowed_urls"] = f"file://{re.escape(str(model_store))}/.*"
     if initial_worker_port is not None:
         # workers talk to the frontend over /tmp/.ts.sock.<port>: distinct per server
         props["initial_worker_port"] = str(initial_worker_port)
@@ -186,6 +189,7 @@ class TorchServe:
         self.config_path.write_text(
             ts_config_text(
                 ports=self.ports,
+                model_store=self.model_store,
                 token_auth=self.auth == "torchserve",
                 management_socket=self.management_socket,
                 initial_worker_port=random.randrange(10_000, 60_000, 100),
@@ -206,7 +210,10 @@ class TorchServe:
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
-            start_new_session=True,
+            # its own process group (Ctrl-C in our terminal reaches us only; we stop it in
+            # order) but NOT its own session: a new session is a new CFS autogroup on Linux,
+            # which made vLLM ~5x slower beside its clients (docs/PERFORMANCE.md)
+            process_group=0,
         )
         log.close()
 

@@ -48,3 +48,14 @@ def test_management_on_a_unix_socket(tmp_path):
     assert props["management_address"] == f"unix:{tmp_path / 'm.sock'}"
     assert props["use_native_io"] == "true"
     assert props["disable_token_authorization"] == "true"
+
+
+def test_models_may_come_from_the_store_only(tmp_path):
+    props = parse(ts_config_text(model_store=tmp_path / "store"))
+    assert props["model_store"] == str(tmp_path / "store")
+    import re
+
+    allowed = re.compile(props["allowed_urls"])
+    assert allowed.fullmatch(f"file://{tmp_path}/store/x.mar")
+    assert not allowed.fullmatch("https://example.com/x.mar")
+    assert not allowed.fullmatch(f"file://{tmp_path}/other/x.mar")

@@ -203,7 +203,7 @@ def _start_vllm(argv: list[str], *, env: dict[str, str], workdir: Path) -> _Side
         [sys.executable, "-m", "vllm.entrypoints.openai.api_server", *argv,
          "--host", "127.0.0.1", "--port", str(port), "--disable-uvicorn-access-log"],
         env=env, stdout=(workdir / "vllm.log").open("wb"), stderr=subprocess.STDOUT,
-        start_new_session=True,
+        process_group=0,  # not a new session: see tsvllm.serve.TorchServe.start
     )  # fmt: skip
 
     def stop() -> None:
