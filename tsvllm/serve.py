@@ -99,13 +99,17 @@ class TorchServe:
         ports: Ports | None = None,
         token_auth: bool = True,
         env: Mapping[str, str] | None = None,
+        config_extra: Mapping[str, str] | None = None,
     ):
+        """``config_extra`` overrides ``config.properties`` keys (e.g. a container's bind
+        address); everything else keeps :func:`ts_config_text`'s secure defaults."""
         self.workdir = Path(workdir).resolve()
         self.model_store = Path(model_store).resolve()
         self.models = list(models)
         self.ports = ports or Ports.free()
         self.token_auth = token_auth
         self.env = dict(env or {})
+        self.config_extra = dict(config_extra or {})
         self.process: subprocess.Popen | None = None
         self.log_path = self.workdir / "torchserve.out"
         self._tmp: str | None = None  # TorchServe's pid file lives here: one per server
@@ -152,6 +156,7 @@ class TorchServe:
                 ports=self.ports,
                 token_auth=self.token_auth,
                 initial_worker_port=random.randrange(10_000, 60_000, 100),
+                extra=self.config_extra,
             )
         )
         cmd = [
