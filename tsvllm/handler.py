@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tsvllm import torchserve
+from tsvllm import torchserve, vertex
 from tsvllm.engine.base import Api, Engine, StreamEvent
 from tsvllm.errors import BadRequest, EngineUnavailable, NotFound, PayloadTooLarge, to_error_body
 from tsvllm.hooks import EndStream, Hooks, RequestContext, final_chunk, overrides
@@ -157,6 +157,12 @@ class VLLMHandler(Hooks):
 
     async def _serve(self, request: dict[str, Any], context: Any, stats: dict[str, Any]) -> bytes:
         route = (torchserve.request_header(context, "url_path") or "").split("?")[0].strip("/")
+        if route == vertex.ROUTE:  # Vertex AI's {"instances": [...]} envelope (tsvllm.vertex)
+            headers = torchserve.request_headers(context)
+            vertex.check_size(request, headers)
+            reply = await vertex.predict(self, self._decode_body(request), headers=headers,
+                                         request_id=torchserve.request_id(context))  # fmt: skip
+            return self._json_reply(context, reply)
         if route not in ROUTES:
             raise NotFound(
                 f"unknown route {route or '(none)'!r}; this model serves "
