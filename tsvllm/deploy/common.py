@@ -14,7 +14,7 @@ import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -84,6 +84,13 @@ class DeployOptions(BaseModel):
     artifact_uri: str | None = Field(
         None, description="Vertex AI: gs:// folder with the weights (becomes AIP_STORAGE_URI)."
     )
+    weights: Literal["auto", "hub", "local"] = Field(
+        "auto",
+        description=(
+            "Whether handler.model_path is a Hugging Face id (hub) or a model folder (local). "
+            "auto: an org/name path that does not exist here is a hub id."
+        ),
+    )
     storage_gi: int | None = Field(
         None, ge=1, description="Kubernetes: size of the weights volume. Default: 80 Gi per GPU."
     )
@@ -124,7 +131,12 @@ def target_for(cfg: ModelConfig, *, source: str, options: DeployOptions) -> Targ
     gpus = cfg.parallel_size if cfg.deviceType == "gpu" else 0
     path = cfg.handler.model_path
     local = Path(path).expanduser()
-    hub = HF_ID.match(path) is not None and not local.is_absolute() and not local.exists()
+    if options.weights == "auto":
+        hub = HF_ID.match(path) is not None and not local.is_absolute() and not local.exists()
+    else:
+        hub = options.weights == "hub"
+        if hub and HF_ID.match(path) is None:
+            raise DeployError(f"--weights hub, but handler.model_path {path!r} is no org/name id")
     return Target(
         name=name,
         config=cfg,
@@ -195,9 +207,18 @@ def shm_mb(target: Target) -> int:
     return 16384 if target.gpu else 2048
 
 
+class _PlainDumper(yaml.SafeDumper):
+    """SafeDumper without anchors/aliases: generated files read like hand-written ones."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
 def dump_yaml(data: Any, *, header: str = "") -> str:
     """YAML from plain data, with an optional ``#`` comment header."""
-    text = yaml.safe_dump(data, sort_keys=False, default_flow_style=False, width=100)
+    text = yaml.dump(
+        data, Dumper=_PlainDumper, sort_keys=False, default_flow_style=False, width=100
+    )
     lines = "".join(f"# {line}".rstrip() + "\n" for line in header.splitlines())
     return lines + text
 
