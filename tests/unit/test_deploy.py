@@ -200,6 +200,7 @@ BROKEN = [
     ("azureml", "deployment.yml", _set("readiness_probe", "period", value="often"),
      "readiness_probe.period"),
     ("azureml", "endpoint.yml", _set("auth_mode", value="none"), "auth_mode"),
+    ("azureml", "endpoint.yml", _set("name", value="9-" + "x" * 40), "endpoint.yml: name"),
     ("azureml", "environment.yml", _set("inference_config", "readiness_route", "path",
      value="predictions/vllm/1.0/v1/models"), "inference_config.readiness_route.path"),
     ("azureml", "environment.yml", _set("inference_config", "liveness_route", "port",

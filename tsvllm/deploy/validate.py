@@ -21,6 +21,7 @@ readiness routes, GPU request = limit, an image set, no ``AIP_`` variables (Vert
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -136,6 +137,7 @@ def _get(data: Any, *keys: str | int) -> Any:
 # -- Azure ML -------------------------------------------------------------------------
 
 
+AZURE_ENDPOINT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{1,30}[A-Za-z0-9]$")
 AZURE_KINDS = {
     "environment.schema.json": "environment",
     "managedOnlineEndpoint.schema.json": "endpoint",
@@ -161,7 +163,11 @@ def check_azure(file: Path, data: dict[str, Any]) -> list[Problem]:
             problems.append(Problem(name, "inference_config.readiness_route", "same as the "
                             "liveness route: readiness must mean 'model ready', liveness "
                             "'process alive'"))  # fmt: skip
-    elif kind == "deployment":
+    field = {"endpoint": "name", "deployment": "endpoint_name"}.get(kind)
+    if field and not AZURE_ENDPOINT_NAME.match(str(data.get(field, ""))):
+        problems.append(Problem(name, field, f"{data.get(field)!r}: Azure endpoint names are "
+                        "3-32 letters, digits and '-', starting with a letter"))  # fmt: skip
+    if kind == "deployment":
         timeout = _get(data, "request_settings", "request_timeout_ms")
         if isinstance(timeout, int) and not 0 < timeout <= AZURE_MAX_REQUEST_TIMEOUT_MS:
             problems.append(Problem(name, "request_settings.request_timeout_ms",
