@@ -271,6 +271,10 @@ def parse_vllm_args(text: str) -> dict[str, Any]:
             if eq:
                 key = None
             continue
+        if token[:1] == "-" and token[1:2].isalpha():
+            raise EntrypointError(
+                f"VLLM_ARGS: {token!r}: write flags in their long form (--flag-name)"
+            )
         if key is None:
             raise EntrypointError(
                 f"VLLM_ARGS: {token!r} is not after a --flag; write e.g. --max-model-len 4096"
@@ -305,7 +309,14 @@ def model_config(env: Mapping[str, str], *, model: str, gpus: int | None = None)
     )
 
     engine = parse_vllm_args(env.get("VLLM_ARGS", ""))
-    adapters = dict(str(m).split("=", 1) for m in _as_list(engine.pop("lora_modules", [])))
+    adapters = {}
+    for module in _as_list(engine.pop("lora_modules", [])):
+        name, eq, path = str(module).partition("=")
+        if not eq or not name or not path:
+            raise EntrypointError(
+                f"VLLM_ARGS: --lora-modules {module!r}: write each adapter as name=path"
+            )
+        adapters[name] = path
     chat_template = engine.pop("chat_template", None)
     names = [n.strip() for n in env.get("SERVED_MODEL_NAME", "").split(",") if n.strip()]
     startup = _int_var(env, "TSVLLM_STARTUP_TIMEOUT", 1200)
@@ -318,9 +329,11 @@ def model_config(env: Mapping[str, str], *, model: str, gpus: int | None = None)
         )
         data["handler"]["vllm_engine_config"].update(engine)
         if tp:
-            data["handler"]["vllm_engine_config"]["tensor_parallel_size"] = _int_var(
-                env, "TENSOR_PARALLEL_SIZE", 1
-            )
+            engine_cfg = data["handler"]["vllm_engine_config"]
+            engine_cfg["tensor_parallel_size"] = _int_var(env, "TENSOR_PARALLEL_SIZE", 1)
+            level = engine_cfg["tensor_parallel_size"] * engine_cfg.get("pipeline_parallel_size", 1)
+            if data.get("deviceType") == "gpu" and level > 1:
+                data.update(parallelType="custom", parallelLevel=level)
     else:
         if engine.get("distributed_executor_backend") == "ray":
             # multi-node (LeaderWorkerSet): the GPUs are on several nodes, not all visible

@@ -120,6 +120,7 @@ def test_vllm_args_become_engine_config_keys(text, expected):
         ("--tensor-parallel-size 2", "use TENSOR_PARALLEL_SIZE"),
         ("--served-model-name x", "use SERVED_MODEL_NAME"),
         ("--chat-template 'unclosed", "cannot split"),
+        ("-tp 2", "long form"),
     ],
 )
 def test_bad_vllm_args_are_refused_naming_the_flag(text, message):
@@ -141,6 +142,19 @@ def test_cpu_config_from_the_environment(tmp_path):
     assert cfg.handler.adapters == {"sql": "/a"}
     assert cfg.handler.vllm_engine_config["max_model_len"] == 2048
     assert "lora_modules" not in cfg.handler.vllm_engine_config
+
+
+def test_lora_modules_must_be_name_equals_path():
+    with pytest.raises(EntrypointError, match="--lora-modules 'sql': write each adapter as"):
+        ep.model_config({"VLLM_ARGS": "--lora-modules sql"}, model="/m", gpus=0)
+
+
+def test_tensor_parallel_over_a_gpu_config_file_updates_the_parallel_level():
+    repo = Path(__file__).resolve().parents[2]
+    env = {"TSVLLM_CONFIG": str(repo / "model_configs" / "qwen3-8b.yaml"),
+           "TENSOR_PARALLEL_SIZE": "2"}  # fmt: skip
+    cfg = ep.model_config(env, model="Qwen/Qwen3-8B")
+    assert (cfg.parallelType, cfg.parallelLevel) == ("custom", 2)
 
 
 def test_gpu_tensor_parallel_sets_the_parallel_level():
