@@ -115,7 +115,9 @@ def test_k8s_deployment_shape(tmp_path):
     assert pod["metadata"]["annotations"]["prometheus.io/port"] == "8082"
     assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
     assert c["securityContext"]["allowPrivilegeEscalation"] is False
-    assert load(out / "pvc.yaml")["kind"] == "PersistentVolumeClaim"
+    assert load(out / "pvc.yaml")["spec"]["accessModes"] == ["ReadWriteOnce"]
+    shared = load(assets(tmp_path / "r", "k8s", replicas=2) / "pvc.yaml")
+    assert shared["spec"]["accessModes"] == ["ReadWriteMany"]
 
 
 def test_k8s_without_token_auth_uses_http_probes(tmp_path):
