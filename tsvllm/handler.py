@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tsvllm import torchserve
+from tsvllm import torchserve, vertex
 from tsvllm.auth import ApiKey
 from tsvllm.engine.base import Api, Engine, StreamEvent
 from tsvllm.errors import (
@@ -197,6 +197,12 @@ class VLLMHandler(Hooks):
         if self.api_key is not None:
             self.api_key.check(headers)
         route = (torchserve.request_header(context, "url_path") or "").split("?")[0].strip("/")
+        if route == vertex.ROUTE:  # Vertex AI's {"instances": [...]} envelope (tsvllm.vertex)
+            vertex.check_size(request, headers)
+            envelope = self._decode_body(request, headers, limit=vertex.MAX_BODY_BYTES)
+            reply = await vertex.predict(self, envelope, headers=headers,
+                                         request_id=torchserve.request_id(context))  # fmt: skip
+            return self._json_reply(context, reply)
         if route not in ROUTES:
             raise NotFound(
                 f"unknown route {route or '(none)'!r}; this model serves "
@@ -281,9 +287,14 @@ class VLLMHandler(Hooks):
             await events.aclose()
         return b"".join(e.encode().encode() for e in tail) + DONE
 
-    def _decode_body(self, request: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
-        """The request's JSON object. TorchServe's worker has usually decoded it already
-        (``application/json``); the size check then uses the Content-Length header."""
+    def _decode_body(
+        self, request: dict[str, Any], headers: dict[str, str], *, limit: int | None = None
+    ) -> dict[str, Any]:
+        """The request's JSON object, at most ``limit`` bytes (``handler.max_body_bytes``).
+
+        TorchServe's worker has usually decoded it already (``application/json``); the size
+        check then uses the Content-Length header."""
+        limit = self.max_body_bytes if limit is None else limit
         body = request.get("body")
         if body is None:
             body = request.get("data")
@@ -291,10 +302,9 @@ class VLLMHandler(Hooks):
         if length is None:
             declared = next((v for k, v in headers.items() if k.lower() == "content-length"), "")
             length = int(declared) if declared.isdigit() else None
-        if length is not None and length > self.max_body_bytes:
+        if length is not None and length > limit:
             raise PayloadTooLarge(
-                f"request body is {length} bytes; the limit is {self.max_body_bytes} "
-                "(handler.max_body_bytes)"
+                f"request body is {length} bytes; the limit is {limit} (handler.max_body_bytes)"
             )
         if isinstance(body, (bytes, bytearray, str)):
             if not body.strip():

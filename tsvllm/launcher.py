@@ -257,7 +257,7 @@ def prepare(args: argparse.Namespace, *, gpus: int | None = None) -> tuple[Path,
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tsvllm.serve import ServeError, TorchServe
+    from tsvllm.serve import TorchServe
 
     args = parse_args(argv)
     try:
@@ -279,6 +279,35 @@ def main(argv: list[str] | None = None) -> int:
         ports=ports,
         auth="off" if args.disable_token_auth else "key",
     )
+    try:
+        return serve_foreground(
+            ts,
+            model=args.model_name,
+            startup_timeout=args.startup_timeout,
+            on_ready=lambda: _announce(ts, args.model_name, config_path),
+            prog="tsvllm launch",
+        )
+    finally:
+        if not args.keep_artifacts:
+            _remove_artifacts(store, args.model_name, config_path)
+
+
+def serve_foreground(
+    ts: Any,
+    *,
+    model: str,
+    startup_timeout: float,
+    on_ready: Callable[[], None],
+    prog: str,
+) -> int:
+    """Start ``ts``, wait for ``model``, stay in the foreground until SIGTERM/SIGINT.
+
+    Whatever happens (a signal, a failed start, TorchServe exiting), TorchServe and every
+    engine process are stopped before this returns. Returns the exit status: 0 after a
+    signal, 1 when TorchServe failed or exited on its own.
+    """
+    from tsvllm.serve import ServeError
+
     stopping = False
 
     def stop(signum: int, frame: Any) -> None:
@@ -290,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     code = 0
     try:
         ts.start()
-        print(f"tsvllm launch: starting TorchServe (logs in {ts.workdir / 'logs'})", flush=True)
+        print(f"{prog}: starting TorchServe (logs in {ts.workdir / 'logs'})", flush=True)
         last = [0.0]
 
         def progress(elapsed: float) -> None:
@@ -298,25 +327,23 @@ def main(argv: list[str] | None = None) -> int:
                 raise KeyboardInterrupt
             if elapsed - last[0] >= 10:
                 last[0] = elapsed
-                print(f"tsvllm launch: loading the model... {elapsed:.0f}s", flush=True)
+                print(f"{prog}: loading the model... {elapsed:.0f}s", flush=True)
 
-        ts.wait_ready(args.model_name, timeout=args.startup_timeout, on_wait=progress)
-        _announce(ts, args.model_name, config_path)
+        ts.wait_ready(model, timeout=startup_timeout, on_wait=progress)
+        on_ready()
         while not stopping and ts.process is not None and ts.process.poll() is None:
             time.sleep(0.5)
         if not stopping:
-            print("tsvllm launch: TorchServe exited unexpectedly", file=sys.stderr)
+            print(f"{prog}: TorchServe exited unexpectedly", file=sys.stderr)
             code = 1
     except KeyboardInterrupt:
         pass
     except ServeError as exc:
-        print(f"tsvllm launch: {exc}", file=sys.stderr)
+        print(f"{prog}: {exc}", file=sys.stderr)
         code = 1
     finally:
-        print("tsvllm launch: stopping TorchServe", flush=True)
+        print(f"{prog}: stopping TorchServe", flush=True)
         ts.stop()
-        if not args.keep_artifacts:
-            _remove_artifacts(store, args.model_name, config_path)
     return code
 
 

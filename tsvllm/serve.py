@@ -128,7 +128,10 @@ class TorchServe:
         ports: Ports | None = None,
         auth: Auth = "key",
         env: Mapping[str, str] | None = None,
+        config_extra: Mapping[str, str] | None = None,
     ):
+        """``config_extra`` overrides ``config.properties`` keys (e.g. a container's bind
+        address); everything else keeps :func:`ts_config_text`'s secure defaults."""
         self.workdir = Path(workdir).resolve()
         self.model_store = Path(model_store).resolve()
         self.models = list(models)
@@ -137,6 +140,7 @@ class TorchServe:
             raise ValueError(f"auth must be key, torchserve or off, not {auth!r}")
         self.auth = auth
         self.env = dict(env or {})
+        self.config_extra = dict(config_extra or {})
         self.process: subprocess.Popen | None = None
         self.log_path = self.workdir / "torchserve.out"
         self._tmp: str | None = None  # TorchServe's pid file lives here: one per server
@@ -193,6 +197,7 @@ class TorchServe:
                 token_auth=self.auth == "torchserve",
                 management_socket=self.management_socket,
                 initial_worker_port=random.randrange(10_000, 60_000, 100),
+                extra=self.config_extra,
             )
         )
         cmd = [

@@ -1,0 +1,195 @@
+"""``tsvllm deploy azureml``: a managed online endpoint serving the container.
+
+Writes ``environment.yml`` (the image and its routes), ``endpoint.yml`` (key auth),
+``deployment.yml`` (model mount, environment variables, probes, request settings) and a
+README with the ``az ml`` commands. The endpoint authenticates every request (key auth),
+so TorchServe's own token auth is off in the container.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tsvllm.deploy.common import (
+    AZURE_MAX_REQUEST_TIMEOUT_MS,
+    CHAT_ROUTE,
+    INFERENCE_PORT,
+    LIVENESS_ROUTE,
+    READINESS_ROUTE,
+    DeployError,
+    Target,
+    container_env,
+    dump_yaml,
+    probe_timing,
+    readme_notes,
+)
+
+#: where Azure ML mounts the registered model (AZUREML_MODEL_DIR points here)
+MODEL_MOUNT_PATH = "/var/azureml-app/model"
+#: VM sizes by GPUs per instance (Azure managed endpoints run one node per instance)
+INSTANCE_TYPES = {
+    0: "Standard_F8s_v2",
+    1: "Standard_NC24ads_A100_v4",
+    2: "Standard_NC48ads_A100_v4",
+    4: "Standard_NC96ads_A100_v4",
+    8: "Standard_ND96isr_H100_v5",
+}
+AUTH_NOTE = (
+    "Token auth of TorchServe is off (TSVLLM_DISABLE_TOKEN_AUTH=1) because the Azure ML "
+    "endpoint authenticates every request (auth_mode: key)."
+)
+
+
+def instance_type(target: Target, override: str | None) -> str:
+    if override:
+        return override
+    if target.gpus not in INSTANCE_TYPES:
+        raise DeployError(
+            f"no default Azure VM size with {target.gpus} GPUs (managed online endpoints run "
+            "on one node); pass --instance-type"
+        )
+    return INSTANCE_TYPES[target.gpus]
+
+
+def environment(target: Target) -> dict[str, Any]:
+    route = {"port": INFERENCE_PORT}
+    return {
+        "$schema": "https://azuremlschemas.azureedge.net/latest/environment.schema.json",
+        "name": f"{target.name}-env",
+        "image": target.image,
+        "inference_config": {
+            # process alive (TorchServe's /ping) vs model ready (v1/models is 503 until the
+            # engine has started): a slow load is not restarted, and no traffic before ready
+            "liveness_route": {**route, "path": LIVENESS_ROUTE},
+            "readiness_route": {**route, "path": READINESS_ROUTE},
+            "scoring_route": {**route, "path": CHAT_ROUTE},
+        },
+    }
+
+
+def endpoint(target: Target, *, private: bool) -> dict[str, Any]:
+    data = {
+        "$schema": "https://azuremlschemas.azureedge.net/latest/managedOnlineEndpoint.schema.json",
+        "name": target.name,
+        "auth_mode": "key",
+    }
+    if private:
+        data["public_network_access"] = "disabled"
+    return data
+
+
+def deployment(target: Target, *, private: bool, instance: str, replicas: int) -> dict[str, Any]:
+    cfg = target.config
+    timing = probe_timing(target.startup_timeout)
+    env = container_env(target, TSVLLM_DISABLE_TOKEN_AUTH="1")
+    if private:
+        env["HF_HUB_OFFLINE"] = "1"  # no egress: never try the hub
+    probe = {"period": timing.period, "timeout": 5, "success_threshold": 1}
+    data: dict[str, Any] = {
+        "$schema": "https://azuremlschemas.azureedge.net/latest/managedOnlineDeployment.schema.json",
+        "name": "blue",
+        "endpoint_name": target.name,
+        "model": f"azureml:{target.name}-weights:1",
+        "model_mount_path": MODEL_MOUNT_PATH,
+        "environment": f"azureml:{target.name}-env:1",
+        "environment_variables": env,
+        "instance_type": instance,
+        "instance_count": replicas,
+        "request_settings": {
+            # Azure cuts requests at 180 s whatever is asked; longer generations must stream
+            "request_timeout_ms": min(cfg.responseTimeout * 1000, AZURE_MAX_REQUEST_TIMEOUT_MS),
+            "max_concurrent_requests_per_instance": 64 if target.gpu else 8,
+            "max_queue_wait_ms": 60_000,
+        },
+        "liveness_probe": {
+            **probe,
+            # /ping answers once the frontend is up; give the model's load a margin anyway
+            "initial_delay": timing.initial_delay,
+            "failure_threshold": 30,
+        },
+        "readiness_probe": {
+            **probe,
+            "initial_delay": timing.initial_delay,
+            # the engine gets startupTimeout seconds before the deployment counts as failed
+            "failure_threshold": timing.startup_failures,
+        },
+    }
+    if private:
+        data["egress_public_network_access"] = "disabled"
+    return data
+
+
+def readme(target: Target, *, private: bool, instance: str) -> str:
+    name = target.name
+    weights = target.hub_id or f"{target.local_dir} (the model folder)"
+    download = (
+        f"huggingface-cli download {target.hub_id} --local-dir weights   # HF_TOKEN for gated"
+        if target.hub_id
+        else f"cp -r /path/to/{target.local_dir} weights"
+    )
+    lines = [
+        f"# Azure ML managed online endpoint: {name}",
+        "",
+        "Generated by `tsvllm deploy azureml`; check with `tsvllm validate DIR`.",
+        f"Image `{target.image}`, instance `{instance}`, weights {weights}.",
+        "",
+        f"Auth: {AUTH_NOTE}",
+        "",
+    ]
+    if private:
+        lines += [
+            "Private: `public_network_access: disabled` on the endpoint and "
+            "`egress_public_network_access: disabled` on the deployment; the image must be in "
+            "the workspace's registry and clients reach the endpoint through a private "
+            "endpoint. The container runs with HF_HUB_OFFLINE=1 (weights come from the model "
+            "registry only).",
+            "",
+        ]
+    lines += [
+        "```bash",
+        "# 1. push the image to your registry (or the workspace's ACR)",
+        f"az acr login --name $ACR && docker tag {target.image} $ACR.azurecr.io/{target.image}",
+        f"docker push $ACR.azurecr.io/{target.image}",
+        "# 2. register the weights (the container finds the folder under AZUREML_MODEL_DIR)",
+        download,
+        f"az ml model create --name {name}-weights --version 1 --path weights --type custom_model",
+        "# 3. environment (set image: to the pushed name first), endpoint, deployment",
+        "az ml environment create --file environment.yml",
+        "az ml online-endpoint create --file endpoint.yml",
+        "az ml online-deployment create --file deployment.yml --all-traffic",
+        "# 4. call it (the scoring URI is the chat completions route)",
+        f"KEY=$(az ml online-endpoint get-credentials --name {name} --query primaryKey -o tsv)",
+        f"URI=$(az ml online-endpoint show --name {name} --query scoring_uri -o tsv)",
+        'curl "$URI" -H "Authorization: Bearer $KEY" -H "Content-Type: application/json" \\',
+        f'  -d \'{{"model": "{target.served_names[0]}", "messages": '
+        '[{"role": "user", "content": "Hello"}]}\'',
+        "```",
+        "",
+        f"Requests time out after {AZURE_MAX_REQUEST_TIMEOUT_MS // 1000} s at most (Azure's "
+        "limit); stream long generations. The readiness probe allows "
+        f"{probe_timing(target.startup_timeout).startup_window} s for the model to load "
+        "(the config's startupTimeout plus the frontend's start).",
+    ]
+    for note in readme_notes(target):
+        lines += ["", note]
+    return "\n".join(lines) + "\n"
+
+
+def generate(target: Target, *, private: bool, instance_type_: str | None,
+             replicas: int) -> dict[str, str]:  # fmt: skip
+    """File name → text of every Azure ML asset."""
+    instance = instance_type(target, instance_type_)
+    if len(target.name) > 32:
+        raise DeployError(
+            f"endpoint name {target.name!r} is longer than Azure's 32 characters; pass --name"
+        )
+    header = f"Generated by tsvllm deploy azureml. {AUTH_NOTE}"
+    return {
+        "environment.yml": dump_yaml(environment(target), header=header),
+        "endpoint.yml": dump_yaml(endpoint(target, private=private), header=header),
+        "deployment.yml": dump_yaml(
+            deployment(target, private=private, instance=instance, replicas=replicas),
+            header=header,
+        ),
+        "README.md": readme(target, private=private, instance=instance),
+    }

@@ -1,0 +1,349 @@
+"""``tsvllm deploy k8s``: a Deployment (or a LeaderWorkerSet beyond one node) and its Service.
+
+Weights live on a PersistentVolumeClaim (Hugging Face downloads are cached there too), the
+HF token comes from a Secret at run time, /dev/shm is a memory emptyDir, and a startup
+probe gives the model ``startupTimeout`` seconds to load. Token auth stays on (a cluster
+network does not authenticate), so the probes are exec probes that read the key in the
+pod, unless ``--disable-token-auth`` says a gateway in front authenticates.
+TorchServe's metrics bind 0.0.0.0 here, deliberately, for the Prometheus scrape on 8082.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from tsvllm.deploy.common import (
+    INFERENCE_PORT,
+    LIVENESS_ROUTE,
+    METRICS_PORT,
+    OPENAI_BASE,
+    READINESS_ROUTE,
+    Target,
+    container_env,
+    dump_yaml,
+    probe_timing,
+    readme_notes,
+    shm_mb,
+)
+
+GPU = "nvidia.com/gpu"
+WEIGHTS_MOUNT = "/models"
+HF_SECRET = "hf-token"
+RAY_PORT = 6379
+LWS_API = "leaderworkerset.x-k8s.io/v1"
+
+
+def _probe_cmd(kind: str) -> dict[str, Any]:
+    return {"exec": {"command": ["python3", "-m", "tsvllm.entrypoint", "--probe", kind]}}
+
+
+def probes(target: Target, *, token_auth: bool) -> dict[str, Any]:
+    """startup (slow load), readiness (model ready) and liveness (process alive)."""
+    timing = probe_timing(target.startup_timeout)
+    if token_auth:  # TorchServe wants the key even on /ping: probe from inside the pod
+        ready, alive = _probe_cmd("ready"), _probe_cmd("alive")
+    else:
+        ready = {"httpGet": {"path": READINESS_ROUTE, "port": INFERENCE_PORT}}
+        alive = {"httpGet": {"path": LIVENESS_ROUTE, "port": INFERENCE_PORT}}
+    return {
+        "startupProbe": {
+            **ready,
+            "periodSeconds": timing.period,
+            "timeoutSeconds": 5,
+            "failureThreshold": timing.startup_failures,
+            "initialDelaySeconds": timing.initial_delay,
+        },  # fmt: skip
+        "readinessProbe": {
+            **ready,
+            "periodSeconds": timing.period,
+            "timeoutSeconds": 5,
+            "failureThreshold": 3,
+        },  # fmt: skip
+        "livenessProbe": {
+            **alive,
+            "periodSeconds": 20,
+            "timeoutSeconds": 5,
+            "failureThreshold": 3,
+        },  # fmt: skip
+    }
+
+
+def resources(target: Target, gpus: int) -> dict[str, Any]:
+    scale = max(gpus, 1)
+    requests = {"cpu": str(4 * scale if gpus else 2), "memory": f"{32 * scale if gpus else 8}Gi"}
+    limits = {"memory": requests["memory"]}
+    if gpus:  # extended resources: request must equal limit
+        requests[GPU] = limits[GPU] = str(gpus)
+    return {"requests": requests, "limits": limits}
+
+
+def env_list(target: Target, *, token_auth: bool, extra: dict[str, str]) -> list[dict[str, Any]]:
+    source = (
+        {"MODEL_ID": target.hub_id}
+        if target.hub_id
+        else {"MODEL_PATH": f"{WEIGHTS_MOUNT}/{target.local_dir}"}
+    )
+    env = container_env(
+        target,
+        **source,
+        HF_HOME=f"{WEIGHTS_MOUNT}/.hf-cache",  # downloads land on the volume, once
+        # deliberate: Prometheus scrapes the pod's metrics port (annotations below)
+        TSVLLM_METRICS_BIND="0.0.0.0",
+        **({} if token_auth else {"TSVLLM_DISABLE_TOKEN_AUTH": "1"}),
+        **extra,
+    )
+    items = [{"name": k, "value": v} for k, v in env.items()]
+    items.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {
+        "name": HF_SECRET, "key": "HF_TOKEN", "optional": True}}})  # fmt: skip
+    return items
+
+
+def container(target: Target, *, gpus: int, token_auth: bool, env: dict[str, str] | None = None,
+              command: list[str] | None = None, serve: bool = True) -> dict[str, Any]:  # fmt: skip
+    c: dict[str, Any] = {
+        "name": "tsvllm",
+        "image": target.image,
+        "imagePullPolicy": "IfNotPresent",
+    }
+    if command:
+        c["command"] = command
+    c["env"] = env_list(target, token_auth=token_auth, extra=env or {})
+    if serve:
+        c["ports"] = [
+            {"name": "http", "containerPort": INFERENCE_PORT},
+            {"name": "metrics", "containerPort": METRICS_PORT},
+        ]
+        c.update(probes(target, token_auth=token_auth))
+    c["resources"] = resources(target, gpus)
+    c["volumeMounts"] = [
+        {"name": "weights", "mountPath": WEIGHTS_MOUNT},
+        {"name": "dshm", "mountPath": "/dev/shm"},
+    ]
+    c["securityContext"] = {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    return c
+
+
+def pod_spec(target: Target, containers: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 10001,
+            "runAsGroup": 10001,
+            "fsGroup": 10001,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "terminationGracePeriodSeconds": 60,
+        "containers": containers,
+        "volumes": [
+            {"name": "weights", "persistentVolumeClaim": {"claimName": f"{target.name}-weights"}},
+            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{shm_mb(target)}Mi"}},
+        ],
+    }
+
+
+def _labels(target: Target) -> dict[str, str]:
+    return {"app.kubernetes.io/name": target.name, "app.kubernetes.io/part-of": "tsvllm"}
+
+
+SCRAPE = {
+    "prometheus.io/scrape": "true",
+    "prometheus.io/port": str(METRICS_PORT),
+    "prometheus.io/path": "/metrics",
+}
+
+
+def deployment(target: Target, *, replicas: int, token_auth: bool) -> dict[str, Any]:
+    labels = _labels(target)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": target.name, "labels": labels},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": labels},
+            # one engine per GPU set: never run old and new side by side on the same GPUs
+            "strategy": {"type": "Recreate"},
+            "template": {
+                "metadata": {"labels": labels, "annotations": dict(SCRAPE)},
+                "spec": pod_spec(
+                    target, [container(target, gpus=target.gpus, token_auth=token_auth)]
+                ),
+            },
+        },
+    }
+
+
+def leader_worker_set(target: Target, *, replicas: int, gpus_per_node: int,
+                      token_auth: bool) -> dict[str, Any]:  # fmt: skip
+    """TP × PP over several nodes: vLLM's Ray backend, one Ray cluster per group."""
+    nodes = math.ceil(target.gpus / gpus_per_node)
+    labels = _labels(target)
+    ray = {"VLLM_ARGS": _with_ray(target)}
+    leader_cmd = ["/bin/sh", "-c", f"ray start --head --port={RAY_PORT} && "
+                  "exec python3 -m tsvllm.entrypoint"]  # fmt: skip
+    worker_cmd = ["/bin/sh", "-c", f"ray start --address=$(LWS_LEADER_ADDRESS):{RAY_PORT} --block"]
+    leader = container(target, gpus=gpus_per_node, token_auth=token_auth, env=ray,
+                       command=leader_cmd)  # fmt: skip
+    worker = container(target, gpus=gpus_per_node, token_auth=token_auth, env=ray,
+                       command=worker_cmd, serve=False)  # fmt: skip
+    return {
+        "apiVersion": LWS_API,
+        "kind": "LeaderWorkerSet",
+        "metadata": {"name": target.name, "labels": labels},
+        "spec": {
+            "replicas": replicas,
+            "startupPolicy": "LeaderCreated",
+            "leaderWorkerTemplate": {
+                "size": nodes,
+                "restartPolicy": "RecreateGroupOnPodRestart",
+                "leaderTemplate": {
+                    "metadata": {
+                        "labels": {**labels, "role": "leader"},
+                        "annotations": dict(SCRAPE),
+                    },  # fmt: skip
+                    "spec": pod_spec(target, [leader]),
+                },
+                "workerTemplate": {
+                    "metadata": {"labels": {**labels, "role": "worker"}},
+                    "spec": pod_spec(target, [worker]),
+                },
+            },
+        },
+    }
+
+
+def _with_ray(target: Target) -> str:
+    from tsvllm.deploy.common import vllm_args
+
+    return (vllm_args(target.config) + " --distributed-executor-backend ray").strip()
+
+
+def service(target: Target, *, multi_node: bool) -> dict[str, Any]:
+    selector = dict(_labels(target))
+    if multi_node:
+        selector["role"] = "leader"
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": target.name, "labels": _labels(target)},
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector,
+            "ports": [{"name": "http", "port": INFERENCE_PORT, "targetPort": "http"}],
+        },
+    }
+
+
+def pvc(target: Target, *, storage_gi: int | None, shared: bool) -> dict[str, Any]:
+    """The weights volume; ReadWriteMany when several pods (replicas, nodes) mount it."""
+    size = storage_gi or 80 * max(target.gpus, 1)
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": f"{target.name}-weights", "labels": _labels(target)},
+        "spec": {
+            "accessModes": ["ReadWriteMany" if shared else "ReadWriteOnce"],
+            "resources": {"requests": {"storage": f"{size}Gi"}},
+        },
+    }
+
+
+def readme(target: Target, *, multi_node: bool, token_auth: bool, gpus_per_node: int) -> str:
+    name = target.name
+    workload = "leaderworkerset.yaml" if multi_node else "deployment.yaml"
+    pod = f"pod/{name}-0" if multi_node else f"deploy/{name}"  # the LWS leader is <name>-0
+    keyfile = "/tmp/tsvllm/ts/key_file.json"
+    auth = (
+        "Token auth is ON (nothing in a cluster authenticates for you): each pod writes its "
+        f"keys to {keyfile} (the KEY line below reads one pod's). Each pod has its own key: "
+        "with several replicas behind the Service, put an authenticating gateway in front "
+        "and regenerate with --disable-token-auth."
+        if token_auth
+        else "Token auth is OFF (--disable-token-auth): only expose the Service behind a "
+        "gateway that authenticates."
+    )
+    lines = [
+        f"# Kubernetes: {name}",
+        "",
+        "Generated by `tsvllm deploy k8s`; check with `tsvllm validate DIR`.",
+        "",
+        auth,
+        "",
+        "```bash",
+        f"kubectl create secret generic {HF_SECRET} --from-literal=HF_TOKEN=$HF_TOKEN  "
+        "# gated models",
+        "kubectl apply -f pvc.yaml",
+    ]
+    if multi_node:
+        lines.append(
+            "# needs the LeaderWorkerSet controller: https://lws.sigs.k8s.io/docs/installation/"
+        )
+    lines += [
+        f"kubectl apply -f {workload} -f service.yaml",
+        f"kubectl wait --for=condition=Available lws/{name} --timeout=2h"
+        if multi_node
+        else f"kubectl rollout status deployment/{name} --timeout=2h",
+        f"kubectl port-forward svc/{name} 8080:8080 &",
+        *(
+            [
+                f'KEY=$(kubectl exec {pod} -- python3 -c "import json; print(json.load('
+                f"open('{keyfile}'))['inference']['key'])\")"
+            ]
+            if token_auth
+            else []
+        ),
+        f"curl http://127.0.0.1:8080{OPENAI_BASE}/models"
+        + (' -H "Authorization: Bearer $KEY"' if token_auth else ""),
+        "```",
+        "",
+        f"OpenAI base URL inside the cluster: `http://{name}:8080{OPENAI_BASE}`. "
+        f"Prometheus scrapes port {METRICS_PORT} (pod annotations). The startup probe allows "
+        f"{probe_timing(target.startup_timeout).startup_window} s for the first load.",
+    ]
+    if target.local_dir:
+        lines += [
+            "",
+            f"The weights are read from {WEIGHTS_MOUNT}/{target.local_dir} on the volume: "
+            "copy the model folder there first (e.g. with a helper pod).",
+        ]
+    if multi_node:
+        lines += [
+            "",
+            f"{target.gpus} GPUs do not fit one node: a LeaderWorkerSet runs groups of "
+            f"{math.ceil(target.gpus / gpus_per_node)} pods of {gpus_per_node} GPUs joined by Ray "
+            "(`--distributed-executor-backend ray`); they share the weights volume, "
+            "so it is ReadWriteMany (pick a storage class that offers it).",
+        ]
+    for note in readme_notes(target):
+        lines += ["", note]
+    return "\n".join(lines) + "\n"
+
+
+def generate(target: Target, *, replicas: int, gpus_per_node: int, token_auth: bool,
+             storage_gi: int | None) -> dict[str, str]:  # fmt: skip
+    """File name → text of every Kubernetes asset."""
+    multi_node = target.gpus > gpus_per_node
+    auth = "on (exec probes read the key)" if token_auth else "off (a gateway authenticates)"
+    header = f"Generated by tsvllm deploy k8s. Token auth {auth}."
+    volume = pvc(target, storage_gi=storage_gi, shared=multi_node or replicas > 1)
+    files = {"pvc.yaml": dump_yaml(volume, header=header)}
+    if multi_node:
+        files["leaderworkerset.yaml"] = dump_yaml(
+            leader_worker_set(
+                target, replicas=replicas, gpus_per_node=gpus_per_node, token_auth=token_auth
+            ),  # fmt: skip
+            header=header,
+        )
+    else:
+        files["deployment.yaml"] = dump_yaml(
+            deployment(target, replicas=replicas, token_auth=token_auth), header=header
+        )
+    files["service.yaml"] = dump_yaml(service(target, multi_node=multi_node), header=header)
+    files["README.md"] = readme(
+        target, multi_node=multi_node, token_auth=token_auth, gpus_per_node=gpus_per_node
+    )
+    return files

@@ -1,0 +1,520 @@
+"""Container entrypoint: environment → model → config → archive → TorchServe, in the foreground.
+
+``python -m tsvllm.entrypoint`` is what the images run (under ``tini``). It reads the
+environment only when it runs, stops with a message naming the variable to fix, and on
+SIGTERM/SIGINT stops TorchServe and every engine process before exiting (no orphans;
+:func:`tsvllm.launcher.serve_foreground`). ``--probe ready|alive`` is an exec probe
+for platforms where token auth stays on (the probe reads the key TorchServe wrote).
+
+The model comes from the first of these that is set:
+
+=====================  ===============================================================
+``MODEL_PATH``         a model folder (config.json, weights, tokenizer) in the container
+``AZUREML_MODEL_DIR``  Azure ML's model mount; the folder holding config.json is found under it
+``AIP_STORAGE_URI``    Vertex AI's gs:// copy of the artifacts, downloaded (google-cloud-storage)
+``MODEL_ID``           a Hugging Face id (vLLM downloads it; HF_TOKEN for gated models), or a
+                       gs:// or s3:// folder, downloaded (google-cloud-storage / boto3)
+=====================  ===============================================================
+
+Other variables: ``SERVED_MODEL_NAME`` (comma-separated names clients send as ``model``),
+``TENSOR_PARALLEL_SIZE``, ``VLLM_ARGS`` (``vllm serve`` flags, checked by vLLM's parser),
+``TSVLLM_DEVICE`` (auto/cpu/gpu), ``HF_HUB_OFFLINE=1`` (private networks: a hub id must be in
+the local cache), ``AIP_HTTP_PORT`` or ``PORT`` (inference port, default 8080; management
+and metrics are the next two), ``AIP_PREDICT_ROUTE``/``AIP_HEALTH_ROUTE`` (checked against
+the routes served), ``TSVLLM_DISABLE_TOKEN_AUTH`` (only where the platform authenticates),
+``TSVLLM_BIND`` (inference address, default 0.0.0.0), ``TSVLLM_METRICS_BIND`` (default
+127.0.0.1), ``TSVLLM_STARTUP_TIMEOUT``, ``TSVLLM_RESPONSE_TIMEOUT``, ``TSVLLM_CONFIG`` (a model
+config to start from), ``TSVLLM_HANDLER``, ``TSVLLM_WORKDIR`` (default /tmp/tsvllm),
+``TSVLLM_MODEL_CACHE`` (where downloads go).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import shutil
+import sys
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+#: request bodies TorchServe accepts in the container: above Vertex AI's 1.5 MB, so that
+#: the handler answers those with its own clear 413
+MAX_REQUEST_BYTES = 2 << 20
+SOURCES = ("MODEL_PATH", "AZUREML_MODEL_DIR", "AIP_STORAGE_URI", "MODEL_ID")
+_DONE = ".tsvllm-download-complete"
+PROG = "tsvllm-entrypoint"
+
+
+class EntrypointError(RuntimeError):
+    """The environment does not describe a servable model (the message names the fix)."""
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _int_var(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise EntrypointError(f"{name}={raw!r} is not a whole number") from None
+    if value < 1:
+        raise EntrypointError(f"{name}={raw!r} must be at least 1")
+    return value
+
+
+# -- where the model comes from -------------------------------------------------------
+
+
+def model_source(env: Mapping[str, str]) -> tuple[str, str]:
+    """``(variable, value)`` of the first model source set in ``env``."""
+    for name in SOURCES:
+        value = env.get(name, "").strip()
+        if value:
+            return name, value
+    raise EntrypointError(
+        "no model given: set MODEL_PATH (a folder in the container), MODEL_ID (a Hugging "
+        "Face id, gs:// or s3:// folder), or run on Azure ML (AZUREML_MODEL_DIR) or "
+        "Vertex AI with an artifact URI (AIP_STORAGE_URI)"
+    )
+
+
+def find_model_dir(root: Path, *, var: str) -> Path:
+    """The one folder under ``root`` (itself included) that holds a config.json."""
+    if not root.is_dir():
+        raise EntrypointError(f"{var}={root}: no such folder")
+    if (root / "config.json").is_file():
+        return root
+    found = sorted(
+        p.parent for p in root.rglob("config.json") if len(p.relative_to(root).parts) <= 5
+    )
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise EntrypointError(
+            f"{var}={root}: no model folder (with config.json) under it; the model must be "
+            "a Hugging Face model folder (config.json, weights, tokenizer)"
+        )
+    raise EntrypointError(
+        f"{var}={root}: several model folders under it ({', '.join(map(str, found))}); "
+        "set MODEL_PATH to the one to serve"
+    )
+
+
+def _split_uri(uri: str, scheme: str) -> tuple[str, str]:
+    rest = uri[len(scheme) + 3 :]
+    bucket, _, prefix = rest.partition("/")
+    if not bucket:
+        raise EntrypointError(f"{uri}: no bucket; write {scheme}://BUCKET/FOLDER")
+    prefix = prefix.strip("/")
+    return bucket, f"{prefix}/" if prefix else ""
+
+
+def _target(dest: Path, prefix: str, name: str) -> Path | None:
+    rel = name[len(prefix) :]
+    if not rel or rel.endswith("/"):
+        return None  # the folder itself, or a "directory" placeholder object
+    path = (dest / rel).resolve()
+    if dest.resolve() not in path.parents:
+        raise EntrypointError(f"object {name!r} would be written outside {dest}; refusing")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def download_gcs(uri: str, dest: Path, *, client: Any = None) -> int:
+    """Copy every object under ``gs://bucket/prefix`` into ``dest``; return the count.
+
+    With ``STORAGE_EMULATOR_HOST`` set, google-cloud-storage talks to that emulator.
+    """
+    if client is None:
+        try:
+            from google.cloud import storage
+        except ImportError as exc:
+            raise EntrypointError(
+                f"{uri}: gs:// needs google-cloud-storage: pip install 'tsvllm[deploy]'"
+            ) from exc
+        if os.environ.get("STORAGE_EMULATOR_HOST"):
+            from google.auth.credentials import AnonymousCredentials
+
+            client = storage.Client(project="emulator", credentials=AnonymousCredentials())
+        else:
+            client = storage.Client()
+    bucket, prefix = _split_uri(uri, "gs")
+    count = 0
+    for blob in client.list_blobs(bucket, prefix=prefix):
+        path = _target(dest, prefix, blob.name)
+        if path is not None:
+            blob.download_to_filename(str(path))
+            count += 1
+    return count
+
+
+def download_s3(uri: str, dest: Path, *, client: Any = None) -> int:
+    """Copy every object under ``s3://bucket/prefix`` into ``dest``; return the count.
+
+    boto3 reads credentials and ``AWS_ENDPOINT_URL`` (S3-compatible stores) from the
+    environment.
+    """
+    if client is None:
+        try:
+            import boto3
+        except ImportError as exc:
+            raise EntrypointError(
+                f"{uri}: s3:// needs boto3: pip install 'tsvllm[deploy]'"
+            ) from exc
+        client = boto3.client("s3")
+    bucket, prefix = _split_uri(uri, "s3")
+    count = 0
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            path = _target(dest, prefix, obj["Key"])
+            if path is not None:
+                client.download_file(bucket, obj["Key"], str(path))
+                count += 1
+    return count
+
+
+def download(uri: str, cache: Path, *, var: str) -> Path:
+    """Download ``uri`` once into ``cache`` (a restart reuses a complete copy)."""
+    dest = cache / "".join(c if c.isalnum() or c in "-_." else "_" for c in uri)[:200]
+    marker = dest / _DONE
+    if marker.is_file() and marker.read_text() == uri:
+        return dest
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    fetch = download_gcs if uri.startswith("gs://") else download_s3
+    print(f"{PROG}: downloading {uri} to {dest}", flush=True)
+    if fetch(uri, dest) == 0:
+        raise EntrypointError(f"{var}={uri}: no objects there (check the bucket and folder)")
+    marker.write_text(uri)
+    return dest
+
+
+def resolve_model(env: Mapping[str, str], *, cache: Path) -> str:
+    """The local model folder (or Hugging Face id) to serve, downloading if needed."""
+    var, value = model_source(env)
+    if value.startswith(("gs://", "s3://")):
+        if var == "AIP_STORAGE_URI" and not value.startswith("gs://"):
+            raise EntrypointError(f"AIP_STORAGE_URI={value}: Vertex AI gives a gs:// URI")
+        return str(find_model_dir(download(value, cache, var=var), var=var))
+    if var == "AIP_STORAGE_URI":
+        raise EntrypointError(f"AIP_STORAGE_URI={value}: expected a gs:// URI")
+    if var in ("MODEL_PATH", "AZUREML_MODEL_DIR"):
+        return str(find_model_dir(Path(value), var=var))
+    # MODEL_ID: a local folder, or a Hugging Face id
+    if Path(value).is_dir():
+        return str(find_model_dir(Path(value), var=var))
+    from tsvllm.archive import HF_ID
+
+    if not HF_ID.match(value):
+        raise EntrypointError(
+            f"MODEL_ID={value}: not a folder, a gs:// or s3:// URI, or a Hugging Face id "
+            "like org/name"
+        )
+    if _truthy(env.get("HF_HUB_OFFLINE")):
+        return _cached_snapshot(value)
+    return value
+
+
+def _cached_snapshot(repo_id: str) -> str:
+    """The local snapshot of ``repo_id`` in the Hugging Face cache (offline mode)."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(repo_id, local_files_only=True)
+    except Exception as exc:  # the hub raises several types for "not cached"
+        raise EntrypointError(
+            f"MODEL_ID={repo_id} with HF_HUB_OFFLINE=1: not in the Hugging Face cache "
+            f"(HF_HOME={os.environ.get('HF_HOME', '~/.cache/huggingface')}); mount the "
+            "weights and set MODEL_PATH, or pre-fill the cache"
+        ) from exc
+
+
+# -- the model config -----------------------------------------------------------------
+
+
+def _scalar(text: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_vllm_args(text: str) -> dict[str, Any]:
+    """``VLLM_ARGS`` (``vllm serve`` flags) as engine-config keys.
+
+    ``--flag`` → True; ``--flag v`` / ``--flag=v`` → v; ``--flag a b`` → [a, b]. The keys
+    go back to flags unchanged (:func:`tsvllm.engine.vllm_engine.engine_argv`), so vLLM's
+    own parser is the judge of names and values.
+    """
+    try:
+        tokens = shlex.split(text)
+    except ValueError as exc:
+        raise EntrypointError(f"VLLM_ARGS: cannot split it like a shell would: {exc}") from None
+    out: dict[str, Any] = {}
+    key: str | None = None
+    for token in tokens:
+        if token.startswith("--") and len(token) > 2:
+            name, eq, value = token[2:].partition("=")
+            key = name.replace("-", "_")
+            if key in out:
+                raise EntrypointError(f"VLLM_ARGS: --{name} is given twice; keep one")
+            out[key] = _scalar(value) if eq else True
+            if eq:
+                key = None
+            continue
+        if token[:1] == "-" and token[1:2].isalpha():
+            raise EntrypointError(
+                f"VLLM_ARGS: {token!r}: write flags in their long form (--flag-name)"
+            )
+        if key is None:
+            raise EntrypointError(
+                f"VLLM_ARGS: {token!r} is not after a --flag; write e.g. --max-model-len 4096"
+            )
+        current = out[key]
+        if current is True:
+            out[key] = _scalar(token)
+        elif isinstance(current, list):
+            current.append(_scalar(token))
+        else:
+            out[key] = [current, _scalar(token)]
+    moved = {
+        "model": "set the model with MODEL_PATH or MODEL_ID",
+        "served_model_name": "use SERVED_MODEL_NAME",
+        "tensor_parallel_size": "use TENSOR_PARALLEL_SIZE",
+    }
+    for name, fix in moved.items():
+        if name in out:
+            raise EntrypointError(f"VLLM_ARGS: --{name.replace('_', '-')} is not allowed; {fix}")
+    return out
+
+
+def model_config(env: Mapping[str, str], *, model: str, gpus: int | None = None) -> Any:
+    """The model config the environment describes, for ``model`` (folder or hub id)."""
+    from tsvllm.config import load_model_config, validate_model_config
+    from tsvllm.launcher import (
+        LaunchError,
+        Placement,
+        count_gpus,
+        model_config_from_flags,
+        place,
+    )
+
+    engine = parse_vllm_args(env.get("VLLM_ARGS", ""))
+    adapters = {}
+    for module in _as_list(engine.pop("lora_modules", [])):
+        name, eq, path = str(module).partition("=")
+        if not eq or not name or not path:
+            raise EntrypointError(
+                f"VLLM_ARGS: --lora-modules {module!r}: write each adapter as name=path"
+            )
+        adapters[name] = path
+    chat_template = engine.pop("chat_template", None)
+    names = [n.strip() for n in env.get("SERVED_MODEL_NAME", "").split(",") if n.strip()]
+    startup = _int_var(env, "TSVLLM_STARTUP_TIMEOUT", 1200)
+    response = _int_var(env, "TSVLLM_RESPONSE_TIMEOUT", 1200)
+    tp = env.get("TENSOR_PARALLEL_SIZE", "").strip()
+
+    if env.get("TSVLLM_CONFIG"):
+        data = load_model_config(env["TSVLLM_CONFIG"]).model_dump(
+            mode="json", exclude_none=True, by_alias=True
+        )
+        data["handler"]["vllm_engine_config"].update(engine)
+        if tp:
+            engine_cfg = data["handler"]["vllm_engine_config"]
+            engine_cfg["tensor_parallel_size"] = _int_var(env, "TENSOR_PARALLEL_SIZE", 1)
+            level = engine_cfg["tensor_parallel_size"] * engine_cfg.get("pipeline_parallel_size", 1)
+            if data.get("deviceType") == "gpu" and level > 1:
+                data.update(parallelType="custom", parallelLevel=level)
+    else:
+        if engine.get("distributed_executor_backend") == "ray":
+            # multi-node (LeaderWorkerSet): the GPUs are on several nodes, not all visible
+            placement = Placement("gpu", _int_var(env, "TENSOR_PARALLEL_SIZE", 1))
+        else:
+            try:
+                placement = place(
+                    device=env.get("TSVLLM_DEVICE", "auto").strip() or "auto",
+                    tensor_parallel_size=tp or "auto",
+                    gpus=count_gpus(env) if gpus is None else gpus,
+                )
+            except LaunchError as exc:  # it names the launcher's flags: name our variables
+                msg = str(exc).replace("--tensor-parallel-size", "TENSOR_PARALLEL_SIZE")
+                raise EntrypointError(msg.replace("--device", "TSVLLM_DEVICE")) from None
+        cfg = model_config_from_flags(
+            model_path=model,
+            model_name=names[0] if names else "model",
+            placement=placement,
+            engine=engine,
+            startup_timeout=startup,
+        )
+        data = cfg.model_dump(mode="json", exclude_none=True, by_alias=True)
+        data["responseTimeout"] = response
+    handler = data["handler"]
+    handler["model_path"] = model
+    if names:
+        handler["served_model_name"] = names
+    if adapters:
+        handler["adapters"] = adapters
+    if chat_template:
+        handler["chat_template"] = chat_template
+    return validate_model_config(data, source="the container environment")
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def check_engine_args(cfg: Any) -> None:
+    """vLLM's own parser on the engine args (VLLM_ARGS ends up here)."""
+    from tsvllm.engine.vllm_engine import EngineArgsError, handler_argv, parse_engine_args
+
+    try:
+        parse_engine_args(handler_argv(cfg.handler))
+    except EngineArgsError as exc:
+        raise EntrypointError(f"VLLM_ARGS: {exc}") from None
+
+
+# -- TorchServe settings --------------------------------------------------------------
+
+
+def inference_port(env: Mapping[str, str]) -> int:
+    for name in ("AIP_HTTP_PORT", "PORT"):
+        raw = env.get(name, "").strip()
+        if raw:
+            if not raw.isdigit() or not 1 <= int(raw) <= 65533:
+                raise EntrypointError(f"{name}={raw!r} is not a port (1-65533)")
+            return int(raw)
+    return 8080
+
+
+def check_vertex_routes(env: Mapping[str, str]) -> None:
+    """Vertex AI sends traffic to AIP_PREDICT_ROUTE/AIP_HEALTH_ROUTE: they must be ours."""
+    from tsvllm.deploy.common import LIVENESS_ROUTE, READINESS_ROUTE, VERTEX_PREDICT_ROUTE
+
+    wanted = {
+        "AIP_PREDICT_ROUTE": ((VERTEX_PREDICT_ROUTE,), "containerSpec.predictRoute"),
+        "AIP_HEALTH_ROUTE": ((READINESS_ROUTE, LIVENESS_ROUTE), "containerSpec.healthRoute"),
+    }
+    for name, (served, field) in wanted.items():
+        value = env.get(name, "").strip()
+        if value and value not in served:
+            raise EntrypointError(
+                f"{name}={value}: this container serves {' or '.join(served)} (TorchServe's "
+                f"routes are fixed); set {field} to {served[0]} (tsvllm deploy vertex does)"
+            )
+
+
+def torchserve_settings(env: Mapping[str, str]) -> tuple[Any, dict[str, str], bool]:
+    """``(ports, config.properties overrides, token_auth)`` for the container."""
+    from tsvllm.launcher import ports_for
+
+    ports = ports_for(inference_port(env))
+    # The inference API is the container's one public door: it must listen on 0.0.0.0
+    # (tests set TSVLLM_BIND=127.0.0.1). Management stays on loopback, and metrics too
+    # unless a scraper must reach them (the Kubernetes assets set TSVLLM_METRICS_BIND).
+    bind = env.get("TSVLLM_BIND", "0.0.0.0").strip() or "0.0.0.0"
+    metrics_bind = env.get("TSVLLM_METRICS_BIND", "127.0.0.1").strip() or "127.0.0.1"
+    extra = {
+        "inference_address": f"http://{bind}:{ports.inference}",
+        "metrics_address": f"http://{metrics_bind}:{ports.metrics}",
+        "max_request_size": str(MAX_REQUEST_BYTES),
+        "max_response_size": str(MAX_REQUEST_BYTES),
+        "default_response_timeout": str(_int_var(env, "TSVLLM_RESPONSE_TIMEOUT", 1200)),
+    }
+    return ports, extra, not _truthy(env.get("TSVLLM_DISABLE_TOKEN_AUTH"))
+
+
+def workdir(env: Mapping[str, str]) -> Path:
+    default = Path(tempfile.gettempdir()) / "tsvllm"
+    return Path(env.get("TSVLLM_WORKDIR", "").strip() or default).resolve()
+
+
+def _server(env: Mapping[str, str], *, models: list[str]) -> Any:
+    from tsvllm.serve import TorchServe
+
+    ports, extra, token_auth = torchserve_settings(env)
+    root = workdir(env)
+    return TorchServe(workdir=root / "ts", model_store=root / "model_store", models=models,
+                      ports=ports, auth="key" if token_auth else "off",
+                      config_extra=extra)  # fmt: skip
+
+
+# -- running --------------------------------------------------------------------------
+
+
+def prepare(env: Mapping[str, str]) -> tuple[Any, Path]:
+    """Check the environment, get the model, write the config and build the archive."""
+    from tsvllm.archive import DEFAULT_HANDLER, build_archive
+    from tsvllm.config import dump_model_config
+    from tsvllm.deploy.common import MODEL_NAME
+
+    check_vertex_routes(env)
+    torchserve_settings(env)  # port and number checks before any download
+    root = workdir(env)
+    cache = Path(env.get("TSVLLM_MODEL_CACHE", "").strip() or root / "models")
+    model = resolve_model(env, cache=cache)
+    cfg = model_config(env, model=model)
+    check_engine_args(cfg)
+    handler = env.get("TSVLLM_HANDLER", "").strip() or str(DEFAULT_HANDLER)
+    if (cfg.handler.rag or cfg.handler.guards) and not env.get("TSVLLM_HANDLER"):
+        handler = str(Path(handler).parent / "rag_guard_handler.py")
+    config_path = dump_model_config(cfg, root / "model-config.yaml")
+    build_archive(config_path, name=MODEL_NAME, export_path=root / "model_store",
+                  handler=handler, force=True)  # fmt: skip
+    return cfg, config_path
+
+
+def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    from tsvllm.archive import ArchiveError
+    from tsvllm.deploy.common import MODEL_NAME, OPENAI_BASE
+    from tsvllm.launcher import serve_foreground
+
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    p.add_argument("--probe", choices=["ready", "alive"], help="exec probe: exit 0 if OK")
+    args = p.parse_args(argv)
+    env = os.environ if env is None else env
+    if args.probe:
+        return probe(args.probe, env)
+    try:
+        cfg, _ = prepare(env)
+        ts = _server(env, models=[MODEL_NAME])
+    except (EntrypointError, ArchiveError, ValueError, OSError) as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 2
+
+    def announce() -> None:
+        bind = ts.config_extra["inference_address"]
+        auth = f"on (key in {ts.key_file})" if ts.auth == "key" else (
+            "off (the platform authenticates)")  # fmt: skip
+        print(f"{PROG}: ready. OpenAI base URL {bind}{OPENAI_BASE}; token auth {auth}",
+              flush=True)  # fmt: skip
+
+    return serve_foreground(
+        ts, model=MODEL_NAME, startup_timeout=cfg.startupTimeout, on_ready=announce, prog=PROG
+    )
+
+
+def probe(kind: str, env: Mapping[str, str]) -> int:
+    """Exec probe: ``ready`` = the model answers v1/models; ``alive`` = /ping answers."""
+    from tsvllm.deploy.common import LIVENESS_ROUTE, MODEL_NAME
+
+    ts = _server(env, models=[])
+    if kind == "ready":
+        return 0 if ts.probe(MODEL_NAME) else 1
+    try:
+        status, _ = ts._get(ts.inference_url + LIVENESS_ROUTE, key=ts.keys().get("inference"))
+    except (OSError, ValueError):
+        return 1
+    return 0 if status == 200 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
