@@ -32,6 +32,14 @@ from tsvllm.auth import KEY_FILE_ENV, write_key_file
 Auth = Literal["key", "torchserve", "off"]
 
 
+#: the Java frontend's JVM options (TorchServe's default heap is 1/4 of RAM)
+JVM_ARGS = (
+    "-Xms32m -Xmx384m -XX:+UseSerialGC -XX:MaxMetaspaceSize=128m -XX:ReservedCodeCacheSize=64m "
+    "-Xss512k -Dio.netty.allocator.numDirectArenas=2 -Dio.netty.allocator.numHeapArenas=2 "
+    "-XX:+ExitOnOutOfMemoryError"
+)
+
+
 class ServeError(RuntimeError):
     """TorchServe could not be started or did not become ready (message says why)."""
 
@@ -95,6 +103,9 @@ def ts_config_text(
         "metrics_mode": "prometheus",
         "model_metrics_auto_detect": "true",
         "default_response_timeout": "300",
+        # the frontend only routes bytes: a small heap and serial GC keep its RSS ~170 MB
+        # instead of ~310 MB after load, at the same throughput (docs/PERFORMANCE.md)
+        "vmargs": JVM_ARGS,
     }
     if management_socket is not None:
         props["use_native_io"] = "true"  # TorchServe needs it for Unix sockets
