@@ -40,12 +40,19 @@ class RagGuardHandler(VLLMHandler):
     def __init__(self) -> None:
         super().__init__()
         self.retriever: Any = None
+        #: batches the query embeddings of concurrent requests (LocalRetriever only)
+        self.batcher: Any = None
         self.guards: Any = None
 
     async def build_engine(self, *, model_dir: Path) -> Engine:
         cfg = self.config.handler
         if cfg.rag is not None and self.retriever is None:  # first: a failure leaves no engine
             self.retriever = await asyncio.to_thread(_load_retriever, cfg.rag, model_dir)
+            from tsvllm.rag.batching import BatchingRetriever
+            from tsvllm.rag.retriever import LocalRetriever
+
+            if isinstance(self.retriever, LocalRetriever):
+                self.batcher = BatchingRetriever(self.retriever)
         engine = await super().build_engine(model_dir=model_dir)
         if cfg.guards is not None:
             self.guards = build_guard_chain(
@@ -82,7 +89,10 @@ class RagGuardHandler(VLLMHandler):
         if not query:
             return body
         start = time.perf_counter()
-        chunks = await asyncio.to_thread(self.retriever.retrieve, query, k=rag.k)
+        if self.batcher is not None:
+            chunks = await self.batcher.retrieve(query, k=rag.k)
+        else:  # any Retriever: its own embedding, in a thread
+            chunks = await asyncio.to_thread(self.retriever.retrieve, query, k=rag.k)
         ctx.metadata["retrieval_ms"] = (time.perf_counter() - start) * 1000
         used = []
         for chunk in chunks:

@@ -189,12 +189,25 @@ class LocalRetriever:
             )
         return embedder
 
-    def retrieve(self, query: str, *, k: int = 4, min_score: float | None = None) -> list[Chunk]:
-        """The ``k`` best chunks for ``query``, best first (see the class doc for ``score``)."""
+    def retrieve(
+        self,
+        query: str,
+        *,
+        k: int = 4,
+        min_score: float | None = None,
+        vector: np.ndarray | None = None,
+    ) -> list[Chunk]:
+        """The ``k`` best chunks for ``query``, best first (see the class doc for ``score``).
+
+        ``vector``: the query's embedding when the caller has it already (batched
+        embedding, :mod:`tsvllm.rag.batching`); BM25 still reads ``query``.
+        """
         _check_k(k)
         if not self.passages:
             return []
-        vec = self._unit(np.asarray(self.embedder.embed_query(query), dtype=np.float32))
+        if vector is None:
+            vector = self.embedder.embed_query(query)
+        vec = self._unit(np.asarray(vector, dtype=np.float32))
         if self.hybrid:
             depth = max(k, self.rrf_depth)
             dense = self._dense(vec, depth)
