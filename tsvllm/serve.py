@@ -40,6 +40,10 @@ JVM_ARGS = (
 )
 
 
+#: the frontend's log4j2 settings: TorchServe's, at info instead of debug (docs/PERFORMANCE.md)
+LOG_CONFIG = Path(__file__).with_name("log4j2.xml")
+
+
 class ServeError(RuntimeError):
     """TorchServe could not be started or did not become ready (message says why)."""
 
@@ -218,6 +222,7 @@ class TorchServe:
         ]  # fmt: skip
         if self.models:
             cmd += ["--models", *self.models]
+        cmd += ["--log-config", str(LOG_CONFIG)]
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             cmd,
