@@ -198,8 +198,9 @@ class VLLMHandler(Hooks):
             self.api_key.check(headers)
         route = (torchserve.request_header(context, "url_path") or "").split("?")[0].strip("/")
         if route == vertex.ROUTE:  # Vertex AI's {"instances": [...]} envelope (tsvllm.vertex)
-            vertex.check_size(request, headers)
-            envelope = self._decode_body(request, headers, limit=vertex.MAX_BODY_BYTES)
+            envelope = self._decode_body(
+                request, headers, limit=vertex.MAX_BODY_BYTES, limit_name=vertex.LIMIT_NAME
+            )
             reply = await vertex.predict(self, envelope, headers=headers,
                                          request_id=torchserve.request_id(context))  # fmt: skip
             return self._json_reply(context, reply)
@@ -288,12 +289,18 @@ class VLLMHandler(Hooks):
         return b"".join(e.encode().encode() for e in tail) + DONE
 
     def _decode_body(
-        self, request: dict[str, Any], headers: dict[str, str], *, limit: int | None = None
+        self,
+        request: dict[str, Any],
+        headers: dict[str, str],
+        *,
+        limit: int | None = None,
+        limit_name: str = "handler.max_body_bytes",
     ) -> dict[str, Any]:
         """The request's JSON object, at most ``limit`` bytes (``handler.max_body_bytes``).
 
         TorchServe's worker has usually decoded it already (``application/json``); the size
-        check then uses the Content-Length header."""
+        check then uses the Content-Length header, or (a chunked upload has none) the size
+        of the decoded body re-encoded."""
         limit = self.max_body_bytes if limit is None else limit
         body = request.get("body")
         if body is None:
@@ -301,10 +308,13 @@ class VLLMHandler(Hooks):
         length = len(body) if isinstance(body, (bytes, bytearray, str)) else None
         if length is None:
             declared = next((v for k, v in headers.items() if k.lower() == "content-length"), "")
-            length = int(declared) if declared.isdigit() else None
+            if declared.strip().isdigit():
+                length = int(declared)
+            elif body is not None:
+                length = len(json.dumps(body, separators=(",", ":")).encode())
         if length is not None and length > limit:
             raise PayloadTooLarge(
-                f"request body is {length} bytes; the limit is {limit} (handler.max_body_bytes)"
+                f"request body is {length} bytes; the limit is {limit} ({limit_name})"
             )
         if isinstance(body, (bytes, bytearray, str)):
             if not body.strip():

@@ -19,40 +19,19 @@ message. Bodies over :data:`MAX_BODY_BYTES` (Vertex's own 1.5 MB limit) get HTTP
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 from tsvllm.engine.base import Api
-from tsvllm.errors import BadRequest, PayloadTooLarge, TsVllmError
+from tsvllm.errors import BadRequest, TsVllmError
 from tsvllm.hooks import RequestContext
 
 #: the handler route (after /predictions/<model>/<version>/) serving the envelope
 ROUTE = "vertex/predict"
 #: Vertex AI refuses larger online prediction requests; so do we, with a clear 413
 MAX_BODY_BYTES = 1_500_000
+LIMIT_NAME = "Vertex AI's 1.5 MB limit: send fewer instances per request"
 REQUEST_FORMAT = "@requestFormat"
 CHAT_FORMAT = "chatCompletions"
-
-
-def check_size(request: dict[str, Any], headers: dict[str, str]) -> None:
-    """Raise 413 when the body is over :data:`MAX_BODY_BYTES`.
-
-    TorchServe hands over JSON already decoded, so the size is the Content-Length header
-    when there is one, else the raw bytes, else the re-encoded JSON.
-    """
-    body = request.get("body", request.get("data"))
-    length = {k.lower(): v for k, v in headers.items()}.get("content-length", "")
-    if length.strip().isdigit():
-        size = int(length)
-    elif isinstance(body, bytes | bytearray):
-        size = len(body)
-    else:
-        size = len(json.dumps(body, separators=(",", ":")).encode())
-    if size > MAX_BODY_BYTES:
-        raise PayloadTooLarge(
-            f"request body is {size} bytes; Vertex AI prediction requests are limited to "
-            f"{MAX_BODY_BYTES} bytes (1.5 MB): send fewer instances per request"
-        )
 
 
 def to_openai(envelope: Any) -> tuple[Api, list[dict[str, Any]]]:
