@@ -112,10 +112,7 @@ class VLLMHandler(Hooks):
         self._model_dir = model_dir
         self.api_key = ApiKey.from_environ(os.environ)
         os.environ.update(handler_cfg.env)
-        if handler_cfg.lean_worker:
-            torchserve.install_worker_path()
-        else:
-            torchserve.install_socket_lock()
+        torchserve.install_worker_path(lean=handler_cfg.lean_worker)
 
         from tsvllm.lifeline import start_reaper
 

@@ -62,7 +62,7 @@ class _FrameWriter:
 _WRITER = _FrameWriter()
 
 
-def install_worker_path() -> None:
+def install_worker_path(*, lean: bool = True) -> None:
     """Replace TorchServe 0.12's per-request path in the async worker with a lean one.
 
     Must run before TorchServe builds its ``AsyncService`` (i.e. in ``initialize``). Same
@@ -82,6 +82,9 @@ def install_worker_path() -> None:
     turn in one ``sendall`` (:class:`_FrameWriter`), under :data:`_SOCKET_LOCK` (TorchServe
     wrote them from two threads unguarded). A handler that raises gets a per-request 500,
     never a non-200 message code (which would fail every request in flight, see FACTS.md).
+
+    With ``lean=False`` (``handler.lean_worker: false``) TorchServe's own path stays, and
+    only its sender thread is made to take :data:`_SOCKET_LOCK` for each final reply.
     """
     global _installed
     if _installed:
@@ -90,34 +93,24 @@ def install_worker_path() -> None:
         from ts.async_service import AsyncService
     except ImportError:  # not inside a TorchServe worker (unit tests, scripts)
         return
-    AsyncService.receive_requests = _receive_requests
-    AsyncService.call_predict = _call_predict
-    _WRITER.coalesce = True
+    if lean:
+        AsyncService.receive_requests = _receive_requests
+        AsyncService.call_predict = _call_predict
+        _WRITER.coalesce = True
+    else:
+        AsyncService.send_responses = _locked_send_responses
     _installed = True
 
 
-def install_socket_lock() -> None:
-    """Only make TorchServe's sender thread take :data:`_SOCKET_LOCK` for each final reply
-    (TorchServe's own path otherwise; ``handler.lean_worker: false``)."""
-    global _installed
-    if _installed:
-        return
-    try:
-        import asyncio
+def _locked_send_responses(self: Any) -> None:
+    """TorchServe's sender thread, taking :data:`_SOCKET_LOCK` around each reply."""
+    import asyncio
 
-        from ts.async_service import AsyncService
-    except ImportError:
-        return
-
-    def send_responses(self: Any) -> None:
-        while True:
-            future = asyncio.run_coroutine_threadsafe(self.out_queue.get(), self.loop)
-            message = future.result()
-            with _SOCKET_LOCK:
-                self.service.cl_socket.sendall(message)
-
-    AsyncService.send_responses = send_responses
-    _installed = True
+    while True:
+        future = asyncio.run_coroutine_threadsafe(self.out_queue.get(), self.loop)
+        message = future.result()
+        with _SOCKET_LOCK:
+            self.service.cl_socket.sendall(message)
 
 
 def _receive_requests(self: Any) -> None:
