@@ -41,6 +41,8 @@ JVM_ARGS = (
 
 
 #: the frontend's log4j2 settings: TorchServe's, at info instead of debug (docs/PERFORMANCE.md)
+#: config.properties ``job_queue_size``: how many requests per model the frontend queues
+JOB_QUEUE_SIZE = 1024
 LOG_CONFIG = Path(__file__).with_name("log4j2.xml")
 
 
@@ -107,6 +109,10 @@ def ts_config_text(
         "metrics_mode": "prometheus",
         "model_metrics_auto_detect": "true",
         "default_response_timeout": "300",
+        # requests the frontend holds for a model beyond those its worker has taken: past
+        # it, TorchServe answers 503 (its own body). Its default of 100 turns a burst of 256
+        # streams into 84 failures; vLLM's server queues without limit.
+        "job_queue_size": str(JOB_QUEUE_SIZE),
         # the frontend only routes bytes: a small heap and serial GC keep its RSS ~170 MB
         # instead of ~310 MB after load, at the same throughput (docs/PERFORMANCE.md)
         "vmargs": JVM_ARGS,

@@ -33,6 +33,8 @@ def test_loopback_token_auth_no_model_api(props):
     assert props["enable_model_api"] == "false"
     # bounded, and above the handler's own limit so that the handler answers (OpenAI body)
     assert 1 << 20 < int(props["max_request_size"]) <= 8 << 20
+    # bounded, and room for a burst of hundreds of streams (TorchServe's 100 answers 503)
+    assert 256 < int(props["job_queue_size"]) <= 4096
 
 
 def test_docker_config_matches_the_generated_defaults():
