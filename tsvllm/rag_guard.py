@@ -228,11 +228,15 @@ class RagGuardHandler(VLLMHandler):
 
 def _load_retriever(rag: Any, model_dir: Path) -> Any:
     from tsvllm.rag import load_index
+    from tsvllm.rag.embedder import Embedder
 
     path = Path(rag.index)
     if not path.is_absolute():
         path = model_dir / path
-    retriever = load_index(path, hybrid=rag.hybrid, search=rag.search, nprobe=rag.nprobe)
+    embedder = Embedder.load(precision=rag.query_precision)
+    retriever = load_index(
+        path, hybrid=rag.hybrid, search=rag.search, nprobe=rag.nprobe, embedder=embedder
+    )
     retriever.warm_up()  # load the query embedder now, not on the first request
     return retriever
 

@@ -90,6 +90,16 @@ def test_matches_sentence_transformers(embedder: Embedder) -> None:
     assert (ours * theirs).sum(axis=1).min() > 0.9999
 
 
+def test_bfloat16_queries_match_float32(embedder: Embedder) -> None:
+    """bf16 weights (rag.query_precision) give float32 unit vectors within 1e-3 cosine."""
+    half = Embedder.load(precision="bfloat16")
+    assert half.precision == "bfloat16" and half is Embedder.load(precision="bfloat16")
+    texts = ["Who designed the Zorblax-7?", "hello", "How do I reset the irrigation timer? " * 8]
+    ours = np.stack([half.embed_query(t) for t in texts])
+    assert ours.dtype == np.float32
+    assert (ours * embedder.embed(texts)).sum(axis=1).min() > 0.999
+
+
 def _model_copy(tmp_path: Path, weights: bytes | None) -> Path:
     folder = tmp_path / "model"
     folder.mkdir()
