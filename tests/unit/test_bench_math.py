@@ -55,3 +55,16 @@ def test_ratios_skip_a_mode_that_was_not_run(missing):
     side = {"non_stream": {"tok_per_s": 1.0}, "stream": {"tok_per_s": 1.0}}
     del side[missing]
     assert f"{missing}_tok_per_s" not in ratios(side, side)
+
+
+def test_table_shows_ttft_p50_and_p99_and_dashes_for_non_streaming():
+    from tsvllm.bench.serve import render
+
+    m = {"tok_per_s": 100.0, "req_per_s": 3.1, "latency_p50_ms": 300.0, "latency_p99_ms": 400.0}
+    streamed = {**m, "ttft_p50_ms": 21.5, "ttft_p99_ms": 58.25, "itl_p50_ms": 5.1}
+    side = {"shapes": {"64x16x32": {"non_stream": m, "stream": streamed}},
+            "cold_start_s": 26.0, "peak_rss_mb": 3400.0}  # fmt: skip
+    table = render({"sides": {"a": side}, "ratios": {}}).splitlines()
+    assert "TTFT p50" in table[0] and "TTFT p99" in table[0]
+    assert table[1].split()[5:8] == ["-", "-", "-"]  # no TTFT or ITL without streaming
+    assert table[2].split()[5:8] == ["21.5", "58.2", "5.10"]

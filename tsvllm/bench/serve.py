@@ -335,16 +335,19 @@ def run(
 def render(report: dict[str, Any]) -> str:
     """A plain table: one line per side, shape and mode; then the ratios."""
     lines = [f"{'side':4s} {'shape':12s} {'mode':10s} {'tok/s':>9s} {'req/s':>7s} "
-             f"{'TTFT p50':>9s} {'ITL p50':>8s} {'lat p50':>8s} {'lat p99':>8s}"]  # fmt: skip
+             f"{'TTFT p50':>9s} {'TTFT p99':>9s} {'ITL p50':>8s} {'lat p50':>8s} "
+             f"{'lat p99':>8s}"]  # fmt: skip
+
+    def cell(value: float | None, width: int, digits: int) -> str:
+        return f"{'-' if value is None else f'{value:.{digits}f}':>{width}s}"
+
     for name, side in report["sides"].items():
         for shape, modes in side["shapes"].items():
             for mode, m in modes.items():
-                ttft = m.get("ttft_p50_ms")
-                itl = m.get("itl_p50_ms")
                 lines.append(
                     f"{name:4s} {shape:12s} {mode:10s} {m['tok_per_s']:9.1f} {m['req_per_s']:7.2f} "
-                    f"{'-' if ttft is None else f'{ttft:.1f}':>9s} "
-                    f"{'-' if itl is None else f'{itl:.2f}':>8s} "
+                    f"{cell(m.get('ttft_p50_ms'), 9, 1)} {cell(m.get('ttft_p99_ms'), 9, 1)} "
+                    f"{cell(m.get('itl_p50_ms'), 8, 2)} "
                     f"{m['latency_p50_ms']:8.1f} {m['latency_p99_ms']:8.1f}"
                 )
         lines.append(f"{name:4s} cold start {side['cold_start_s']} s, "
