@@ -35,7 +35,8 @@ def test_medians_over_rounds_and_ratios_b_over_a():
          "peak_rss_mb": 3000.0}  # fmt: skip
     b = {"non_stream": {"tok_per_s": 99.0}, "stream": {"tok_per_s": 88.0, "ttft_p50_ms": 28.0},
          "cold_start_s": 22.0, "peak_rss_mb": 3200.0}  # fmt: skip
-    assert a["stream"] == {"tok_per_s": 110.0, "ttft_p50_ms": 25.0}
+    assert a["stream"] == {"tok_per_s": 110.0, "ttft_p50_ms": 25.0,
+                           "rounds_tok_per_s": [100.0, 120.0, 110.0]}  # fmt: skip
     assert ratios(a, b) == {
         "non_stream_tok_per_s": 0.9,
         "stream_tok_per_s": 0.8,

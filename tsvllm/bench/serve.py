@@ -101,13 +101,14 @@ def load(base_url: str, model: str, *, stream: bool, requests: int, concurrency:
 
 
 def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per-metric median over rounds (numbers only)."""
+    """Per-metric median over rounds (numbers only), and each round's tok/s (the spread)."""
     keys = [k for k, v in runs[0].items() if isinstance(v, (int, float))]
-    return {
+    medians = {
         k: round(statistics.median(r[k] for r in runs if r.get(k) is not None), 3)
         for k in keys
         if any(r.get(k) is not None for r in runs)
     }
+    return {**medians, "rounds_tok_per_s": [r["tok_per_s"] for r in runs]}
 
 
 def ratios(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
@@ -135,7 +136,8 @@ def side_ratios(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
-    """Throughput per side and mode, and stream TTFT, one row of panels per load shape."""
+    """Throughput per side and mode (bars: medians, dots: rounds), and stream TTFT, one
+    row of panels per load shape."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -152,7 +154,12 @@ def plot(report: dict[str, Any], path: Path) -> None:
             for i, side in enumerate(sides):
                 runs = report["sides"][side]["shapes"][shape]
                 values = [runs.get(m, {}).get(metric) or 0 for m in modes]
-                ax.bar([x + i * width for x in range(len(modes))], values, width, label=side)
+                xs = [x + i * width for x in range(len(modes))]
+                ax.bar(xs, values, width, label=side)
+                if metric == "tok_per_s":  # each round as a dot: the spread behind the median
+                    for x, m in zip(xs, modes, strict=True):
+                        dots = runs.get(m, {}).get("rounds_tok_per_s", [])
+                        ax.plot([x] * len(dots), dots, "k.", markersize=4)
             ax.set_xticks([x + width * (len(sides) - 1) / 2 for x in range(len(modes))], modes)
             ax.set_title(f"{shape}: {label}")
             ax.legend(fontsize=8)
