@@ -81,6 +81,7 @@ def _cmd_bench_serve(args: argparse.Namespace) -> int:
         workdir=args.workdir,
         shapes=args.shapes.split(","),
         rounds=args.rounds,
+        warmup=args.warmup,
         sides=args.sides.split(","),
         json_path=args.json,
         plot_path=args.plot,
@@ -211,7 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sides", default="a,b,c",
                    help="a: vLLM server, b: TorchServe+VLLMHandler, c: + RAG and rule guards, "
                         "b0: b with TorchServe's own worker path")  # fmt: skip
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=3, help="measured rounds (medians)")
+    p.add_argument("--warmup", type=int, default=1, help="rounds run first and not counted")
     p.add_argument("--json", help="write the report here")
     p.add_argument("--plot", help="write a PNG plot here")
     p.set_defaults(func=_cmd_bench_serve)

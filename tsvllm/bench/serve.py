@@ -262,9 +262,15 @@ def run(
     shapes: list[str],
     rounds: int,
     sides: list[str],
+    warmup: int = 1,
     progress: Any = print,
 ) -> dict[str, Any]:
-    """Start every side, drive each load shape at each in alternating order, stop all."""
+    """Start every side, drive each load shape at each in alternating order, stop all.
+
+    The first ``warmup`` rounds are run the same way but not counted: the first loads after
+    a start are slower on every side, most on TorchServe's (its JVM compiles the frontend's
+    hot paths), and a served model is warm for all but its first minute.
+    """
     from tsvllm.config import load_model_config
     from tsvllm.engine.vllm_engine import handler_argv
 
@@ -297,8 +303,9 @@ def run(
 
         runs: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
         peaks = {s: 0.0 for s in sides}
-        for r in range(rounds):
+        for r in range(-warmup, rounds):
             order = sides if r % 2 == 0 else sides[::-1]
+            label = "warm-up" if r < 0 else f"round {r + 1}/{rounds}"
             for shape, (requests, concurrency, tokens) in parsed.items():
                 for stream in (False, True):
                     mode = "stream" if stream else "non_stream"
@@ -308,9 +315,10 @@ def run(
                                           requests=requests, concurrency=concurrency,
                                           max_tokens=tokens)  # fmt: skip
                         peaks[name] = max(peaks[name], rss.peak)
-                        runs.setdefault((name, shape, mode), []).append(result)
+                        if r >= 0:
+                            runs.setdefault((name, shape, mode), []).append(result)
                         progress(
-                            f"bench: round {r + 1}/{rounds} {shape:10s} {mode:10s} side {name:3s}"
+                            f"bench: {label} {shape:10s} {mode:10s} side {name:3s}"
                             f"{result['tok_per_s']:9.1f} tok/s  errors {result['errors']}"
                         )
         for (name, shape, mode), results in runs.items():
@@ -322,8 +330,8 @@ def run(
             side.stop()
     return {
         "title": f"{', '.join(shapes)} (requests x concurrency x tokens), "
-        f"{rounds} alternating rounds, medians",
-        "load": {"shapes": shapes, "rounds": rounds},
+        f"{rounds} alternating rounds after {warmup} warm-up, medians",
+        "load": {"shapes": shapes, "rounds": rounds, "warmup_rounds": warmup},
         "sides": report,
         "ratios": {
             f"{name}/a": {
@@ -371,13 +379,14 @@ def main(
     workdir: str,
     shapes: list[str],
     rounds: int,
+    warmup: int,
     sides: list[str],
     json_path: str | None,
     plot_path: str | None,
 ) -> int:
     report = run(model_dir=Path(model_dir).resolve(), config=Path(config),
                  workdir=Path(workdir).resolve(), shapes=shapes, rounds=rounds,
-                 sides=sides)  # fmt: skip
+                 warmup=warmup, sides=sides)  # fmt: skip
     print(render(report))
     if json_path:
         Path(json_path).write_text(json.dumps(report, indent=2))
