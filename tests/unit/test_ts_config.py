@@ -61,3 +61,18 @@ def test_models_may_come_from_the_store_only(tmp_path):
     assert allowed.fullmatch(f"file://{tmp_path}/store/x.mar")
     assert not allowed.fullmatch("https://example.com/x.mar")
     assert not allowed.fullmatch(f"file://{tmp_path}/other/x.mar")
+
+
+@pytest.mark.parametrize(("cores", "want"), [(1, 1), (2, 1), (4, 1), (5, None), (64, None)])
+def test_frontend_threads_one_on_small_machines_else_torchserves_default(cores, want):
+    from tsvllm.serve import frontend_threads
+
+    assert frontend_threads(cores) == want
+
+
+def test_netty_threads_set_both_thread_pools_and_extra_still_wins():
+    props = parse(ts_config_text(netty_threads=1))
+    assert props["number_of_netty_threads"] == props["netty_client_threads"] == "1"
+    assert "number_of_netty_threads" not in parse(ts_config_text())  # TorchServe's default
+    props = parse(ts_config_text(netty_threads=1, extra={"number_of_netty_threads": "8"}))
+    assert props["number_of_netty_threads"] == "8"
