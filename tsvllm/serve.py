@@ -144,8 +144,9 @@ def frontend_threads(cores: int | None = None) -> int | None:
     sockets streamed 4-13% more tokens/s than TorchServe's two each, non-streaming the same
     (docs/PERFORMANCE.md, change 10). Bigger machines keep TorchServe's default: unmeasured.
     """
-    if cores is None:
-        cores = len(os.sched_getaffinity(0))
+    if cores is None:  # the CPUs this process may run on (Linux), else all of them
+        affinity = getattr(os, "sched_getaffinity", None)
+        cores = len(affinity(0)) if affinity is not None else os.cpu_count() or 1
     return 1 if cores <= 4 else None
 
 

@@ -76,3 +76,15 @@ def test_netty_threads_set_both_thread_pools_and_extra_still_wins():
     assert "number_of_netty_threads" not in parse(ts_config_text())  # TorchServe's default
     props = parse(ts_config_text(netty_threads=1, extra={"number_of_netty_threads": "8"}))
     assert props["number_of_netty_threads"] == "8"
+
+
+def test_frontend_threads_without_sched_getaffinity(monkeypatch):
+    import os
+
+    from tsvllm.serve import frontend_threads
+
+    monkeypatch.delattr(os, "sched_getaffinity", raising=False)  # e.g. macOS
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert frontend_threads() == 1
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert frontend_threads() is None
