@@ -269,7 +269,8 @@ def run(
 
     The first ``warmup`` rounds are run the same way but not counted: the first loads after
     a start are slower on every side, most on TorchServe's (its JVM compiles the frontend's
-    hot paths), and a served model is warm for all but its first minute.
+    hot paths), and a served model is warm for all but its first minute (docs/PERFORMANCE.md,
+    change 9).
     """
     from tsvllm.config import load_model_config
     from tsvllm.engine.vllm_engine import handler_argv

@@ -9,7 +9,7 @@ dot product of two outputs is their cosine similarity.
 The forward pass is mostly matrix multiplies. With ``precision="bfloat16"`` they take ~40%
 less CPU where the CPU has native bf16 (AVX512-BF16 or AMX), and the vectors stay within 1e-4
 cosine of float32's. ``"auto"`` picks bf16 on those CPUs only (elsewhere bf16 is emulated
-and slower). Outputs are float32 either way.
+and slower). Outputs are float32 either way. Measurements: docs/PERFORMANCE.md, change 8.
 
 torch and transformers are imported only when a model is loaded.
 """
