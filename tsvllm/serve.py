@@ -40,9 +40,10 @@ JVM_ARGS = (
 )
 
 
-#: the frontend's log4j2 settings: TorchServe's, at info instead of debug (docs/PERFORMANCE.md)
 #: config.properties ``job_queue_size``: how many requests per model the frontend queues
 JOB_QUEUE_SIZE = 1024
+
+#: the frontend's log4j2 settings: TorchServe's, at info instead of debug (docs/PERFORMANCE.md)
 LOG_CONFIG = Path(__file__).with_name("log4j2.xml")
 
 
