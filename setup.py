@@ -26,7 +26,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.11",
     packages=find_packages(include=["tsvllm", "tsvllm.*"]),
-    package_data={"tsvllm": ["log4j2.xml"], "tsvllm.deploy": ["schemas/*.yaml"]},
+    package_data={"tsvllm.host": ["log4j2.xml"], "tsvllm.deploy": ["schemas/*.yaml"]},
     install_requires=[
         "pydantic>=2.7,<3",
         "pyyaml>=6",

@@ -5,7 +5,7 @@ model_configs/smollm2-rag-cpu.yaml) and archive with
 ``tsvllm archive CONFIG --handler handlers/rag_guard_handler.py --extra-files INDEX_DIR``.
 """
 
-from tsvllm.rag_guard import RagGuardHandler as _RagGuardHandler
+from tsvllm.worker.rag_guard import RagGuardHandler as _RagGuardHandler
 
 
 class RagGuardHandler(_RagGuardHandler):

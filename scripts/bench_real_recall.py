@@ -88,12 +88,14 @@ def main(argv: list[str] | None = None) -> int:
     report = {"chunks": len(vectors), "lists": lists, "default_nprobe": default, "runs": []}
     for nprobe in sorted({max(1, lists // 16), max(1, lists // 10), default, lists // 3}):
         parted.nprobe = nprobe
-        report["runs"].append({
-            "nprobe": nprobe,
-            "scanned": round(nprobe / lists, 3),
-            "recall_at_4": round(recall_at_k(parted, exact, queries, k=4), 4),
-            "recall_at_10": round(recall_at_k(parted, exact, queries, k=10), 4),
-        })  # fmt: skip
+        report["runs"].append(
+            {
+                "nprobe": nprobe,
+                "scanned": round(nprobe / lists, 3),
+                "recall_at_4": round(recall_at_k(parted, exact, queries, k=4), 4),
+                "recall_at_10": round(recall_at_k(parted, exact, queries, k=10), 4),
+            }
+        )
     half = Embedder.load(precision="bfloat16")
     half_queries = np.asarray([half.embed_query(text) for text in held_out])
     report["bfloat16_queries"] = {

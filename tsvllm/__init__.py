@@ -12,7 +12,7 @@ __all__ = ["VLLMHandler", "__version__"]
 
 def __getattr__(name: str) -> Any:
     if name == "VLLMHandler":
-        from tsvllm.handler import VLLMHandler
+        from tsvllm.worker.handler import VLLMHandler
 
         return VLLMHandler
     raise AttributeError(f"module 'tsvllm' has no attribute {name!r}")

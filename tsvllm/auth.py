@@ -12,7 +12,7 @@ the key instead:
   inherit the frontend's environment) and :class:`ApiKey` checks every request's
   ``Authorization: Bearer <key>`` in constant time;
 * the management API, which the handler cannot guard, moves to a Unix socket in the
-  server's private work directory (see :func:`tsvllm.serve.ts_config_text`).
+  server's private work directory (see :func:`tsvllm.host.torchserve.ts_config_text`).
 
 A TorchServe you start yourself without ``TSVLLM_API_KEY_FILE`` keeps TorchServe's token
 auth (and its 400), and the handler checks nothing.

@@ -10,7 +10,7 @@ Subcommands:
   bench hooks [--json PATH]             time retrieval, query embedding and rule guards
   bench serve --model-dir DIR ...       vLLM's own server vs TorchServe + VLLMHandler
   launch --model_id DIR_OR_ID ...       quick start (ts.llm_launcher's flags; see
-                                        tsvllm.launcher, which parses its own flags)
+                                        tsvllm.host.launcher, which parses its own flags)
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def _cmd_demo_model(args: argparse.Namespace) -> int:
 
 
 def _cmd_archive(args: argparse.Namespace) -> int:
-    from tsvllm.archive import build_archive
+    from tsvllm.host.archive import build_archive
 
     path = build_archive(
         args.config,
@@ -207,11 +207,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-dir", required=True, help="model folder both sides serve")
     p.add_argument("--config", default="model_configs/tiny-cpu.yaml", help="engine args from")
     p.add_argument("--workdir", default=".tsvllm/bench", help="logs and artifacts")
-    p.add_argument("--shapes", default="64x16x32,256x64x64",
-                   help="load shapes REQUESTSxCONCURRENCYxTOKENS, comma-separated")  # fmt: skip
-    p.add_argument("--sides", default="a,b,c",
-                   help="a: vLLM server, b: TorchServe+VLLMHandler, c: + RAG and rule guards, "
-                        "b0: b with TorchServe's own worker path")  # fmt: skip
+    p.add_argument(
+        "--shapes",
+        default="64x16x32,256x64x64",
+        help="load shapes REQUESTSxCONCURRENCYxTOKENS, comma-separated",
+    )
+    p.add_argument(
+        "--sides",
+        default="a,b,c",
+        help="a: vLLM server, b: TorchServe+VLLMHandler, c: + RAG and rule guards, "
+        "b0: b with TorchServe's own worker path",
+    )
     p.add_argument("--rounds", type=int, default=3, help="measured rounds (medians)")
     p.add_argument("--warmup", type=int, default=1, help="rounds run first and not counted")
     p.add_argument("--json", help="write the report here")
@@ -237,16 +243,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="resource name (default: the config file's name)")
     p.add_argument("--image", help="container image (default: tsvllm[-cpu]:0.1.0)")
     p.add_argument("--replicas", type=int, default=1, help="instances / pods / groups")
-    p.add_argument("--weights", choices=["auto", "hub", "local"], default="auto",
-                   help="handler.model_path is a hub id or a local folder")  # fmt: skip
-    p.add_argument("--private", action="store_true",
-                   help="azureml: no public network access, in or out")  # fmt: skip
+    p.add_argument(
+        "--weights",
+        choices=["auto", "hub", "local"],
+        default="auto",
+        help="handler.model_path is a hub id or a local folder",
+    )
+    p.add_argument(
+        "--private", action="store_true", help="azureml: no public network access, in or out"
+    )
     p.add_argument("--instance-type", help="azureml: VM size (default from the GPUs needed)")
-    p.add_argument("--gpus-per-node", type=int, default=8,
-                   help="k8s: GPUs per node; more needs a LeaderWorkerSet")  # fmt: skip
+    p.add_argument(
+        "--gpus-per-node",
+        type=int,
+        default=8,
+        help="k8s: GPUs per node; more needs a LeaderWorkerSet",
+    )
     p.add_argument("--storage-gi", type=int, help="k8s: weights volume size in Gi")
-    p.add_argument("--disable-token-auth", action="store_true",
-                   help="k8s: only behind a gateway that authenticates")  # fmt: skip
+    p.add_argument(
+        "--disable-token-auth",
+        action="store_true",
+        help="k8s: only behind a gateway that authenticates",
+    )
     p.add_argument("--artifact-uri", help="vertex: gs:// folder holding the weights")
     p.set_defaults(func=_cmd_deploy)
     return parser
@@ -255,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["launch"]:  # ts.llm_launcher-compatible flags, parsed by the launcher
-        from tsvllm.launcher import main as launch
+        from tsvllm.host.launcher import main as launch
 
         return launch(argv[1:])
     args = build_parser().parse_args(argv)
@@ -263,8 +281,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    from tsvllm.archive import ArchiveError
     from tsvllm.demo_models import DemoModelError
+    from tsvllm.host.archive import ArchiveError
 
     try:
         return args.func(args)

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from tsvllm.archive import build_archive
 from tsvllm.config import dump_model_config, load_model_config, validate_model_config
 from tsvllm.demo_models import build_smollm2, build_tiny
-from tsvllm.serve import TorchServe
+from tsvllm.host.archive import build_archive
+from tsvllm.host.torchserve import TorchServe
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS = Path(os.environ.get("TSVLLM_MODELS_DIR", REPO / "models"))
@@ -89,19 +89,40 @@ def server(tmp_path_factory, tiny_model, smollm2_model, rag_index) -> Iterator[T
     judged (tiny + LLM judge on the same engine)."""
     root = tmp_path_factory.mktemp("session-server")
     store = root / "model_store"
-    archive("tiny-cpu.yaml", model=tiny_model, store=store, name="tiny",
-            served_model_name=["tiny", "tiny-alias"])  # fmt: skip
+    archive(
+        "tiny-cpu.yaml",
+        model=tiny_model,
+        store=store,
+        name="tiny",
+        served_model_name=["tiny", "tiny-alias"],
+    )
     archive("smollm2-cpu.yaml", model=smollm2_model, store=store, name="smollm2")
-    archive("smollm2-rag-cpu.yaml", model=smollm2_model, store=store, name="rag",
-            handler="rag_guard_handler.py", guards=RAG_GUARDS,
-            rag={"index": str(rag_index), "k": 3, "min_score": 0.25})  # fmt: skip
-    archive("tiny-cpu.yaml", model=tiny_model, store=store, name="team",
-            handler="example_hooks_handler.py")  # fmt: skip
+    archive(
+        "smollm2-rag-cpu.yaml",
+        model=smollm2_model,
+        store=store,
+        name="rag",
+        handler="rag_guard_handler.py",
+        guards=RAG_GUARDS,
+        rag={"index": str(rag_index), "k": 3, "min_score": 0.25},
+    )
+    archive(
+        "tiny-cpu.yaml",
+        model=tiny_model,
+        store=store,
+        name="team",
+        handler="example_hooks_handler.py",
+    )
     # the Llama Guard judge on its own served engine: the tiny model answers noise, which
     # the judge cannot parse, so every request must fail closed (400 guard.error)
-    archive("tiny-cpu.yaml", model=tiny_model, store=store, name="judged",
-            handler="rag_guard_handler.py",
-            guards={"judge": {"stages": ["input"], "timeout": 60}})  # fmt: skip
+    archive(
+        "tiny-cpu.yaml",
+        model=tiny_model,
+        store=store,
+        name="judged",
+        handler="rag_guard_handler.py",
+        guards={"judge": {"stages": ["input"], "timeout": 60}},
+    )
     models = ["tiny", "smollm2", "rag", "team", "judged"]
     ts = TorchServe(workdir=root / "ts", model_store=store, models=models)
     try:

@@ -1,6 +1,6 @@
 """The container entrypoint on CPU, as Azure ML and Vertex AI would start it.
 
-Each class starts ``python -m tsvllm.entrypoint`` (real TorchServe + real vLLM, tiny model)
+Each class starts ``python -m tsvllm.host.entrypoint`` (real TorchServe + real vLLM, tiny model)
 with a platform's environment, talks to it with the official ``openai`` client and plain
 HTTP, and ends it with SIGTERM, checking that no process it started survives. Servers bind
 127.0.0.1 (TSVLLM_BIND), not the container's 0.0.0.0.
@@ -54,9 +54,12 @@ class Entrypoint:
         }
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "tsvllm.entrypoint"],
-                env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
+                [sys.executable, "-m", "tsvllm.host.entrypoint"],
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.url = f"http://127.0.0.1:{self.port}"
 
     def wait_ready(self) -> None:
@@ -70,8 +73,12 @@ class Entrypoint:
         raise AssertionError(f"entrypoint not ready:\n{self.log.read_text(errors='replace')}")
 
     def probe(self, kind: str) -> int:
-        return subprocess.run([sys.executable, "-m", "tsvllm.entrypoint", "--probe", kind],
-                              env=self.env, timeout=60, check=False).returncode  # fmt: skip
+        return subprocess.run(
+            [sys.executable, "-m", "tsvllm.host.entrypoint", "--probe", kind],
+            env=self.env,
+            timeout=60,
+            check=False,
+        ).returncode
 
     def tree(self) -> list[psutil.Process]:
         try:
@@ -109,8 +116,7 @@ def started(entry: Entrypoint) -> Iterator[Entrypoint]:
 def chat(entry: Entrypoint) -> None:
     from openai import OpenAI
 
-    client = OpenAI(base_url=entry.url + OPENAI_BASE, api_key="unused", max_retries=0,
-                    timeout=120)  # fmt: skip
+    client = OpenAI(base_url=entry.url + OPENAI_BASE, api_key="unused", max_retries=0, timeout=120)
     out = client.chat.completions.create(
         model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=4
     )
@@ -227,10 +233,16 @@ class TestVertexAI:
 
 def test_wrong_vertex_route_stops_before_starting_anything(tmp_path):
     out = subprocess.run(
-        [sys.executable, "-m", "tsvllm.entrypoint"],
-        env={**os.environ, "AIP_PREDICT_ROUTE": "/predict", "MODEL_PATH": str(tmp_path),
-             "TSVLLM_WORKDIR": str(tmp_path / "w")},
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [sys.executable, "-m", "tsvllm.host.entrypoint"],
+        env={
+            **os.environ,
+            "AIP_PREDICT_ROUTE": "/predict",
+            "MODEL_PATH": str(tmp_path),
+            "TSVLLM_WORKDIR": str(tmp_path / "w"),
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 2
     assert "AIP_PREDICT_ROUTE=/predict" in out.stderr and VERTEX_PREDICT_ROUTE in out.stderr

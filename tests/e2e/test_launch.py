@@ -1,4 +1,4 @@
-"""`tsvllm launch` (python -m tsvllm.launcher): serves, authenticates, stops cleanly."""
+"""`tsvllm launch` (python -m tsvllm.host.launcher): serves, authenticates, stops cleanly."""
 
 from __future__ import annotations
 
@@ -43,14 +43,29 @@ class Launch:
         self.port = free_port_block()
         self.store = tmp_path / "store"
         self.lines: list[str] = []
-        cmd = [sys.executable, "-m", "tsvllm.launcher", "--model_id", str(model),
-               "--model_name", "launched", "--model_store", str(self.store),
-               "--port", str(self.port), *extra]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "tsvllm.host.launcher",
+            "--model_id",
+            str(model),
+            "--model_name",
+            "launched",
+            "--model_store",
+            str(self.store),
+            "--port",
+            str(self.port),
+            *extra,
+        ]
         env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
         self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
             start_new_session=True,
-        )  # fmt: skip
+        )
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
 
@@ -146,9 +161,18 @@ def test_launch_with_token_auth_needs_the_printed_key(launch):
 
 def test_missing_model_path_is_a_clear_error(tmp_path):
     out = subprocess.run(
-        [sys.executable, "-m", "tsvllm.launcher", "--model_id", str(tmp_path / "nope"),
-         "--model_store", str(tmp_path / "s")],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "tsvllm.host.launcher",
+            "--model_id",
+            str(tmp_path / "nope"),
+            "--model_store",
+            str(tmp_path / "s"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 2
     assert "no model folder there" in out.stderr

@@ -18,7 +18,7 @@ import pytest
 from openai import OpenAI
 
 from tests.e2e.conftest import archive, base_url, started
-from tsvllm.serve import TorchServe
+from tsvllm.host.torchserve import TorchServe
 
 GONE_WITHIN = 15.0
 DEADLINE_S = 20
@@ -63,8 +63,14 @@ def chat_ok(ts: TorchServe) -> bool:
 def own_server(tmp_path_factory, tiny_model):
     root = tmp_path_factory.mktemp("lifecycle")
     store = root / "model_store"
-    archive("tiny-cpu.yaml", model=tiny_model, store=store, name="lifecycle", fmt="mar",
-            request_timeout_s=DEADLINE_S)  # fmt: skip
+    archive(
+        "tiny-cpu.yaml",
+        model=tiny_model,
+        store=store,
+        name="lifecycle",
+        fmt="mar",
+        request_timeout_s=DEADLINE_S,
+    )
     ts = TorchServe(workdir=root / "ts", model_store=store, models=["lifecycle.mar"])
     try:
         yield started(ts, ["lifecycle"])
@@ -100,8 +106,13 @@ def metric_total(ts: TorchServe, name: str) -> float:
 
 
 def long_stream_body(i: int) -> dict:
-    return {"model": "tiny", "prompt": f"go on {i}", "max_tokens": 1900, "ignore_eos": True,
-            "stream": True}  # fmt: skip
+    return {
+        "model": "tiny",
+        "prompt": f"go on {i}",
+        "max_tokens": 1900,
+        "ignore_eos": True,
+        "stream": True,
+    }
 
 
 def test_dropped_streams_are_stopped_by_the_deadline(own_server):
@@ -141,8 +152,7 @@ def test_a_killed_engine_fails_requests_in_flight_with_503_and_is_replaced(own_s
     def in_flight(i: int) -> None:
         body = long_stream_body(i)
         if i % 2:
-            reply = httpx.post(url, json={**body, "stream": False}, headers=auth(ts),
-                               timeout=120)  # fmt: skip
+            reply = httpx.post(url, json={**body, "stream": False}, headers=auth(ts), timeout=120)
             results.append(("full", reply.status_code, reply.text))
             return
         with httpx.stream("POST", url, json=body, headers=auth(ts), timeout=120) as reply:

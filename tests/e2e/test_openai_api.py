@@ -41,9 +41,16 @@ def test_chat_completion_by_alias(tiny):
 def test_vllm_request_fields_pass_through(tiny):
     """n, logprobs, stop and seed reach vLLM's own OpenAI layer unchanged."""
     out = tiny.completions.create(
-        model="tiny", prompt="a b c", max_tokens=4, n=2, logprobs=2, seed=1, temperature=1.0,
-        stop=["zzzz"], extra_body={"ignore_eos": True},
-    )  # fmt: skip
+        model="tiny",
+        prompt="a b c",
+        max_tokens=4,
+        n=2,
+        logprobs=2,
+        seed=1,
+        temperature=1.0,
+        stop=["zzzz"],
+        extra_body={"ignore_eos": True},
+    )
     assert len(out.choices) == 2
     assert all(len(c.logprobs.tokens) == 4 for c in out.choices)
     assert out.usage.completion_tokens == 8
@@ -51,9 +58,13 @@ def test_vllm_request_fields_pass_through(tiny):
 
 def test_streamed_chat_with_usage(tiny):
     stream = tiny.chat.completions.create(
-        model="tiny", messages=CHAT, max_tokens=12, stream=True,
-        stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
-    )  # fmt: skip
+        model="tiny",
+        messages=CHAT,
+        max_tokens=12,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body={"ignore_eos": True},
+    )
     chunks = list(stream)
     assert chunks[0].choices[0].delta.role == "assistant"
     finish = [c.choices[0].finish_reason for c in chunks if c.choices]
@@ -70,7 +81,7 @@ def test_streamed_completion(tiny):
             max_tokens=6,
             stream=True,
             extra_body={"ignore_eos": True},
-        )  # fmt: skip
+        )
         if c.choices
     )
     assert text
@@ -79,11 +90,24 @@ def test_streamed_completion(tiny):
 def test_curl_sees_event_stream_and_done(server, key):
     body = {"model": "tiny", "prompt": "hi", "max_tokens": 3, "stream": True}
     out = subprocess.run(
-        ["curl", "-sS", "-i", "-N", f"{base_url(server, 'tiny')}/completions",
-         "-H", f"Authorization: Bearer {key}", "-H", "Content-Type: application/json",
-         "-d", json.dumps(body)],
-        capture_output=True, text=True, timeout=120, check=True,
-    )  # fmt: skip
+        [
+            "curl",
+            "-sS",
+            "-i",
+            "-N",
+            f"{base_url(server, 'tiny')}/completions",
+            "-H",
+            f"Authorization: Bearer {key}",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            json.dumps(body),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     head, _, sse = out.stdout.partition("\n\n")  # text mode turned \r\n into \n
     assert head.startswith("HTTP/1.1 200")
     assert "content-type: text/event-stream" in head.lower()
@@ -144,9 +168,13 @@ def test_malformed_requests_do_not_disturb_concurrent_streams(server, key):
 
     async def good(client: AsyncOpenAI) -> tuple[int, str | None]:
         stream = await client.chat.completions.create(
-            model="tiny", messages=CHAT, max_tokens=24, stream=True,
-            stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
-        )  # fmt: skip
+            model="tiny",
+            messages=CHAT,
+            max_tokens=24,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_body={"ignore_eos": True},
+        )
         usage, finish = None, None
         async for chunk in stream:
             if chunk.usage:

@@ -61,8 +61,12 @@ def test_injection_is_refused_while_normal_requests_succeed(server, key):
         async with httpx.AsyncClient(headers=headers, timeout=300) as http:
 
             def post(content):
-                body = {"model": "smollm2", "max_tokens": 16, "temperature": 0,
-                        "messages": [{"role": "user", "content": content}]}  # fmt: skip
+                body = {
+                    "model": "smollm2",
+                    "max_tokens": 16,
+                    "temperature": 0,
+                    "messages": [{"role": "user", "content": content}],
+                }
                 return http.post(f"{url}/chat/completions", json=body)
 
             normal = [post(f"Name a color. ({i})") for i in range(6)]
@@ -87,13 +91,19 @@ def test_openai_client_sees_the_refusal_as_bad_request(rag):
 def test_stream_that_trips_an_output_guard_ends_cleanly(server, key):
     """'Paris' is denied in outputs of the rag model: the answer is cut before it."""
     body = {
-        "model": "smollm2", "temperature": 0, "max_tokens": 40, "stream": True,
+        "model": "smollm2",
+        "temperature": 0,
+        "max_tokens": 40,
+        "stream": True,
         "messages": [{"role": "user", "content": "What is the capital of France?"}],
-    }  # fmt: skip
+    }
     with httpx.stream(
-        "POST", f"{base_url(server, 'rag')}/chat/completions", json=body,
-        headers={"Authorization": f"Bearer {key}"}, timeout=300,
-    ) as resp:  # fmt: skip
+        "POST",
+        f"{base_url(server, 'rag')}/chat/completions",
+        json=body,
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=300,
+    ) as resp:
         assert resp.status_code == 200
         events = [line for line in resp.iter_lines() if line.startswith("data: ")]
     assert events[-1] == "data: [DONE]"

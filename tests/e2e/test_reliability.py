@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.e2e.conftest import base_url
-from tsvllm.serve import TorchServe
+from tsvllm.host.torchserve import TorchServe
 
 FUZZ_EXAMPLES = int(os.environ.get("TSVLLM_FUZZ_EXAMPLES", "300"))
 ROUTES = ["v1/completions", "v1/chat/completions", "v1/models", "health", "v1/nope", "v1"]
@@ -114,10 +114,11 @@ SCALARS = (
 )
 JSON = st.recursive(
     SCALARS,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner,
-                                                                max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4)
+    ),
     max_leaves=12,
-)  # fmt: skip
+)
 #: fields the OpenAI schemas know, with values of every wrong (and some right) shape;
 #: max_tokens stays small or invalid so that valid bodies stay cheap
 FIELDS = {
@@ -130,7 +131,7 @@ FIELDS = {
         ),
         max_size=3,
     )
-    | JSON,  # fmt: skip
+    | JSON,
     "max_tokens": st.integers(-(10**20), 8) | st.integers(10**6, 10**20) | JSON,
     "temperature": st.floats(-1e9, 1e9) | JSON,
     "top_p": st.floats(-5, 5) | JSON,
@@ -139,9 +140,7 @@ FIELDS = {
     "logprobs": st.integers(-5, 50) | st.booleans() | JSON,
     "stop": st.lists(st.text(max_size=5), max_size=3) | JSON,
     "seed": st.integers(-(10**25), 10**25) | JSON,
-    "stream_options": st.dictionaries(
-        st.sampled_from(["include_usage", "x"]), JSON, max_size=2
-    ),  # fmt: skip
+    "stream_options": st.dictionaries(st.sampled_from(["include_usage", "x"]), JSON, max_size=2),
 }
 OPENAI_BODIES = st.fixed_dictionaries({}, optional=FIELDS)
 
@@ -161,10 +160,17 @@ BODIES = st.one_of(
 REQUESTS = st.tuples(
     st.sampled_from(ROUTES),
     st.sampled_from(["POST", "POST", "POST", "GET"]),
-    st.sampled_from(["application/json", "application/json", "text/plain",
-                     "application/x-www-form-urlencoded", "application/octet-stream"]),
+    st.sampled_from(
+        [
+            "application/json",
+            "application/json",
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "application/octet-stream",
+        ]
+    ),
     BODIES,
-)  # fmt: skip
+)
 
 
 def test_fuzzed_bodies_get_2xx_or_4xx_and_cost_nothing_else(server, key):
@@ -174,22 +180,34 @@ def test_fuzzed_bodies_get_2xx_or_4xx_and_cost_nothing_else(server, key):
     bad: list[str] = []
     headers = {"Authorization": f"Bearer {key}"}
 
-    @settings(max_examples=FUZZ_EXAMPLES, deadline=None, database=None,
-              suppress_health_check=list(HealthCheck))  # fmt: skip
+    @settings(
+        max_examples=FUZZ_EXAMPLES,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(REQUESTS)
     def one(request):
         route, method, ctype, body = request
-        reply = httpx.request(method, f"{url}/{route}", content=body, timeout=300,
-                              headers={**headers, "Content-Type": ctype})  # fmt: skip
+        reply = httpx.request(
+            method,
+            f"{url}/{route}",
+            content=body,
+            timeout=300,
+            headers={**headers, "Content-Type": ctype},
+        )
         seen[reply.status_code] = seen.get(reply.status_code, 0) + 1
         if reply.status_code >= 500 or (reply.status_code >= 400 and not is_openai_error(reply)):
-            bad.append(f"{method} {route} {ctype} {body[:80]!r} -> {reply.status_code} "
-                       f"{reply.text[:200]}")  # fmt: skip
+            bad.append(
+                f"{method} {route} {ctype} {body[:80]!r} -> {reply.status_code} {reply.text[:200]}"
+            )
 
     with Background(base_url(server, "tiny"), key) as background:
         one()
-    print(f"fuzzed {sum(seen.values())} requests, statuses {sorted(seen.items())}; "
-          f"{background.ok} well-formed requests alongside")  # fmt: skip
+    print(
+        f"fuzzed {sum(seen.values())} requests, statuses {sorted(seen.items())}; "
+        f"{background.ok} well-formed requests alongside"
+    )
     assert bad == []
     assert background.failures == [] and background.ok > 0
     assert worker_pid(server, "tiny") == pid  # the worker never restarted
@@ -245,8 +263,12 @@ async def _mixed_load(base: str, key: str, *, requests: int, concurrency: int) -
                 else:
                     reply = await client.post(url, json=body)
                     usage = reply.json().get("usage") or {}
-                    out = {"status": reply.status_code, "done_at_end": True, "errors": [],
-                           "tokens": usage.get("completion_tokens")}  # fmt: skip
+                    out = {
+                        "status": reply.status_code,
+                        "done_at_end": True,
+                        "errors": [],
+                        "tokens": usage.get("completion_tokens"),
+                    }
             out["want"] = tokens
             return out
 
@@ -278,9 +300,17 @@ def test_256_concurrent_streams_stay_intact(server, key):
         limits = httpx.Limits(max_connections=256)
         url = f"{base_url(server, 'tiny')}/completions"
         async with httpx.AsyncClient(headers=headers, timeout=600, limits=limits) as client:
-            bodies = [{"model": "tiny", "prompt": f"stream {i}", "max_tokens": 16 + i % 17,
-                       "ignore_eos": True, "stream": True,
-                       "stream_options": {"include_usage": True}} for i in range(256)]  # fmt: skip
+            bodies = [
+                {
+                    "model": "tiny",
+                    "prompt": f"stream {i}",
+                    "max_tokens": 16 + i % 17,
+                    "ignore_eos": True,
+                    "stream": True,
+                    "stream_options": {"include_usage": True},
+                }
+                for i in range(256)
+            ]
             results = await asyncio.gather(*(_stream_once(client, url, b) for b in bodies))
         for body, result in zip(bodies, results, strict=True):
             result["want"] = body["max_tokens"]

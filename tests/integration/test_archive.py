@@ -8,8 +8,8 @@ import zipfile
 import pytest
 import yaml
 
-from tsvllm.archive import ArchiveError, build_archive
 from tsvllm.config import ConfigError, dump_model_config, loads_model_config
+from tsvllm.host.archive import ArchiveError, build_archive
 
 CONFIG = """
 minWorkers: 1

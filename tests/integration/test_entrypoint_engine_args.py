@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tsvllm import entrypoint as ep
+from tsvllm.host import entrypoint as ep
 
 ENV = {"TSVLLM_DEVICE": "cpu"}
 

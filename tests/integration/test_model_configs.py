@@ -13,8 +13,12 @@ CONFIGS = sorted((Path(__file__).resolve().parents[2] / "model_configs").glob("*
 
 def test_there_are_gpu_configs_for_the_big_models():
     names = {p.stem for p in CONFIGS}
-    assert {"llama-3.1-70b-instruct-tp4", "llama-3.1-405b-instruct-fp8-tp8",
-            "mixtral-8x7b-instruct-tp2", "qwen3-8b"} <= names  # fmt: skip
+    assert {
+        "llama-3.1-70b-instruct-tp4",
+        "llama-3.1-405b-instruct-fp8-tp8",
+        "mixtral-8x7b-instruct-tp2",
+        "qwen3-8b",
+    } <= names
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)

@@ -125,7 +125,7 @@ def engine() -> FakeEngine:
 
 @pytest.fixture
 def handler(engine):
-    from tsvllm.handler import VLLMHandler
+    from tsvllm.worker.handler import VLLMHandler
 
     h = VLLMHandler()
     h.engine = engine

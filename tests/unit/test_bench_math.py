@@ -11,7 +11,10 @@ from tsvllm.bench.serve import median_of, parse_shape, ratios, side_ratios
 def test_percentile_nearest_rank():
     values = [float(v) for v in range(1, 101)]
     assert (percentile(values, 50), percentile(values, 99), percentile(values, 100)) == (
-        50.0, 99.0, 100.0)  # fmt: skip
+        50.0,
+        99.0,
+        100.0,
+    )
     assert percentile([], 50) == 0.0
     assert percentile([7.0], 99) == 7.0
 
@@ -29,14 +32,28 @@ def test_summary_counts_tokens_from_usage_and_separates_errors():
 
 
 def test_medians_over_rounds_and_ratios_b_over_a():
-    a_runs = [{"tok_per_s": 100.0, "ttft_p50_ms": 20.0}, {"tok_per_s": 120.0, "ttft_p50_ms": 30.0},
-              {"tok_per_s": 110.0, "ttft_p50_ms": 25.0}]  # fmt: skip
-    a = {"non_stream": median_of(a_runs), "stream": median_of(a_runs), "cold_start_s": 20.0,
-         "peak_rss_mb": 3000.0}  # fmt: skip
-    b = {"non_stream": {"tok_per_s": 99.0}, "stream": {"tok_per_s": 88.0, "ttft_p50_ms": 28.0},
-         "cold_start_s": 22.0, "peak_rss_mb": 3200.0}  # fmt: skip
-    assert a["stream"] == {"tok_per_s": 110.0, "ttft_p50_ms": 25.0,
-                           "rounds_tok_per_s": [100.0, 120.0, 110.0]}  # fmt: skip
+    a_runs = [
+        {"tok_per_s": 100.0, "ttft_p50_ms": 20.0},
+        {"tok_per_s": 120.0, "ttft_p50_ms": 30.0},
+        {"tok_per_s": 110.0, "ttft_p50_ms": 25.0},
+    ]
+    a = {
+        "non_stream": median_of(a_runs),
+        "stream": median_of(a_runs),
+        "cold_start_s": 20.0,
+        "peak_rss_mb": 3000.0,
+    }
+    b = {
+        "non_stream": {"tok_per_s": 99.0},
+        "stream": {"tok_per_s": 88.0, "ttft_p50_ms": 28.0},
+        "cold_start_s": 22.0,
+        "peak_rss_mb": 3200.0,
+    }
+    assert a["stream"] == {
+        "tok_per_s": 110.0,
+        "ttft_p50_ms": 25.0,
+        "rounds_tok_per_s": [100.0, 120.0, 110.0],
+    }
     assert ratios(a, b) == {
         "non_stream_tok_per_s": 0.9,
         "stream_tok_per_s": 0.8,
@@ -63,8 +80,11 @@ def test_table_shows_ttft_p50_and_p99_and_dashes_for_non_streaming():
 
     m = {"tok_per_s": 100.0, "req_per_s": 3.1, "latency_p50_ms": 300.0, "latency_p99_ms": 400.0}
     streamed = {**m, "ttft_p50_ms": 21.5, "ttft_p99_ms": 58.25, "itl_p50_ms": 5.1}
-    side = {"shapes": {"64x16x32": {"non_stream": m, "stream": streamed}},
-            "cold_start_s": 26.0, "peak_rss_mb": 3400.0}  # fmt: skip
+    side = {
+        "shapes": {"64x16x32": {"non_stream": m, "stream": streamed}},
+        "cold_start_s": 26.0,
+        "peak_rss_mb": 3400.0,
+    }
     table = render({"sides": {"a": side}, "ratios": {}}).splitlines()
     assert "TTFT p50" in table[0] and "TTFT p99" in table[0]
     assert table[1].split()[5:8] == ["-", "-", "-"]  # no TTFT or ITL without streaming

@@ -33,13 +33,25 @@ class Fake:
             raise self.exc("load failed")
         self.loads.append(url.removeprefix("http://"))
         n = len(self.loads)  # each load's own number: what a median is taken of
-        return {"tok_per_s": float(n), "req_per_s": 1.0, "latency_p50_ms": 1.0,
-                "latency_p99_ms": 1.0, "errors": 0}  # fmt: skip
+        return {
+            "tok_per_s": float(n),
+            "req_per_s": 1.0,
+            "latency_p50_ms": 1.0,
+            "latency_p99_ms": 1.0,
+            "errors": 0,
+        }
 
 
 def bench(tmp_path, **kw):
-    return serve.run(model_dir=tmp_path, config=CONFIG, workdir=tmp_path / "w",
-                     shapes=["8x2x4"], sides=["a", "b"], progress=lambda _: None, **kw)  # fmt: skip
+    return serve.run(
+        model_dir=tmp_path,
+        config=CONFIG,
+        workdir=tmp_path / "w",
+        shapes=["8x2x4"],
+        sides=["a", "b"],
+        progress=lambda _: None,
+        **kw,
+    )
 
 
 def test_warm_up_rounds_run_first_and_are_not_counted(monkeypatch, tmp_path):

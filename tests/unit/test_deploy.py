@@ -28,8 +28,9 @@ PLATFORMS = ("azureml", "k8s", "vertex")
 
 
 def load(path: Path) -> Any:
-    return json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(
-        path.read_text())  # fmt: skip
+    return (
+        json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
+    )
 
 
 def dump(path: Path, data: Any) -> None:
@@ -66,8 +67,9 @@ def test_variants_validate_too(tmp_path, platform, options, expect):
 
 def assets(tmp_path: Path, platform: str, config: str = "llama-3.1-70b-instruct-tp4", **opts):
     out = tmp_path / platform
-    generate(platform, REPO / "model_configs" / f"{config}.yaml", out=out,
-             options=DeployOptions(**opts))  # fmt: skip
+    generate(
+        platform, REPO / "model_configs" / f"{config}.yaml", out=out, options=DeployOptions(**opts)
+    )
     return out
 
 
@@ -103,7 +105,8 @@ def test_k8s_deployment_shape(tmp_path):
     assert c["resources"]["requests"]["nvidia.com/gpu"] == "4"
     assert c["resources"]["limits"]["nvidia.com/gpu"] == "4"
     assert {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "16384Mi"}} in pod[
-        "spec"]["volumes"]  # fmt: skip
+        "spec"
+    ]["volumes"]
     startup = c["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 3600
     assert c["readinessProbe"]["exec"]["command"][-1] == "ready"  # token auth on: exec probes
@@ -122,7 +125,8 @@ def test_k8s_deployment_shape(tmp_path):
 
 def test_k8s_without_token_auth_uses_http_probes(tmp_path):
     c = load(assets(tmp_path, "k8s", disable_token_auth=True) / "deployment.yaml")["spec"][
-        "template"]["spec"]["containers"][0]  # fmt: skip
+        "template"
+    ]["spec"]["containers"][0]
     assert c["readinessProbe"]["httpGet"]["path"] == READINESS_ROUTE
     assert c["livenessProbe"]["httpGet"]["path"] == LIVENESS_ROUTE
 
@@ -195,54 +199,116 @@ LWS_T = ("spec", "leaderWorkerTemplate")
 
 BROKEN = [
     # Azure ML
-    ("azureml", "deployment.yml", _set("request_settings", "request_timeout_ms", value=200_000),
-     "request_settings.request_timeout_ms"),
+    (
+        "azureml",
+        "deployment.yml",
+        _set("request_settings", "request_timeout_ms", value=200_000),
+        "request_settings.request_timeout_ms",
+    ),
     ("azureml", "deployment.yml", _set("model_mount_path", value="model"), "model_mount_path"),
     ("azureml", "deployment.yml", _set("instance_cont", value=1), "instance_cont: azure-ai-ml"),
-    ("azureml", "deployment.yml", _set("readiness_probe", "period", value="often"),
-     "readiness_probe.period"),
+    (
+        "azureml",
+        "deployment.yml",
+        _set("readiness_probe", "period", value="often"),
+        "readiness_probe.period",
+    ),
     ("azureml", "endpoint.yml", _set("auth_mode", value="none"), "auth_mode"),
     ("azureml", "endpoint.yml", _set("name", value="9-" + "x" * 40), "endpoint.yml: name"),
-    ("azureml", "environment.yml", _set("inference_config", "readiness_route", "path",
-     value="predictions/vllm/1.0/v1/models"), "inference_config.readiness_route.path"),
-    ("azureml", "environment.yml", _set("inference_config", "liveness_route", "port",
-     value=70000), "inference_config.liveness_route.port"),
-    ("azureml", "environment.yml", _set("inference_config", "readiness_route",
-     value={"port": 8080, "path": "/ping"}), "inference_config.readiness_route"),
+    (
+        "azureml",
+        "environment.yml",
+        _set("inference_config", "readiness_route", "path", value="predictions/vllm/1.0/v1/models"),
+        "inference_config.readiness_route.path",
+    ),
+    (
+        "azureml",
+        "environment.yml",
+        _set("inference_config", "liveness_route", "port", value=70000),
+        "inference_config.liveness_route.port",
+    ),
+    (
+        "azureml",
+        "environment.yml",
+        _set("inference_config", "readiness_route", value={"port": 8080, "path": "/ping"}),
+        "inference_config.readiness_route",
+    ),
     # Kubernetes
-    ("k8s", "deployment.yaml", _set(*K8S_C, "resources", "limits", "nvidia.com/gpu", value="2"),
-     "nvidia.com/gpu"),
+    (
+        "k8s",
+        "deployment.yaml",
+        _set(*K8S_C, "resources", "limits", "nvidia.com/gpu", value="2"),
+        "nvidia.com/gpu",
+    ),
     ("k8s", "deployment.yaml", _set(*K8S_C, "portz", value=[]), "portz"),
-    ("k8s", "deployment.yaml", _set(*K8S_C, "ports", 0, "containerPort", value=70000),
-     "containerPort"),
-    ("k8s", "deployment.yaml", _set(*K8S_C, "startupProbe", value={"httpGet": {
-     "path": "predictions", "port": 8080}}), "startupProbe.httpGet.path"),
+    (
+        "k8s",
+        "deployment.yaml",
+        _set(*K8S_C, "ports", 0, "containerPort", value=70000),
+        "containerPort",
+    ),
+    (
+        "k8s",
+        "deployment.yaml",
+        _set(*K8S_C, "startupProbe", value={"httpGet": {"path": "predictions", "port": 8080}}),
+        "startupProbe.httpGet.path",
+    ),
     ("k8s", "deployment.yaml", _set("kind", value="Deploymnet"), "kind"),
     ("k8s", "deployment.yaml", _set("spec", "replicas", value="one"), "replicas"),
     ("k8s", "service.yaml", _set("spec", "ports", 0, "port", value=0), "spec.ports[0].port"),
     ("k8s", "pvc.yaml", _set("spec", "accessModes", value="ReadWriteOnce"), "accessModes"),
     # Vertex AI
-    ("vertex", "model.json", _set("containerSpec", "predictRoute", value="predict"),
-     "containerSpec.predictRoute"),
-    ("vertex", "model.json", _set("containerSpec", "ports", 0, "containerPort", value=0),
-     "containerSpec.ports[0].containerPort"),
+    (
+        "vertex",
+        "model.json",
+        _set("containerSpec", "predictRoute", value="predict"),
+        "containerSpec.predictRoute",
+    ),
+    (
+        "vertex",
+        "model.json",
+        _set("containerSpec", "ports", 0, "containerPort", value=0),
+        "containerSpec.ports[0].containerPort",
+    ),
     ("vertex", "model.json", _set("containerSpec", "imagUri", value="x"), "imagUri"),
     ("vertex", "model.json", _set("containerSpec", "imageUri", value=""), "imageUri"),
-    ("vertex", "model.json", _set("containerSpec", "env", 0, "name", value="AIP_HTTP_PORT"),
-     "containerSpec.env[0].name"),
-    ("vertex", "model.json", _set("containerSpec", "sharedMemorySizeMb", value="lots"),
-     "sharedMemorySizeMb"),
-]  # fmt: skip
+    (
+        "vertex",
+        "model.json",
+        _set("containerSpec", "env", 0, "name", value="AIP_HTTP_PORT"),
+        "containerSpec.env[0].name",
+    ),
+    (
+        "vertex",
+        "model.json",
+        _set("containerSpec", "sharedMemorySizeMb", value="lots"),
+        "sharedMemorySizeMb",
+    ),
+]
 
 BROKEN_LWS = [
     (_set(*LWS_T, "size", value="two"), "spec.leaderWorkerTemplate.size"),
     (_set(*LWS_T, "restartPolicy", value="Always"), "spec.leaderWorkerTemplate.restartPolicy"),
     (_set(*LWS_T, "workerTempl", value={}), "workerTempl"),
-    (_set(*LWS_T, "workerTemplate", "spec", "containers", 0, "imagePullPolicy", value=3),
-     "spec.leaderWorkerTemplate.workerTemplate.spec.containers[0].imagePullPolicy"),
-    (_set(*LWS_T, "leaderTemplate", "spec", "containers", 0, "resources", "requests",
-          "nvidia.com/gpu", value="8"), "nvidia.com/gpu"),
-]  # fmt: skip
+    (
+        _set(*LWS_T, "workerTemplate", "spec", "containers", 0, "imagePullPolicy", value=3),
+        "spec.leaderWorkerTemplate.workerTemplate.spec.containers[0].imagePullPolicy",
+    ),
+    (
+        _set(
+            *LWS_T,
+            "leaderTemplate",
+            "spec",
+            "containers",
+            0,
+            "resources",
+            "requests",
+            "nvidia.com/gpu",
+            value="8",
+        ),
+        "nvidia.com/gpu",
+    ),
+]
 
 
 @pytest.fixture(scope="module")
@@ -253,8 +319,12 @@ def pristine(tmp_path_factory) -> dict[str, Path]:
     for platform, out in dirs.items():
         generate(platform, config, out=out)
     dirs["lws"] = root / "lws"
-    generate("k8s", REPO / "model_configs" / "llama-3.1-405b-instruct-fp8-tp8.yaml",
-             out=dirs["lws"], options=DeployOptions(gpus_per_node=4))  # fmt: skip
+    generate(
+        "k8s",
+        REPO / "model_configs" / "llama-3.1-405b-instruct-fp8-tp8.yaml",
+        out=dirs["lws"],
+        options=DeployOptions(gpus_per_node=4),
+    )
     for out in dirs.values():
         assert validate_dir(out) == []
     return dirs
@@ -269,8 +339,9 @@ def broken_copy(pristine: Path, tmp_path: Path, file: str, mutate: Mutation) -> 
     return out
 
 
-@pytest.mark.parametrize(("platform", "file", "mutate", "field"), BROKEN,
-                         ids=[f"{b[0]}-{b[3]}" for b in BROKEN])  # fmt: skip
+@pytest.mark.parametrize(
+    ("platform", "file", "mutate", "field"), BROKEN, ids=[f"{b[0]}-{b[3]}" for b in BROKEN]
+)
 def test_each_fault_fails_naming_the_field(pristine, tmp_path, platform, file, mutate, field):
     out = broken_copy(pristine[platform], tmp_path, file, mutate)
     problems = validate_dir(out)
@@ -301,7 +372,8 @@ def test_cli_deploy_then_validate(tmp_path, capsys):
     spec["containerSpec"]["healthRoute"] = "health"
     dump(tmp_path / "v" / "model.json", spec)
     assert cli(["validate", str(tmp_path / "v")]) == 1
-    assert re.search(r"containerSpec.healthRoute: route 'health' must start with '/'",
-                     capsys.readouterr().err)  # fmt: skip
+    assert re.search(
+        r"containerSpec.healthRoute: route 'health' must start with '/'", capsys.readouterr().err
+    )
     assert cli(["deploy", "k8s", config, "--out", str(tmp_path / "k"), "--private"]) == 2
     assert "--private applies to azureml only" in capsys.readouterr().err

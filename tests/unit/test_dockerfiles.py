@@ -27,7 +27,7 @@ def test_image_basics(name):
     assert "EXPOSE 8080 8081 8082" in text
     assert "USER 10001" in text  # non-root
     assert "openjdk-17" in text
-    assert "tsvllm.entrypoint" in text
+    assert "tsvllm.host.entrypoint" in text
     for word in ("HF_TOKEN=", "AWS_SECRET", "password"):
         assert word not in text
 

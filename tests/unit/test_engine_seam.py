@@ -34,15 +34,22 @@ def test_engine_argv_spells_flags_like_vllm_serve():
         adapters={"sql": "/lora/sql"},
     )
     assert argv == [
-        "--model", "/m",
-        "--max-model-len", "2048",
+        "--model",
+        "/m",
+        "--max-model-len",
+        "2048",
         "--enforce-eager",
         "--no-enable-prefix-caching",
-        "--override-generation-config", json.dumps({"temperature": 0.5}),
-        "--served-model-name", "a", "b",
-        "--chat-template", "/t.jinja",
-        "--lora-modules", "sql=/lora/sql",
-    ]  # fmt: skip
+        "--override-generation-config",
+        json.dumps({"temperature": 0.5}),
+        "--served-model-name",
+        "a",
+        "b",
+        "--chat-template",
+        "/t.jinja",
+        "--lora-modules",
+        "sql=/lora/sql",
+    ]
 
 
 def test_engine_argv_keeps_a_misspelled_key_for_vllm_to_reject():

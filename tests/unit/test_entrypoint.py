@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from tsvllm import entrypoint as ep
 from tsvllm.deploy.common import READINESS_ROUTE, VERTEX_PREDICT_ROUTE
-from tsvllm.entrypoint import EntrypointError
+from tsvllm.host import entrypoint as ep
+from tsvllm.host.entrypoint import EntrypointError
 
 
 def model_dir(root: Path) -> Path:
@@ -64,8 +64,10 @@ class FakeS3:
         class Pages:
             def paginate(self, *, Bucket, Prefix):
                 keys = [k for k in outer.objects if k.startswith(Prefix)]
-                return [{"Contents": [{"Key": k} for k in keys[:1]]}, {"Contents": [
-                    {"Key": k} for k in keys[1:]]}]  # fmt: skip
+                return [
+                    {"Contents": [{"Key": k} for k in keys[:1]]},
+                    {"Contents": [{"Key": k} for k in keys[1:]]},
+                ]
 
         return Pages()
 
@@ -99,14 +101,18 @@ def test_storage_uri_must_be_gs_and_not_empty(tmp_path):
     [
         ("", {}),
         ("--max-model-len 4096 --enforce-eager", {"max_model_len": 4096, "enforce_eager": True}),
-        ("--gpu-memory-utilization=0.9 --dtype bfloat16",
-         {"gpu_memory_utilization": 0.9, "dtype": "bfloat16"}),
+        (
+            "--gpu-memory-utilization=0.9 --dtype bfloat16",
+            {"gpu_memory_utilization": 0.9, "dtype": "bfloat16"},
+        ),
         ("--no-enable-prefix-caching", {"no_enable_prefix_caching": True}),
         ("--lora-modules a=/x b=/y", {"lora_modules": ["a=/x", "b=/y"]}),
-        ("--override-generation-config '{\"temperature\": 0}'",
-         {"override_generation_config": '{"temperature": 0}'}),
+        (
+            "--override-generation-config '{\"temperature\": 0}'",
+            {"override_generation_config": '{"temperature": 0}'},
+        ),
     ],
-)  # fmt: skip
+)
 def test_vllm_args_become_engine_config_keys(text, expected):
     assert ep.parse_vllm_args(text) == expected
 
@@ -151,8 +157,10 @@ def test_lora_modules_must_be_name_equals_path():
 
 def test_tensor_parallel_over_a_gpu_config_file_updates_the_parallel_level():
     repo = Path(__file__).resolve().parents[2]
-    env = {"TSVLLM_CONFIG": str(repo / "model_configs" / "qwen3-8b.yaml"),
-           "TENSOR_PARALLEL_SIZE": "2"}  # fmt: skip
+    env = {
+        "TSVLLM_CONFIG": str(repo / "model_configs" / "qwen3-8b.yaml"),
+        "TENSOR_PARALLEL_SIZE": "2",
+    }
     cfg = ep.model_config(env, model="Qwen/Qwen3-8B")
     assert (cfg.parallelType, cfg.parallelLevel) == ("custom", 2)
 
@@ -163,8 +171,11 @@ def test_gpu_tensor_parallel_sets_the_parallel_level():
     with pytest.raises(EntrypointError, match="TENSOR_PARALLEL_SIZE 8, but only 4 GPU"):
         ep.model_config({"TENSOR_PARALLEL_SIZE": "8"}, model="org/m", gpus=4)
     with pytest.raises(EntrypointError, match="TENSOR_PARALLEL_SIZE='two' is not a whole number"):
-        ep.model_config({"TENSOR_PARALLEL_SIZE": "two", "VLLM_ARGS": "--distributed-executor-"
-                         "backend ray"}, model="org/m", gpus=4)  # fmt: skip
+        ep.model_config(
+            {"TENSOR_PARALLEL_SIZE": "two", "VLLM_ARGS": "--distributed-executor-backend ray"},
+            model="org/m",
+            gpus=4,
+        )
 
 
 def test_a_config_file_is_the_base_and_the_environment_overrides_it(tmp_path):

@@ -422,9 +422,18 @@ def test_redaction_labels_do_not_retrigger_guards():
     labels = " ".join(
         f"[REDACTED:{kind}]"
         for kind in (
-            "EMAIL", "PHONE", "CARD", "SSN", "IP", "API_KEY", "JWT", "PRIVATE_KEY", "SECRET",
-            "DENYLIST", "INJECTION",
+            "EMAIL",
+            "PHONE",
+            "CARD",
+            "SSN",
+            "IP",
+            "API_KEY",
+            "JWT",
+            "PRIVATE_KEY",
+            "SECRET",
+            "DENYLIST",
+            "INJECTION",
         )
-    )  # fmt: skip
+    )
     for guard in all_rule_guards():
         assert guard.find(labels) == []

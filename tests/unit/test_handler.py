@@ -159,7 +159,7 @@ class _Starting:
 
     @staticmethod
     def make(engine, *, failures: int):
-        from tsvllm.handler import VLLMHandler
+        from tsvllm.worker.handler import VLLMHandler
 
         class Handler(VLLMHandler):
             attempts = 0

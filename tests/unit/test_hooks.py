@@ -10,8 +10,8 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from tests.unit.conftest import make_context
 from tsvllm.engine.base import StreamEvent
 from tsvllm.errors import ContentFiltered
-from tsvllm.handler import VLLMHandler
-from tsvllm.hooks import EndStream, Hooks, overrides
+from tsvllm.worker.handler import VLLMHandler
+from tsvllm.worker.hooks import EndStream, Hooks, overrides
 
 
 class Recording(VLLMHandler):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tsvllm.launcher import (
+from tsvllm.host.launcher import (
     DEFAULT_GUARDS,
     LaunchError,
     Placement,
@@ -99,11 +99,26 @@ def test_guards_flag(tmp_path):
 
 def test_llm_launcher_flags_keep_their_meaning():
     args = parse_args(
-        ["--model_id", "org/m", "--model_name", "x", "--vllm_engine.max_num_seqs", "4",
-         "--vllm_engine.max_model_len", "512", "--disable_token_auth", "--startup_timeout", "9"]
-    )  # fmt: skip
+        [
+            "--model_id",
+            "org/m",
+            "--model_name",
+            "x",
+            "--vllm_engine.max_num_seqs",
+            "4",
+            "--vllm_engine.max_model_len",
+            "512",
+            "--disable_token_auth",
+            "--startup_timeout",
+            "9",
+        ]
+    )
     assert (args.model_id, args.model_name, args.max_num_seqs, args.max_model_len) == (
-        "org/m", "x", 4, 512)  # fmt: skip
+        "org/m",
+        "x",
+        4,
+        512,
+    )
     assert args.disable_token_auth and args.startup_timeout == 9
     with pytest.raises(SystemExit):
         parse_args([])
@@ -112,7 +127,7 @@ def test_llm_launcher_flags_keep_their_meaning():
 def test_busy_port_and_missing_java_are_clear_errors(tmp_path, monkeypatch, capsys):
     import socket
 
-    from tsvllm import launcher
+    from tsvllm.host import launcher
 
     model = tmp_path / "m"
     model.mkdir()

@@ -11,7 +11,7 @@ import psutil
 PARENT = textwrap.dedent(
     """
     import os, subprocess, sys, time
-    from tsvllm.lifeline import start_reaper
+    from tsvllm.worker.lifeline import start_reaper
     reaper = start_reaper()
     kids = [subprocess.Popen(["sleep", "300"]) for _ in range(2)]
     print(reaper.pid, *[k.pid for k in kids], flush=True)
@@ -43,6 +43,6 @@ def test_children_of_a_killed_parent_are_ended():
 
 
 def test_watching_a_missing_pid_returns_at_once():
-    from tsvllm.lifeline import watch
+    from tsvllm.worker.lifeline import watch
 
     assert watch(2**22 + 12345) == 0  # above Linux's pid_max: never a live process

@@ -44,8 +44,9 @@ def test_a_lone_query_is_served_at_once_and_failures_reach_every_waiter():
     batcher.retriever.embedder.embed = broken
 
     async def run():
-        return await asyncio.gather(*(batcher.retrieve(q, k=1) for q in QUERIES),
-                                    return_exceptions=True)  # fmt: skip
+        return await asyncio.gather(
+            *(batcher.retrieve(q, k=1) for q in QUERIES), return_exceptions=True
+        )
 
     assert all(isinstance(r, RuntimeError) for r in asyncio.run(run()))
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tsvllm.serve import Ports, ts_config_text
+from tsvllm.host.torchserve import Ports, ts_config_text
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -43,7 +43,7 @@ def test_docker_config_matches_the_generated_defaults():
 
 
 def test_management_on_a_unix_socket(tmp_path):
-    from tsvllm.serve import ts_config_text
+    from tsvllm.host.torchserve import ts_config_text
 
     text = ts_config_text(token_auth=False, management_socket=tmp_path / "m.sock")
     props = dict(line.split("=", 1) for line in text.splitlines())
@@ -65,7 +65,7 @@ def test_models_may_come_from_the_store_only(tmp_path):
 
 @pytest.mark.parametrize(("cores", "want"), [(1, 1), (2, 1), (4, 1), (5, None), (64, None)])
 def test_frontend_threads_one_on_small_machines_else_torchserves_default(cores, want):
-    from tsvllm.serve import frontend_threads
+    from tsvllm.host.torchserve import frontend_threads
 
     assert frontend_threads(cores) == want
 
@@ -81,7 +81,7 @@ def test_netty_threads_set_both_thread_pools_and_extra_still_wins():
 def test_frontend_threads_without_sched_getaffinity(monkeypatch):
     import os
 
-    from tsvllm.serve import frontend_threads
+    from tsvllm.host.torchserve import frontend_threads
 
     monkeypatch.delattr(os, "sched_getaffinity", raising=False)  # e.g. macOS
     monkeypatch.setattr(os, "cpu_count", lambda: 2)

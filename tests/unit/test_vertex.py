@@ -8,9 +8,9 @@ import json
 import pytest
 
 from tests.unit.conftest import golden, make_context
-from tsvllm import vertex
 from tsvllm.engine.base import Api
 from tsvllm.errors import BadRequest
+from tsvllm.worker import vertex_envelope as vertex
 
 
 def predict(handler, body, *, headers=None):

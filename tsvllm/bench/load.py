@@ -64,12 +64,15 @@ async def _one(client: Any, url: str, body: dict[str, Any], *, stream: bool) -> 
         if not stream:
             resp = await client.post(url, json=body)
             resp.raise_for_status()
-            return {"latency_s": time.perf_counter() - start,
-                    "tokens": resp.json()["usage"]["completion_tokens"]}  # fmt: skip
+            return {
+                "latency_s": time.perf_counter() - start,
+                "tokens": resp.json()["usage"]["completion_tokens"],
+            }
         first = last = None
         tokens = 0
-        async with client.stream("POST", url, json={**body, "stream": True,
-                                 "stream_options": {"include_usage": True}}) as resp:  # fmt: skip
+        async with client.stream(
+            "POST", url, json={**body, "stream": True, "stream_options": {"include_usage": True}}
+        ) as resp:
             resp.raise_for_status()
             async for line in resp.aiter_lines():
                 if not line.startswith("data: ") or line == "data: [DONE]":
@@ -83,8 +86,12 @@ async def _one(client: Any, url: str, body: dict[str, Any], *, stream: bool) -> 
                     tokens = chunk["usage"]["completion_tokens"]
         end = time.perf_counter()
         itl = (last - first) / (tokens - 1) if first and last and tokens > 1 else None
-        return {"latency_s": end - start, "tokens": tokens,
-                "ttft_s": (first - start) if first else None, "itl_s": itl}  # fmt: skip
+        return {
+            "latency_s": end - start,
+            "tokens": tokens,
+            "ttft_s": (first - start) if first else None,
+            "itl_s": itl,
+        }
     except Exception as exc:  # counted, reported, never hidden
         return {"latency_s": time.perf_counter() - start, "tokens": 0, "error": repr(exc)}
 
@@ -109,8 +116,13 @@ async def run(
     async with httpx.AsyncClient(headers=headers, timeout=600, limits=limits) as client:
 
         async def go(i: int) -> dict[str, Any]:
-            body = {"model": model, "prompt": PROMPTS[i % len(PROMPTS)],
-                    "max_tokens": max_tokens, "ignore_eos": True, "temperature": 0}  # fmt: skip
+            body = {
+                "model": model,
+                "prompt": PROMPTS[i % len(PROMPTS)],
+                "max_tokens": max_tokens,
+                "ignore_eos": True,
+                "temperature": 0,
+            }
             async with gate:
                 return await _one(client, url, body, stream=stream)
 
@@ -143,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             max_tokens=a.max_tokens,
             stream=a.stream,
             api_key=a.api_key,
-        )  # fmt: skip
+        )
     )
     json.dump(report, sys.stdout)
     return 0

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tsvllm.archive import REPO_ROOT
+from tsvllm.host.archive import REPO_ROOT
 
 EXAMPLE_CORPUS = REPO_ROOT / "examples" / "corpus"
 QUERIES = [
@@ -107,8 +107,9 @@ def bench_partitioned(*, n: int, dims: int, k: int, repeat: int) -> dict[str, ob
     it = iter(range(10**9))
 
     def timed(r: object) -> dict[str, float]:
-        return _ms(lambda: r.retrieve_by_vector(queries[next(it) % len(queries)], k=k),
-                   repeat=repeat)  # fmt: skip
+        return _ms(
+            lambda: r.retrieve_by_vector(queries[next(it) % len(queries)], k=k), repeat=repeat
+        )
 
     return {
         "chunks": n,

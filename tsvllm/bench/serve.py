@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tsvllm.serve import Ports, TorchServe
+from tsvllm.host.torchserve import Ports, TorchServe
 
 
 def first_token_s(
@@ -87,11 +87,31 @@ class PeakRss:
         self._thread.join()
 
 
-def load(base_url: str, model: str, *, stream: bool, requests: int, concurrency: int,
-         max_tokens: int, api_key: str | None = None) -> dict[str, Any]:  # fmt: skip
-    cmd = [sys.executable, "-m", "tsvllm.bench.load", "--base-url", base_url, "--model", model,
-           "--requests", str(requests), "--concurrency", str(concurrency),
-           "--max-tokens", str(max_tokens)]  # fmt: skip
+def load(
+    base_url: str,
+    model: str,
+    *,
+    stream: bool,
+    requests: int,
+    concurrency: int,
+    max_tokens: int,
+    api_key: str | None = None,
+) -> dict[str, Any]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "tsvllm.bench.load",
+        "--base-url",
+        base_url,
+        "--model",
+        model,
+        "--requests",
+        str(requests),
+        "--concurrency",
+        str(concurrency),
+        "--max-tokens",
+        str(max_tokens),
+    ]
     if stream:
         cmd.append("--stream")
     if api_key:
@@ -147,8 +167,10 @@ def plot(report: dict[str, Any], path: Path) -> None:
     shapes = report["load"]["shapes"]
     fig, axes = plt.subplots(len(shapes), 2, figsize=(11, 3.8 * len(shapes)), squeeze=False)
     for row, shape in zip(axes, shapes, strict=True):
-        panels = [("tok_per_s", "tokens/s", ["non_stream", "stream"]),
-                  ("ttft_p50_ms", "stream TTFT p50 (ms)", ["stream"])]  # fmt: skip
+        panels = [
+            ("tok_per_s", "tokens/s", ["non_stream", "stream"]),
+            ("ttft_p50_ms", "stream TTFT p50 (ms)", ["stream"]),
+        ]
         for ax, (metric, label, modes) in zip(row, panels, strict=True):
             width = 0.8 / len(sides)
             for i, side in enumerate(sides):
@@ -207,11 +229,22 @@ class _Side:
 def _start_vllm(argv: list[str], *, env: dict[str, str], workdir: Path) -> _Side:
     port = Ports.free().inference
     proc = subprocess.Popen(
-        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", *argv,
-         "--host", "127.0.0.1", "--port", str(port), "--disable-uvicorn-access-log"],
-        env=env, stdout=(workdir / "vllm.log").open("wb"), stderr=subprocess.STDOUT,
-        process_group=0,  # not a new session: see tsvllm.serve.TorchServe.start
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            *argv,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--disable-uvicorn-access-log",
+        ],
+        env=env,
+        stdout=(workdir / "vllm.log").open("wb"),
+        stderr=subprocess.STDOUT,
+        process_group=0,  # not a new session: see tsvllm.host.torchserve.TorchServe.start
+    )
 
     def stop() -> None:
         if proc.poll() is None:
@@ -225,14 +258,14 @@ def _start_vllm(argv: list[str], *, env: dict[str, str], workdir: Path) -> _Side
 
 
 def _start_torchserve(name: str, cfg: Any, *, workdir: Path) -> _Side:
-    from tsvllm.archive import build_archive
     from tsvllm.config import dump_model_config
+    from tsvllm.host.archive import build_archive
 
     handler = None
     update: dict[str, Any] = {}
     if name == "c":
-        from tsvllm.archive import REPO_ROOT
         from tsvllm.bench.rag import EXAMPLE_CORPUS
+        from tsvllm.host.archive import REPO_ROOT
         from tsvllm.rag.index import build_index
 
         index = workdir / "rag_index"
@@ -242,8 +275,9 @@ def _start_torchserve(name: str, cfg: Any, *, workdir: Path) -> _Side:
         handler = REPO_ROOT / "handlers" / "rag_guard_handler.py"
     elif name == "b0":
         update = {"lean_worker": False}
-    staged = cfg.model_copy(update={"handler": cfg.handler.model_validate(
-        {**cfg.handler.model_dump(), **update})})  # fmt: skip
+    staged = cfg.model_copy(
+        update={"handler": cfg.handler.model_validate({**cfg.handler.model_dump(), **update})}
+    )
     side_dir = workdir / f"side-{name}"
     side_dir.mkdir(parents=True, exist_ok=True)
     cfg_path = dump_model_config(staged, side_dir / "model-config.yaml")
@@ -284,8 +318,13 @@ def run(
     cfg = load_model_config(config)
     served = (cfg.handler.served_model_name or ["model"])[0]
     # every side gets the same handler section, pointed at the same model folder
-    cfg = cfg.model_copy(update={"handler": cfg.handler.model_copy(
-        update={"model_path": str(model_dir), "served_model_name": [served]})})  # fmt: skip
+    cfg = cfg.model_copy(
+        update={
+            "handler": cfg.handler.model_copy(
+                update={"model_path": str(model_dir), "served_model_name": [served]}
+            )
+        }
+    )
     workdir.mkdir(parents=True, exist_ok=True)
     report: dict[str, dict[str, Any]] = {s: {"shapes": {}} for s in sides}
     running: dict[str, _Side] = {}
@@ -312,9 +351,14 @@ def run(
                     mode = "stream" if stream else "non_stream"
                     for name in order:
                         with PeakRss(running[name].proc.pid) as rss:
-                            result = load(running[name].url, served, stream=stream,
-                                          requests=requests, concurrency=concurrency,
-                                          max_tokens=tokens)  # fmt: skip
+                            result = load(
+                                running[name].url,
+                                served,
+                                stream=stream,
+                                requests=requests,
+                                concurrency=concurrency,
+                                max_tokens=tokens,
+                            )
                         peaks[name] = max(peaks[name], rss.peak)
                         if r >= 0:
                             runs.setdefault((name, shape, mode), []).append(result)
@@ -340,7 +384,7 @@ def run(
                 **{
                     shape: ratios(report["a"]["shapes"][shape], report[name]["shapes"][shape])
                     for shape in shapes
-                },  # fmt: skip
+                },
             }
             for name in sides
             if name != "a"
@@ -350,9 +394,11 @@ def run(
 
 def render(report: dict[str, Any]) -> str:
     """A plain table: one line per side, shape and mode; then the ratios."""
-    lines = [f"{'side':4s} {'shape':12s} {'mode':10s} {'tok/s':>9s} {'req/s':>7s} "
-             f"{'TTFT p50':>9s} {'TTFT p99':>9s} {'ITL p50':>8s} {'lat p50':>8s} "
-             f"{'lat p99':>8s}"]  # fmt: skip
+    lines = [
+        f"{'side':4s} {'shape':12s} {'mode':10s} {'tok/s':>9s} {'req/s':>7s} "
+        f"{'TTFT p50':>9s} {'TTFT p99':>9s} {'ITL p50':>8s} {'lat p50':>8s} "
+        f"{'lat p99':>8s}"
+    ]
 
     def cell(value: float | None, width: int, digits: int) -> str:
         return f"{'-' if value is None else f'{value:.{digits}f}':>{width}s}"
@@ -366,8 +412,9 @@ def render(report: dict[str, Any]) -> str:
                     f"{cell(m.get('itl_p50_ms'), 8, 2)} "
                     f"{m['latency_p50_ms']:8.1f} {m['latency_p99_ms']:8.1f}"
                 )
-        lines.append(f"{name:4s} cold start {side['cold_start_s']} s, "
-                     f"peak RSS {side['peak_rss_mb']:.0f} MB")  # fmt: skip
+        lines.append(
+            f"{name:4s} cold start {side['cold_start_s']} s, peak RSS {side['peak_rss_mb']:.0f} MB"
+        )
     for pair, values in report["ratios"].items():
         lines.append(f"{pair}: {json.dumps(values)}")
     return "\n".join(lines)
@@ -385,9 +432,15 @@ def main(
     json_path: str | None,
     plot_path: str | None,
 ) -> int:
-    report = run(model_dir=Path(model_dir).resolve(), config=Path(config),
-                 workdir=Path(workdir).resolve(), shapes=shapes, rounds=rounds,
-                 warmup=warmup, sides=sides)  # fmt: skip
+    report = run(
+        model_dir=Path(model_dir).resolve(),
+        config=Path(config),
+        workdir=Path(workdir).resolve(),
+        shapes=shapes,
+        rounds=rounds,
+        warmup=warmup,
+        sides=sides,
+    )
     print(render(report))
     if json_path:
         Path(json_path).write_text(json.dumps(report, indent=2))

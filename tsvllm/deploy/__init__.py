@@ -4,7 +4,7 @@
 platform's files plus a README with the commands to paste; ``tsvllm validate DIR``
 (:mod:`tsvllm.deploy.validate`) runs each platform's own validator on them, plus our
 checks for what those miss. Every platform runs the same container
-(``docker/Dockerfile*``, :mod:`tsvllm.entrypoint`), configured by environment.
+(``docker/Dockerfile*``, :mod:`tsvllm.host.entrypoint`), configured by environment.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ PLATFORMS = ("azureml", "k8s", "vertex")
 __all__ = ["PLATFORMS", "DeployError", "DeployOptions", "generate"]
 
 
-def generate(platform: str, config: str | Path, *, out: str | Path,
-             options: DeployOptions | None = None) -> list[Path]:  # fmt: skip
+def generate(
+    platform: str, config: str | Path, *, out: str | Path, options: DeployOptions | None = None
+) -> list[Path]:
     """Write ``platform``'s assets for the model config at ``config`` into ``out``."""
     from tsvllm.config import load_model_config
     from tsvllm.deploy import azureml, k8s, vertex
@@ -29,14 +30,20 @@ def generate(platform: str, config: str | Path, *, out: str | Path,
     target = target_for(load_model_config(config), source=str(config), options=options)
     files: dict[str, Any]
     if platform == "azureml":
-        files = azureml.generate(target, private=options.private,
-                                 instance_type_=options.instance_type,
-                                 replicas=options.replicas)  # fmt: skip
+        files = azureml.generate(
+            target,
+            private=options.private,
+            instance_type_=options.instance_type,
+            replicas=options.replicas,
+        )
     elif platform == "k8s":
-        files = k8s.generate(target, replicas=options.replicas,
-                             gpus_per_node=options.gpus_per_node,
-                             token_auth=not options.disable_token_auth,
-                             storage_gi=options.storage_gi)  # fmt: skip
+        files = k8s.generate(
+            target,
+            replicas=options.replicas,
+            gpus_per_node=options.gpus_per_node,
+            token_auth=not options.disable_token_auth,
+            storage_gi=options.storage_gi,
+        )
     elif platform == "vertex":
         files = vertex.generate(target, artifact_uri=options.artifact_uri)
     else:

@@ -175,8 +175,9 @@ def readme(target: Target, *, private: bool, instance: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def generate(target: Target, *, private: bool, instance_type_: str | None,
-             replicas: int) -> dict[str, str]:  # fmt: skip
+def generate(
+    target: Target, *, private: bool, instance_type_: str | None, replicas: int
+) -> dict[str, str]:
     """File name → text of every Azure ML asset."""
     instance = instance_type(target, instance_type_)
     if len(target.name) > 32:

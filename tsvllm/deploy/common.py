@@ -1,6 +1,6 @@
 """What the deployment generators share: names, ports, routes, image, probe timing, env.
 
-The container (``docker/Dockerfile*``, :mod:`tsvllm.entrypoint`) always serves one
+The container (``docker/Dockerfile*``, :mod:`tsvllm.host.entrypoint`) always serves one
 TorchServe model named :data:`MODEL_NAME`, version :data:`MODEL_VERSION`, so every route
 a platform needs is fixed here, once. The generators turn a model config into the
 container's environment (:func:`container_env`): the entrypoint turns it back into a
@@ -20,7 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from tsvllm.config import ModelConfig
-from tsvllm.vertex import ROUTE as VERTEX_ROUTE
+from tsvllm.worker.vertex_envelope import ROUTE as VERTEX_ROUTE
 
 #: TorchServe model name and version inside the container (the URL's fixed segments)
 MODEL_NAME = "vllm"
@@ -122,7 +122,7 @@ class Target:
 
 def target_for(cfg: ModelConfig, *, source: str, options: DeployOptions) -> Target:
     """Resolve names, image and model source of ``cfg`` (read from ``source``)."""
-    from tsvllm.archive import HF_ID
+    from tsvllm.host.archive import HF_ID
 
     name = options.name or Path(source).stem
     name = _DNS_LABEL.sub("-", name.lower()).strip("-")[:50].strip("-")
@@ -164,7 +164,7 @@ def vllm_args(cfg: ModelConfig) -> str:
 
 
 def container_env(target: Target, **extra: str) -> dict[str, str]:
-    """The container's environment for ``target`` (read by :mod:`tsvllm.entrypoint`).
+    """The container's environment for ``target`` (read by :mod:`tsvllm.host.entrypoint`).
 
     No secrets: HF_TOKEN is added by each platform from its secret store, at run time.
     """
@@ -198,8 +198,7 @@ class ProbeTiming:
 def probe_timing(startup_timeout: int) -> ProbeTiming:
     """Give the model ``startupTimeout`` seconds (plus the frontend's start) to get ready."""
     failures = math.ceil(startup_timeout / PROBE_PERIOD) + 1
-    return ProbeTiming(period=PROBE_PERIOD, initial_delay=FRONTEND_START,
-                       startup_failures=failures)  # fmt: skip
+    return ProbeTiming(period=PROBE_PERIOD, initial_delay=FRONTEND_START, startup_failures=failures)
 
 
 def shm_mb(target: Target) -> int:

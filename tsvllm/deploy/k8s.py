@@ -35,7 +35,7 @@ LWS_API = "leaderworkerset.x-k8s.io/v1"
 
 
 def _probe_cmd(kind: str) -> dict[str, Any]:
-    return {"exec": {"command": ["python3", "-m", "tsvllm.entrypoint", "--probe", kind]}}
+    return {"exec": {"command": ["python3", "-m", "tsvllm.host.entrypoint", "--probe", kind]}}
 
 
 def probes(target: Target, *, token_auth: bool) -> dict[str, Any]:
@@ -53,19 +53,19 @@ def probes(target: Target, *, token_auth: bool) -> dict[str, Any]:
             "timeoutSeconds": 5,
             "failureThreshold": timing.startup_failures,
             "initialDelaySeconds": timing.initial_delay,
-        },  # fmt: skip
+        },
         "readinessProbe": {
             **ready,
             "periodSeconds": timing.period,
             "timeoutSeconds": 5,
             "failureThreshold": 3,
-        },  # fmt: skip
+        },
         "livenessProbe": {
             **alive,
             "periodSeconds": 20,
             "timeoutSeconds": 5,
             "failureThreshold": 3,
-        },  # fmt: skip
+        },
     }
 
 
@@ -94,13 +94,24 @@ def env_list(target: Target, *, token_auth: bool, extra: dict[str, str]) -> list
         **extra,
     )
     items = [{"name": k, "value": v} for k, v in env.items()]
-    items.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {
-        "name": HF_SECRET, "key": "HF_TOKEN", "optional": True}}})  # fmt: skip
+    items.append(
+        {
+            "name": "HF_TOKEN",
+            "valueFrom": {"secretKeyRef": {"name": HF_SECRET, "key": "HF_TOKEN", "optional": True}},
+        }
+    )
     return items
 
 
-def container(target: Target, *, gpus: int, token_auth: bool, env: dict[str, str] | None = None,
-              command: list[str] | None = None, serve: bool = True) -> dict[str, Any]:  # fmt: skip
+def container(
+    target: Target,
+    *,
+    gpus: int,
+    token_auth: bool,
+    env: dict[str, str] | None = None,
+    command: list[str] | None = None,
+    serve: bool = True,
+) -> dict[str, Any]:
     c: dict[str, Any] = {
         "name": "tsvllm",
         "image": target.image,
@@ -177,19 +188,25 @@ def deployment(target: Target, *, replicas: int, token_auth: bool) -> dict[str, 
     }
 
 
-def leader_worker_set(target: Target, *, replicas: int, gpus_per_node: int,
-                      token_auth: bool) -> dict[str, Any]:  # fmt: skip
+def leader_worker_set(
+    target: Target, *, replicas: int, gpus_per_node: int, token_auth: bool
+) -> dict[str, Any]:
     """TP × PP over several nodes: vLLM's Ray backend, one Ray cluster per group."""
     nodes = math.ceil(target.gpus / gpus_per_node)
     labels = _labels(target)
     ray = {"VLLM_ARGS": _with_ray(target)}
-    leader_cmd = ["/bin/sh", "-c", f"ray start --head --port={RAY_PORT} && "
-                  "exec python3 -m tsvllm.entrypoint"]  # fmt: skip
+    leader_cmd = [
+        "/bin/sh",
+        "-c",
+        f"ray start --head --port={RAY_PORT} && exec python3 -m tsvllm.host.entrypoint",
+    ]
     worker_cmd = ["/bin/sh", "-c", f"ray start --address=$(LWS_LEADER_ADDRESS):{RAY_PORT} --block"]
-    leader = container(target, gpus=gpus_per_node, token_auth=token_auth, env=ray,
-                       command=leader_cmd)  # fmt: skip
-    worker = container(target, gpus=gpus_per_node, token_auth=token_auth, env=ray,
-                       command=worker_cmd, serve=False)  # fmt: skip
+    leader = container(
+        target, gpus=gpus_per_node, token_auth=token_auth, env=ray, command=leader_cmd
+    )
+    worker = container(
+        target, gpus=gpus_per_node, token_auth=token_auth, env=ray, command=worker_cmd, serve=False
+    )
     return {
         "apiVersion": LWS_API,
         "kind": "LeaderWorkerSet",
@@ -204,7 +221,7 @@ def leader_worker_set(target: Target, *, replicas: int, gpus_per_node: int,
                     "metadata": {
                         "labels": {**labels, "role": "leader"},
                         "annotations": dict(SCRAPE),
-                    },  # fmt: skip
+                    },
                     "spec": pod_spec(target, [leader]),
                 },
                 "workerTemplate": {
@@ -323,8 +340,9 @@ def readme(target: Target, *, multi_node: bool, token_auth: bool, gpus_per_node:
     return "\n".join(lines) + "\n"
 
 
-def generate(target: Target, *, replicas: int, gpus_per_node: int, token_auth: bool,
-             storage_gi: int | None) -> dict[str, str]:  # fmt: skip
+def generate(
+    target: Target, *, replicas: int, gpus_per_node: int, token_auth: bool, storage_gi: int | None
+) -> dict[str, str]:
     """File name → text of every Kubernetes asset."""
     multi_node = target.gpus > gpus_per_node
     auth = "on (exec probes read the key)" if token_auth else "off (a gateway authenticates)"
@@ -335,7 +353,7 @@ def generate(target: Target, *, replicas: int, gpus_per_node: int, token_auth: b
         files["leaderworkerset.yaml"] = dump_yaml(
             leader_worker_set(
                 target, replicas=replicas, gpus_per_node=gpus_per_node, token_auth=token_auth
-            ),  # fmt: skip
+            ),
             header=header,
         )
     else:

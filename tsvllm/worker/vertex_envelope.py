@@ -23,7 +23,7 @@ from typing import Any
 
 from tsvllm.engine.base import Api
 from tsvllm.errors import BadRequest, TsVllmError
-from tsvllm.hooks import RequestContext
+from tsvllm.worker.hooks import RequestContext
 
 #: the handler route (after /predictions/<model>/<version>/) serving the envelope
 ROUTE = "vertex/predict"
@@ -75,8 +75,9 @@ def to_openai(envelope: Any) -> tuple[Api, list[dict[str, Any]]]:
     return api, bodies
 
 
-async def predict(handler: Any, envelope: Any, *, request_id: str, headers: dict[str, str],
-                  route: str = ROUTE) -> dict[str, Any]:  # fmt: skip
+async def predict(
+    handler: Any, envelope: Any, *, request_id: str, headers: dict[str, str], route: str = ROUTE
+) -> dict[str, Any]:
     """Serve ``envelope`` with ``handler``'s hooks and engine; ``{"predictions": [...]}``."""
     api, bodies = to_openai(envelope)
     engine = await handler.ready_engine()

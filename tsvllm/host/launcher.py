@@ -1,6 +1,6 @@
 """Quick start that replaces ``ts.llm_launcher``: flags → config → archive → TorchServe.
 
-``tsvllm launch --model_id DIR_OR_HF_ID`` (also ``python -m tsvllm.launcher``) takes
+``tsvllm launch --model_id DIR_OR_HF_ID`` (also ``python -m tsvllm.host.launcher``) takes
 ts.llm_launcher's flags with the same meaning, writes a validated model config, builds
 the archive, starts TorchServe, waits until the model answers, prints the OpenAI base
 URL, an example ``curl`` and where the auth key is, and stays in the foreground.
@@ -119,8 +119,9 @@ def model_config_from_flags(
         "handler": {"model_path": model_path, "served_model_name": [model_name]},
     }
     if placement.device == "cpu":
-        data["handler"]["env"] = {"VLLM_CPU_KVCACHE_SPACE": os.environ.get(
-            "VLLM_CPU_KVCACHE_SPACE", "4")}  # fmt: skip
+        data["handler"]["env"] = {
+            "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "4")
+        }
         engine_args.setdefault("enforce_eager", True)
     else:
         engine_args["tensor_parallel_size"] = placement.tensor_parallel_size
@@ -171,7 +172,7 @@ def check_port_free(port: int) -> None:
 
 def ports_for(port: int) -> Any:
     """inference=port, management=port+1, metrics=port+2; gRPC after them (off-default)."""
-    from tsvllm.serve import Ports
+    from tsvllm.host.torchserve import Ports
 
     if port == 8080:
         return Ports()
@@ -209,8 +210,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def prepare(args: argparse.Namespace, *, gpus: int | None = None) -> tuple[Path, str]:
     """Write the config and build the archive; returns (config path, handler file)."""
-    from tsvllm.archive import DEFAULT_HANDLER, HF_ID, build_archive
     from tsvllm.config import load_model_config
+    from tsvllm.host.archive import DEFAULT_HANDLER, HF_ID, build_archive
 
     store = Path(args.model_store)
     guards = load_guards(args.guards)
@@ -251,13 +252,12 @@ def prepare(args: argparse.Namespace, *, gpus: int | None = None) -> tuple[Path,
         handler = str(DEFAULT_HANDLER.parent / "rag_guard_handler.py")
     store.mkdir(parents=True, exist_ok=True)
     config_path = dump_model_config(cfg, store / f"{args.model_name}-model-config.yaml")
-    build_archive(config_path, name=args.model_name, export_path=store, handler=handler,
-                  force=True)  # fmt: skip
+    build_archive(config_path, name=args.model_name, export_path=store, handler=handler, force=True)
     return config_path, handler or str(DEFAULT_HANDLER)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tsvllm.serve import TorchServe
+    from tsvllm.host.torchserve import TorchServe
 
     args = parse_args(argv)
     try:
@@ -306,7 +306,7 @@ def serve_foreground(
     engine process are stopped before this returns. Returns the exit status: 0 after a
     signal, 1 when TorchServe failed or exited on its own.
     """
-    from tsvllm.serve import ServeError
+    from tsvllm.host.torchserve import ServeError
 
     stopping = False
 

@@ -244,10 +244,15 @@ class TorchServe:
             )
         )
         cmd = [
-            self._torchserve(), "--start", "--ncs", "--foreground",
-            "--model-store", str(self.model_store),
-            "--ts-config", str(self.config_path),
-        ]  # fmt: skip
+            self._torchserve(),
+            "--start",
+            "--ncs",
+            "--foreground",
+            "--model-store",
+            str(self.model_store),
+            "--ts-config",
+            str(self.config_path),
+        ]
         if self.models:
             cmd += ["--models", *self.models]
         cmd += ["--log-config", str(LOG_CONFIG)]

@@ -1,9 +1,9 @@
 """Container entrypoint: environment → model → config → archive → TorchServe, in the foreground.
 
-``python -m tsvllm.entrypoint`` is what the images run (under ``tini``). It reads the
+``python -m tsvllm.host.entrypoint`` is what the images run (under ``tini``). It reads the
 environment only when it runs, stops with a message naming the variable to fix, and on
 SIGTERM/SIGINT stops TorchServe and every engine process before exiting (no orphans;
-:func:`tsvllm.launcher.serve_foreground`). ``--probe ready|alive`` is an exec probe
+:func:`tsvllm.host.launcher.serve_foreground`). ``--probe ready|alive`` is an exec probe
 for platforms where token auth stays on (the probe reads the key TorchServe wrote).
 
 The model comes from the first of these that is set:
@@ -210,7 +210,7 @@ def resolve_model(env: Mapping[str, str], *, cache: Path) -> str:
     # MODEL_ID: a local folder, or a Hugging Face id
     if Path(value).is_dir():
         return str(find_model_dir(Path(value), var=var))
-    from tsvllm.archive import HF_ID
+    from tsvllm.host.archive import HF_ID
 
     if not HF_ID.match(value):
         raise EntrypointError(
@@ -300,7 +300,7 @@ def parse_vllm_args(text: str) -> dict[str, Any]:
 def model_config(env: Mapping[str, str], *, model: str, gpus: int | None = None) -> Any:
     """The model config the environment describes, for ``model`` (folder or hub id)."""
     from tsvllm.config import load_model_config, validate_model_config
-    from tsvllm.launcher import (
+    from tsvllm.host.launcher import (
         LaunchError,
         Placement,
         count_gpus,
@@ -414,7 +414,7 @@ def check_vertex_routes(env: Mapping[str, str]) -> None:
 
 def torchserve_settings(env: Mapping[str, str]) -> tuple[Any, dict[str, str], bool]:
     """``(ports, config.properties overrides, token_auth)`` for the container."""
-    from tsvllm.launcher import ports_for
+    from tsvllm.host.launcher import ports_for
 
     ports = ports_for(inference_port(env))
     # The inference API is the container's one public door: it must listen on 0.0.0.0
@@ -438,13 +438,18 @@ def workdir(env: Mapping[str, str]) -> Path:
 
 
 def _server(env: Mapping[str, str], *, models: list[str]) -> Any:
-    from tsvllm.serve import TorchServe
+    from tsvllm.host.torchserve import TorchServe
 
     ports, extra, token_auth = torchserve_settings(env)
     root = workdir(env)
-    return TorchServe(workdir=root / "ts", model_store=root / "model_store", models=models,
-                      ports=ports, auth="key" if token_auth else "off",
-                      config_extra=extra)  # fmt: skip
+    return TorchServe(
+        workdir=root / "ts",
+        model_store=root / "model_store",
+        models=models,
+        ports=ports,
+        auth="key" if token_auth else "off",
+        config_extra=extra,
+    )
 
 
 # -- running --------------------------------------------------------------------------
@@ -452,9 +457,9 @@ def _server(env: Mapping[str, str], *, models: list[str]) -> Any:
 
 def prepare(env: Mapping[str, str]) -> tuple[Any, Path]:
     """Check the environment, get the model, write the config and build the archive."""
-    from tsvllm.archive import DEFAULT_HANDLER, build_archive
     from tsvllm.config import dump_model_config
     from tsvllm.deploy.common import MODEL_NAME
+    from tsvllm.host.archive import DEFAULT_HANDLER, build_archive
 
     check_vertex_routes(env)
     torchserve_settings(env)  # port and number checks before any download
@@ -467,15 +472,16 @@ def prepare(env: Mapping[str, str]) -> tuple[Any, Path]:
     if (cfg.handler.rag or cfg.handler.guards) and not env.get("TSVLLM_HANDLER"):
         handler = str(Path(handler).parent / "rag_guard_handler.py")
     config_path = dump_model_config(cfg, root / "model-config.yaml")
-    build_archive(config_path, name=MODEL_NAME, export_path=root / "model_store",
-                  handler=handler, force=True)  # fmt: skip
+    build_archive(
+        config_path, name=MODEL_NAME, export_path=root / "model_store", handler=handler, force=True
+    )
     return cfg, config_path
 
 
 def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> int:
-    from tsvllm.archive import ArchiveError
     from tsvllm.deploy.common import MODEL_NAME, OPENAI_BASE
-    from tsvllm.launcher import serve_foreground
+    from tsvllm.host.archive import ArchiveError
+    from tsvllm.host.launcher import serve_foreground
 
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("--probe", choices=["ready", "alive"], help="exec probe: exit 0 if OK")
@@ -492,10 +498,12 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
 
     def announce() -> None:
         bind = ts.config_extra["inference_address"]
-        auth = f"on (key in {ts.key_file})" if ts.auth == "key" else (
-            "off (the platform authenticates)")  # fmt: skip
-        print(f"{PROG}: ready. OpenAI base URL {bind}{OPENAI_BASE}; token auth {auth}",
-              flush=True)  # fmt: skip
+        auth = (
+            f"on (key in {ts.key_file})"
+            if ts.auth == "key"
+            else ("off (the platform authenticates)")
+        )
+        print(f"{PROG}: ready. OpenAI base URL {bind}{OPENAI_BASE}; token auth {auth}", flush=True)
 
     return serve_foreground(
         ts, model=MODEL_NAME, startup_timeout=cfg.startupTimeout, on_ready=announce, prog=PROG

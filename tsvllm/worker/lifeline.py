@@ -7,7 +7,7 @@ watchdog process, in its own session, that records the worker's descendants whil
 worker lives and, once it is gone, terminates them (SIGTERM, then SIGKILL after a grace
 period). The watchdog exits by itself after that.
 
-Run as ``python -m tsvllm.lifeline PID``.
+Run as ``python -m tsvllm.worker.lifeline PID``.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def start_reaper(*, pid: int | None = None) -> subprocess.Popen:
     """Start the watchdog for ``pid`` (default: this process). Returns its handle."""
     target = os.getpid() if pid is None else pid
     return subprocess.Popen(
-        [sys.executable, "-m", "tsvllm.lifeline", str(target)],
+        [sys.executable, "-m", "tsvllm.worker.lifeline", str(target)],
         stdin=subprocess.DEVNULL,
         start_new_session=True,  # not killed with the worker's process group
         close_fds=True,
@@ -78,7 +78,7 @@ def watch(pid: int, *, poll: float = POLL_SECONDS, grace: float = GRACE_SECONDS)
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1 or not args[0].isdigit():
-        print("usage: python -m tsvllm.lifeline PID", file=sys.stderr)
+        print("usage: python -m tsvllm.worker.lifeline PID", file=sys.stderr)
         return 2
     watch(int(args[0]))
     return 0
