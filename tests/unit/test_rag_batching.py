@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import numpy as np
 import pytest
 
 from tests.unit.test_rag_retriever import WordHashEmbedder, passages
@@ -14,11 +15,24 @@ QUERIES = ["Tromso 2019", "24 volts pumps", "Friday support", "irrigation interv
 WANT = ["history.md", "pumps.md", "support.md", "irrigation.md"]
 
 
-def make() -> tuple[BatchingRetriever, WordHashEmbedder]:
-    emb = WordHashEmbedder()
+class RecordingEmbedder(WordHashEmbedder):
+    """Records the size of each batch it is asked to embed (how the tests see batching)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batch_sizes: list[int] = []
+
+    def embed(self, texts: list[str], *, batch_size: int = 64) -> np.ndarray:
+        self.batch_sizes.append(len(texts))
+        return super().embed(texts, batch_size=batch_size)
+
+
+def make() -> tuple[BatchingRetriever, RecordingEmbedder]:
+    emb = RecordingEmbedder()
     ps = passages()
     retriever = LocalRetriever(emb.embed([p.text for p in ps]), ps, embedder=emb)
     emb.calls = 0
+    emb.batch_sizes.clear()
     return BatchingRetriever(retriever), emb
 
 
@@ -30,13 +44,13 @@ def test_concurrent_queries_are_embedded_together_and_answered_in_order():
 
     results = asyncio.run(run())
     assert [r[0].source for r in results] == WANT * 5
-    assert sum(batcher.batch_sizes) == 20 and emb.calls == len(batcher.batch_sizes) < 20
+    assert sum(emb.batch_sizes) == 20 and emb.calls == len(emb.batch_sizes) < 20
 
 
 def test_a_lone_query_is_served_at_once_and_failures_reach_every_waiter():
-    batcher, _ = make()
+    batcher, emb = make()
     assert asyncio.run(batcher.retrieve("Tromso", k=2))[0].source == "history.md"
-    assert batcher.batch_sizes == [1]
+    assert emb.batch_sizes == [1]
 
     def broken(texts, **kwargs):
         raise RuntimeError("embedder down")
@@ -66,3 +80,20 @@ def test_a_cancelled_waiter_does_not_break_the_others():
     assert first[0].source == "history.md" and rest[0].source == "support.md"
     with pytest.raises(ValueError):
         BatchingRetriever(object(), max_batch=0)
+
+
+def test_the_batcher_keeps_no_state_that_grows_with_the_batches_it_ran():
+    batcher, emb = make()
+
+    async def run():
+        for _ in range(3):
+            await asyncio.gather(*(batcher.retrieve(q, k=1) for q in QUERIES))
+
+    asyncio.run(run())
+    assert len(emb.batch_sizes) >= 3
+    grown = {
+        name: value
+        for name, value in vars(batcher).items()
+        if isinstance(value, (list, dict, set, tuple)) and value
+    }
+    assert not grown, f"per-batch state kept by the batcher: {sorted(grown)}"

@@ -30,8 +30,6 @@ class BatchingRetriever:
         self.max_batch = max_batch
         self._pending: list[tuple[str, int, asyncio.Future]] = []
         self._worker: asyncio.Task | None = None
-        #: sizes of the batches run so far (for tests and tuning)
-        self.batch_sizes: list[int] = []
 
     async def retrieve(self, query: str, *, k: int) -> list[Chunk]:
         future = asyncio.get_running_loop().create_future()
@@ -47,7 +45,6 @@ class BatchingRetriever:
             batch = [item for item in batch if not item[2].done()]  # cancelled meanwhile
             if not batch:
                 continue
-            self.batch_sizes.append(len(batch))
             try:
                 results = await asyncio.to_thread(self._run, [(q, k) for q, k, _ in batch])
             except Exception as exc:
