@@ -15,6 +15,8 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import Any
 
+ENGINE_START_FAILED = "engine_start_failed"
+
 
 class TsVllmError(Exception):
     """Base class: a request failed with an HTTP status and an OpenAI error type."""
