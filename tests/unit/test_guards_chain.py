@@ -437,3 +437,25 @@ def test_redaction_labels_do_not_retrigger_guards():
     )
     for guard in all_rule_guards():
         assert guard.find(labels) == []
+
+
+def test_aclose_closes_every_guard_that_holds_resources_even_when_one_fails(caplog):
+    closed: list[str] = []
+
+    class Holding(Recorder):
+        async def aclose(self) -> None:
+            if self.action == "raise":
+                raise RuntimeError("close failed")
+            closed.append(self.name)
+
+    chain = GuardChain(
+        [
+            Holding("a", [], action="raise"),
+            Recorder("plain", []),
+            Holding("b", []),
+        ]
+    )
+    with caplog.at_level(logging.WARNING):
+        run(chain.aclose())
+    assert closed == ["b"]
+    assert "guard a" in caplog.text and "close failed" in caplog.text

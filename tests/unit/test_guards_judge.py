@@ -348,3 +348,18 @@ def test_openai_completer_uses_the_completions_endpoint(monkeypatch):
     }
     keyed = openai_completer("http://127.0.0.1:9/v1", model="m", api_key="k")
     assert keyed.client.api_key == "k"
+
+
+def test_closing_the_chain_closes_the_judges_http_client():
+    complete = openai_completer("http://127.0.0.1:9/v1", model="llama-guard")
+    chain = GuardChain([LlamaGuardJudge(complete)])
+    assert not complete.client.is_closed()
+    run(chain.aclose())
+    assert complete.client.is_closed()
+    run(chain.aclose())  # closing twice is harmless
+
+
+def test_closing_a_judge_on_the_engine_is_a_no_op():
+    judge = LlamaGuardJudge(engine_completer(TinyEngine(), model="m"))
+    run(judge.aclose())
+    assert run(judge.check("t", stage=Stage.INPUT)).categories == ("llamaguard.S2",)

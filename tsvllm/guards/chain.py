@@ -106,6 +106,20 @@ class GuardChain:
         """True when at least one guard checks texts at ``stage`` (else skip the work)."""
         return bool(self.for_stage(stage))
 
+    async def aclose(self) -> None:
+        """Release what the guards hold (the judge's HTTP client): call once, at shutdown.
+
+        Awaits each guard's ``aclose()`` where it has one; a failure is logged, not raised.
+        """
+        for guard in self.guards:
+            close = getattr(guard, "aclose", None)
+            if close is None:
+                continue
+            try:
+                await close()
+            except Exception:
+                logger.warning("closing guard %s failed", guard_name(guard), exc_info=True)
+
     async def check(
         self, text: str, *, stage: Stage | str, ctx: Mapping[str, Any] | None = None
     ) -> Decision:

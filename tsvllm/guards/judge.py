@@ -265,6 +265,15 @@ class LlamaGuardJudge:
         if name is not None:
             self.name = name
 
+    async def aclose(self) -> None:
+        """Release what the completer holds (the HTTP client of :func:`openai_completer`).
+
+        Idempotent; a no-op for completers that hold nothing (:func:`engine_completer`).
+        """
+        close = getattr(self.complete, "aclose", None)
+        if close is not None:
+            await close()
+
     def __repr__(self) -> str:
         return (
             f"LlamaGuardJudge(categories={list(self.categories)}, "
@@ -390,7 +399,8 @@ def openai_completer(
     ``temperature=0``; ``add_special_tokens`` goes in ``extra_body`` (vLLM understands it;
     ``None`` leaves it out for servers that reject unknown fields). ``api_key`` defaults to
     ``$OPENAI_API_KEY``, else a placeholder (local servers usually need none). Retries are off
-    by default: the judge's own timeout bounds the call.
+    by default: the judge's own timeout bounds the call. ``await complete.aclose()`` (what
+    :meth:`LlamaGuardJudge.aclose` calls) closes the client.
     """
     import os
 
@@ -413,5 +423,6 @@ def openai_completer(
         )
         return response.choices[0].text
 
-    complete.client = client  # type: ignore[attr-defined]  # for closing / tests
+    complete.client = client  # type: ignore[attr-defined]  # for tests
+    complete.aclose = client.close  # type: ignore[attr-defined]  # LlamaGuardJudge.aclose
     return complete
