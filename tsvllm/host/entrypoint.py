@@ -513,10 +513,15 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
 def probe(kind: str, env: Mapping[str, str]) -> int:
     """Exec probe: ``ready`` = the model answers v1/models; ``alive`` = /ping answers."""
     from tsvllm.deploy.common import LIVENESS_ROUTE, MODEL_NAME
+    from tsvllm.host.torchserve import ServeError
 
     ts = _server(env, models=[])
     if kind == "ready":
-        return 0 if ts.probe(MODEL_NAME) else 1
+        try:
+            return 0 if ts.probe(MODEL_NAME) else 1
+        except ServeError as exc:  # the engine can never start: say why
+            print(f"{PROG}: {exc}", file=sys.stderr)
+            return 1
     try:
         status, _ = ts._get(ts.inference_url + LIVENESS_ROUTE, key=ts.keys().get("inference"))
     except (OSError, ValueError):

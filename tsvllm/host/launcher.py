@@ -304,7 +304,9 @@ def serve_foreground(
 
     Whatever happens (a signal, a failed start, TorchServe exiting), TorchServe and every
     engine process are stopped before this returns. Returns the exit status: 0 after a
-    signal, 1 when TorchServe failed or exited on its own.
+    signal, 1 when TorchServe failed or exited on its own, or at once when the worker
+    answers that its engine can never start (the reason is printed; :meth:`probe
+    <tsvllm.host.torchserve.TorchServe.probe>`).
     """
     from tsvllm.host.torchserve import ServeError
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Literal
 
 from tsvllm.auth import KEY_FILE_ENV, write_key_file
+from tsvllm.errors import ENGINE_START_FAILED
 
 #: who checks the inference key: the handler (401, tsvllm.auth), TorchServe's frontend
 #: (its token auth, 400 on a bad key), or nobody
@@ -49,6 +50,24 @@ LOG_CONFIG = Path(__file__).with_name("log4j2.xml")
 
 class ServeError(RuntimeError):
     """TorchServe could not be started or did not become ready (message says why)."""
+
+
+def engine_start_failure(status: int, body: str) -> str | None:
+    """The reason in a reply saying the engine can never start, else None.
+
+    The worker answers every request with 500 and an OpenAI error whose code is
+    ``engine_start_failed`` once the engine failed for a reason no retry fixes (vLLM
+    rejected the engine args, the model cannot generate text, a bad hook config).
+    """
+    if status != 500:
+        return None
+    try:
+        error = json.loads(body).get("error")
+    except (ValueError, AttributeError):
+        return None  # not our JSON: TorchServe's own 500, or a worker that crashed
+    if not isinstance(error, dict) or error.get("code") != ENGINE_START_FAILED:
+        return None
+    return str(error.get("message") or "the engine cannot start")
 
 
 @dataclass(frozen=True)
@@ -298,13 +317,19 @@ class TorchServe:
 
         A real request, not the management API's worker status: after TorchServe restarts
         an async worker, the management API reports it ``UNLOADING`` forever although it
-        serves (TorchServe 0.12).
+        serves (TorchServe 0.12). Raises ServeError when the handler answers that its
+        engine can never start (:func:`engine_start_failure`): waiting would not help.
         """
         url = f"{self.inference_url}/predictions/{model}/{version}/v1/models"
         try:
-            status, _ = self._get(url, key=self.keys().get("inference"))
+            status, body = self._get(url, key=self.keys().get("inference"))
         except (OSError, ValueError):
             return False  # frontend not listening yet, or a slow answer
+        reason = engine_start_failure(status, body)
+        if reason is not None:
+            raise ServeError(
+                f"model {model!r}: {reason}; see the worker log in {self.workdir / 'logs'}"
+            )
         return status == 200
 
     def wait_ready(
@@ -314,7 +339,8 @@ class TorchServe:
         timeout: float = 600,
         on_wait: Callable[[float], None] | None = None,
     ) -> None:
-        """Block until ``model`` serves requests; raise ServeError on exit or timeout."""
+        """Block until ``model`` serves requests; raise ServeError on exit or timeout, and
+        at once when the engine can never start (see :meth:`probe`)."""
         start = time.monotonic()
         while time.monotonic() - start < timeout:
             if self.process is not None and self.process.poll() is not None:
@@ -367,7 +393,10 @@ class TorchServe:
                 tree.append(psutil.Process(pid))
             except psutil.NoSuchProcess:
                 pass
-        self.send_stop(timeout=timeout)
+        try:
+            self.send_stop(timeout=timeout)
+        except (OSError, subprocess.TimeoutExpired):
+            pass  # a hung or missing `torchserve --stop`: the frontend is killed below
         try:
             self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
