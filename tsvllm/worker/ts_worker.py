@@ -14,7 +14,10 @@ Two traps of TorchServe 0.12 async mode are contained here (see FACTS.md):
 
 from __future__ import annotations
 
+import concurrent.futures
+import functools
 import logging
+import struct
 import threading
 from http import HTTPStatus
 from typing import Any
@@ -24,6 +27,8 @@ logger = logging.getLogger(__name__)
 #: Held around every write to the frontend socket (stream chunks and final replies).
 _SOCKET_LOCK = threading.Lock()
 _installed = False
+#: the TorchServe version whose worker internals :func:`install_worker_path` patches
+PATCHED_VERSION = "0.12.0"
 
 
 class _FrameWriter:
@@ -85,20 +90,37 @@ def install_worker_path(*, lean: bool = True) -> None:
 
     With ``lean=False`` (``handler.lean_worker: false``) TorchServe's own path stays, and
     only its sender thread is made to take :data:`_SOCKET_LOCK` for each final reply.
+
+    The patch is written against TorchServe :data:`PATCHED_VERSION`; on any other version
+    nothing is patched (a warning says so). One log line names the path that runs.
     """
     global _installed
     if _installed:
         return
     try:
         from ts.async_service import AsyncService
+        from ts.version import __version__ as ts_version
     except ImportError:  # not inside a TorchServe worker (unit tests, scripts)
         return
-    if lean:
+    if ts_version != PATCHED_VERSION:
+        logger.warning(
+            "TorchServe %s: the worker path patch is written for TorchServe %s; keeping "
+            "TorchServe's own path (slower; stream chunks and final replies are written "
+            "unguarded from two threads). Pin torchserve==%s to get the lean path.",
+            ts_version,
+            PATCHED_VERSION,
+            PATCHED_VERSION,
+        )
+        path = "TorchServe's path unpatched"
+    elif lean:
         AsyncService.receive_requests = _receive_requests
         AsyncService.call_predict = _call_predict
         _WRITER.coalesce = True
+        path = "lean path"
     else:
         AsyncService.send_responses = _locked_send_responses
+        path = "TorchServe's path with the socket lock"
+    logger.info("TorchServe %s worker path: %s", ts_version, path)
     _installed = True
 
 
@@ -114,56 +136,140 @@ def _locked_send_responses(self: Any) -> None:
 
 
 def _receive_requests(self: Any) -> None:
-    """Read requests off the frontend socket and start each on the event loop at once."""
+    """Read requests off the frontend socket and start each on the event loop at once.
+
+    Like TorchServe's own receive loop, a LOAD command (the model is loaded already) is read
+    whole, logged and skipped; any other unknown command byte leaves the stream out of step
+    (its length is unknown), so it is logged and raised, and the worker exits (TorchServe's
+    ``retrieve_msg`` raises there too) for the frontend to restart it.
+    """
     import asyncio
 
     from ts.protocol.otf_message_handler import (
+        LOAD_MSG,
         PREDICT_MSG,
         _retrieve_buffer,
         _retrieve_inference_msg,
+        _retrieve_load_msg,
     )
 
     sock = self.service.cl_socket
     while True:
-        cmd = _retrieve_buffer(sock, 1)
+        cmd = bytes(_retrieve_buffer(sock, 1))
+        if cmd == LOAD_MSG:
+            _retrieve_load_msg(sock)
+            logger.warning("ignoring a LOAD command from the frontend: the model is loaded")
+            continue
         if cmd != PREDICT_MSG:
-            raise ValueError(f"unexpected command {cmd!r} from the frontend")
+            logger.error(
+                "unknown command %r from the frontend: the socket is out of step; the worker "
+                "exits and TorchServe restarts it",
+                cmd,
+            )
+            raise ValueError(f"unknown command {cmd!r} from the frontend")
         batch = _retrieve_inference_msg(sock)
-        asyncio.run_coroutine_threadsafe(self.call_predict(batch), self.loop)
+        future = asyncio.run_coroutine_threadsafe(self.call_predict(batch), self.loop)
+        future.add_done_callback(functools.partial(_log_escaped, _raw_request_ids(batch)))
+
+
+def _log_escaped(request_ids: dict[int, str], future: concurrent.futures.Future) -> None:
+    """Done-callback of each request: log what escaped :func:`_call_predict` (a bug there;
+    that request got no reply and waits for the frontend's responseTimeout)."""
+    if future.cancelled():
+        logger.error("request %s was cancelled before it was answered", _ids(request_ids))
+        return
+    exc = future.exception()
+    if exc is not None:
+        logger.error(
+            "request %s got no reply: an exception escaped the worker path",
+            _ids(request_ids),
+            exc_info=exc,
+        )
 
 
 async def _call_predict(self: Any, batch: list[dict[str, Any]]) -> None:
-    """One request: a shallow per-request context, the handler, the reply (under the lock)."""
+    """One request: a shallow per-request context, the handler, the reply (under the lock).
+
+    Whatever fails on the way (TorchServe unpacking the batch, the handler, encoding the
+    reply) becomes a per-request 500 in OpenAI error shape, sent with message code 200.
+    """
+    service = self.service
+    try:
+        message = await _predict(service, batch)
+    except Exception as exc:
+        logger.exception("request %s failed; replying 500", _ids(_raw_request_ids(batch)))
+        message = _error_response(service, batch, exc)
+    if message is not None:  # None: not rank 0
+        _WRITER.write(service.cl_socket, message)  # after this request's chunks, in order
+
+
+async def _predict(service: Any, batch: list[dict[str, Any]]) -> bytes | None:
+    """The handler's reply, encoded; raises on anything that is not a 200-coded message."""
     import copy
 
     from ts.protocol.otf_message_handler import create_predict_response
     from ts.service import Service
 
-    service = self.service
     headers, input_batch, req_id_map = Service.retrieve_data_for_inference(batch)
     context = copy.copy(service.context)
     context.request_ids = req_id_map
     context.request_processor = headers
     context.cl_socket = service.cl_socket
-    try:
-        ret = await service._entry_point(input_batch, context)
-        if not isinstance(ret, list) or len(ret) != len(input_batch):
-            raise TypeError(f"the handler returned {type(ret).__name__}, not [reply]")
-    except Exception as exc:  # the handler never raises for a request; a bug might
-        logger.exception("handler failed")
-        ret = [_internal_error(context, exc)]
+    ret = await service._entry_point(input_batch, context)
+    if not isinstance(ret, list) or len(ret) != len(input_batch):
+        raise TypeError(f"the handler returned {type(ret).__name__}, not [reply]")
     message = create_predict_response(ret, req_id_map, "Prediction success", 200, context)
-    _WRITER.write(service.cl_socket, message)  # after this request's chunks, in order
+    if message is not None and _message_code(message) != 200:
+        # TorchServe's encoder answers an unserialisable reply with message code 503, which
+        # would fail every request in flight on this worker
+        raise TypeError("the handler's reply could not be encoded")
+    return message
 
 
-def _internal_error(context: Any, exc: BaseException) -> bytes:
+def _error_response(service: Any, batch: Any, exc: BaseException) -> bytes | None:
+    """A per-request error reply (message code 200) built from the raw batch alone."""
+    import copy
     import json
+
+    from ts.context import RequestProcessor
+    from ts.protocol.otf_message_handler import create_predict_response
 
     from tsvllm.errors import to_error_body
 
+    req_id_map = _raw_request_ids(batch)
+    if not req_id_map:
+        raise RuntimeError("cannot reply: the batch has no request id") from exc
+    size = max(req_id_map) + 1
+    context = copy.copy(service.context)
+    context.request_ids = req_id_map
+    context.request_processor = [RequestProcessor({}) for _ in range(size)]
+    context.stopping_criteria = None
     status, body = to_error_body(exc)
-    set_reply(context, status=status, content_type="application/json")
-    return json.dumps(body).encode()
+    for idx in req_id_map:
+        context.set_response_status(status, HTTPStatus(status).phrase, idx)
+        context.set_response_content_type(idx, "application/json")
+    payload = json.dumps(body).encode()
+    return create_predict_response([payload] * size, req_id_map, "Prediction failed", 200, context)
+
+
+def _raw_request_ids(batch: Any) -> dict[int, str]:
+    """``{index: request id}`` read straight from a raw batch, skipping what is unreadable."""
+    ids: dict[int, str] = {}
+    for idx, request in enumerate(batch if isinstance(batch, list) else ()):
+        rid = request.get("requestId") if isinstance(request, dict) else None
+        if isinstance(rid, (bytes, bytearray)):
+            rid = bytes(rid).decode("utf-8", "replace")
+        if isinstance(rid, str):
+            ids[idx] = rid
+    return ids
+
+
+def _ids(request_ids: dict[int, str]) -> str:
+    return ", ".join(request_ids.values()) or "(no request id)"
+
+
+def _message_code(message: bytes | bytearray) -> int:
+    return struct.unpack_from("!i", message)[0]
 
 
 def request_id(context: Any) -> str:

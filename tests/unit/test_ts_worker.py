@@ -1,0 +1,285 @@
+"""tsvllm.worker.ts_worker: the patched TorchServe worker path replies to every request."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import struct
+import threading
+import time
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from tests.unit.conftest import RecordingSocket
+from tsvllm.worker import ts_worker
+
+
+def decode(frame: bytes) -> dict[str, Any]:
+    """One predict-response frame (TorchServe's encoding, a single request)."""
+    pos = 0
+
+    def integer() -> int:
+        nonlocal pos
+        (value,) = struct.unpack_from("!i", frame, pos)
+        pos += 4
+        return value
+
+    def text() -> bytes:
+        nonlocal pos
+        n = integer()
+        pos += n
+        return frame[pos - n : pos]
+
+    out: dict[str, Any] = {"code": integer(), "message": text().decode()}
+    out["request_id"] = text().decode()
+    out["content_type"] = text().decode()
+    out["status"] = integer()
+    out["phrase"] = text().decode()
+    out["headers"] = {text().decode(): text().decode() for _ in range(integer())}
+    out["body"] = text()
+    assert integer() == -1 and pos == len(frame)
+    return out
+
+
+def batch(request_id: bytes = b"req-1", **parameter: Any) -> list[dict[str, Any]]:
+    """A batch as TorchServe's ``_retrieve_inference_msg`` delivers it."""
+    param = {"name": "body", "contentType": "application/json", "value": {"prompt": "hi"}}
+    param.update(parameter)
+    return [
+        {
+            "requestId": request_id,
+            "headers": [{"name": b"url_path", "value": b"v1/completions"}],
+            "parameters": [param],
+        }
+    ]
+
+
+def fake_service(entry_point) -> SimpleNamespace:
+    from ts.context import Context
+
+    service = SimpleNamespace(
+        cl_socket=RecordingSocket(),
+        context=Context("tiny", "/tmp", None, 1, None, "0.12.0"),
+        _entry_point=entry_point,
+    )
+    return SimpleNamespace(service=service)
+
+
+async def echo(data, context):
+    ts_worker.set_reply(context, status=200, content_type="application/json")
+    return [json.dumps({"got": data[0]["body"]})]
+
+
+def predict(entry_point, the_batch) -> dict[str, Any]:
+    async_service = fake_service(entry_point)
+    asyncio.run(ts_worker._call_predict(async_service, the_batch))
+    [frame] = async_service.service.cl_socket.frames
+    return decode(frame)
+
+
+def assert_internal_error(reply: dict[str, Any]) -> None:
+    assert reply["code"] == 200, "a non-200 message code fails every request on the worker"
+    assert reply["request_id"] == "req-1"
+    assert reply["status"] == 500 and reply["content_type"] == "application/json"
+    error = json.loads(reply["body"])["error"]
+    assert error["type"] == "InternalServerError" and "worker log" in error["message"]
+
+
+def test_a_request_is_answered():
+    reply = predict(echo, batch())
+    assert reply["code"] == 200 and reply["status"] == 200
+    assert json.loads(reply["body"]) == {"got": {"prompt": "hi"}}
+
+
+def test_a_batch_torchserve_cannot_unpack_still_gets_a_500_reply(caplog):
+    broken = batch()
+    del broken[0]["parameters"][0]["contentType"]  # Service.retrieve_data_for_inference fails
+    with caplog.at_level(logging.ERROR):
+        assert_internal_error(predict(echo, broken))
+    assert "KeyError" in caplog.text
+
+
+def test_a_reply_that_cannot_be_encoded_gets_a_500_with_message_code_200(caplog):
+    async def bad_header(data, context):
+        context.set_response_header(0, "x-count", 3)  # not a str: encoding the reply fails
+        return [b"ok"]
+
+    async def unserialisable(data, context):
+        return [{"when": object()}]  # TorchServe would answer with message code 503
+
+    for entry_point in (bad_header, unserialisable):
+        assert_internal_error(predict(entry_point, batch()))
+
+
+def test_a_handler_that_raises_or_returns_no_list_gets_a_500():
+    async def raises(data, context):
+        raise RuntimeError("bug")
+
+    async def no_list(data, context):
+        return b"ok"
+
+    for entry_point in (raises, no_list):
+        assert_internal_error(predict(entry_point, batch()))
+
+
+# --- the receive loop ----------------------------------------------------------------------
+
+
+def frame_int(n: int) -> bytes:
+    return struct.pack("!i", n)
+
+
+def frame_bytes(data: bytes) -> bytes:
+    return frame_int(len(data)) + data
+
+
+def load_message() -> bytes:
+    return (
+        b"L"
+        + frame_bytes(b"tiny")
+        + frame_bytes(b"/tmp/model")
+        + frame_int(1)
+        + frame_bytes(b"handler.py")
+        + frame_int(-1)
+        + frame_bytes(b"")
+        + struct.pack("!?", True)
+    )
+
+
+def inference_message(request_id: bytes) -> bytes:
+    header = frame_bytes(b"url_path") + frame_bytes(b"v1/completions")
+    param = frame_bytes(b"body") + frame_bytes(b"text/plain") + frame_bytes(b"hi")
+    return (
+        b"I"
+        + frame_bytes(request_id)
+        + header
+        + frame_int(-1)
+        + param
+        + frame_int(-1)
+        + frame_int(-1)
+    )
+
+
+class FeedSocket:
+    """The frontend's side: hands out the given bytes, then disconnects."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def recv(self, n: int) -> bytes:
+        chunk, self.data = self.data[:n], self.data[n:]
+        return chunk
+
+
+@pytest.fixture
+def loop():
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    yield loop
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(5)
+    loop.close()
+
+
+def receive(loop, data: bytes, call_predict) -> None:
+    """Run the receive loop until the fake frontend disconnects (TorchServe exits then)."""
+    async_service = SimpleNamespace(
+        service=SimpleNamespace(cl_socket=FeedSocket(data)), loop=loop, call_predict=call_predict
+    )
+    with pytest.raises(SystemExit):
+        ts_worker._receive_requests(async_service)
+
+
+def wait_for(condition, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        time.sleep(0.01)
+
+
+def test_a_load_command_is_logged_and_skipped_like_torchserve_does(loop, caplog):
+    seen: list[list[dict[str, Any]]] = []
+
+    async def call_predict(the_batch):
+        seen.append(the_batch)
+
+    data = load_message() + inference_message(b"req-2")
+    with caplog.at_level(logging.WARNING):
+        receive(loop, data, call_predict)
+    wait_for(lambda: len(seen) == 1)
+    assert seen[0][0]["requestId"] == b"req-2"
+    assert "LOAD" in caplog.text
+
+
+def test_an_unknown_command_byte_is_logged_before_the_worker_stops(loop, caplog):
+    async def call_predict(the_batch):
+        raise AssertionError("not reached")
+
+    async_service = SimpleNamespace(
+        service=SimpleNamespace(cl_socket=FeedSocket(b"X")), loop=loop, call_predict=call_predict
+    )
+    with caplog.at_level(logging.ERROR), pytest.raises(ValueError, match="command"):
+        ts_worker._receive_requests(async_service)
+    assert "b'X'" in caplog.text and "out of step" in caplog.text
+
+
+def test_an_exception_escaping_call_predict_is_logged(loop, caplog):
+    async def call_predict(the_batch):
+        raise RuntimeError("escaped the worker path")
+
+    with caplog.at_level(logging.ERROR):
+        receive(loop, inference_message(b"req-3"), call_predict)
+        wait_for(lambda: "escaped the worker path" in caplog.text)
+    assert "req-3" in caplog.text
+
+
+# --- which path runs ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def fresh(monkeypatch):
+    """install_worker_path as in a new worker; TorchServe's class restored afterwards."""
+    from ts.async_service import AsyncService
+
+    for name in ("receive_requests", "call_predict", "send_responses"):
+        monkeypatch.setattr(AsyncService, name, getattr(AsyncService, name))
+    monkeypatch.setattr(ts_worker, "_installed", False)
+    monkeypatch.setattr(ts_worker._WRITER, "coalesce", False)
+    return AsyncService
+
+
+@pytest.mark.parametrize(
+    ("lean", "patched", "path"),
+    [
+        (True, {"receive_requests", "call_predict"}, "lean path"),
+        (False, {"send_responses"}, "TorchServe's path with the socket lock"),
+    ],
+)
+def test_on_torchserve_0_12_0_the_path_is_patched_and_logged(fresh, caplog, lean, patched, path):
+    before = dict(vars(fresh))
+    with caplog.at_level(logging.INFO, logger="tsvllm.worker.ts_worker"):
+        ts_worker.install_worker_path(lean=lean)
+    changed = {name for name in before if vars(fresh)[name] is not before[name]}
+    assert changed == patched
+    [line] = [r.getMessage() for r in caplog.records if "worker path:" in r.getMessage()]
+    assert path in line
+
+
+@pytest.mark.parametrize("lean", [True, False])
+def test_another_torchserve_version_keeps_its_own_path_with_a_warning(
+    fresh, monkeypatch, caplog, lean
+):
+    monkeypatch.setattr("ts.version.__version__", "0.13.1")
+    before = dict(vars(fresh))
+    with caplog.at_level(logging.INFO, logger="tsvllm.worker.ts_worker"):
+        ts_worker.install_worker_path(lean=lean)
+    assert dict(vars(fresh)) == before and not ts_worker._WRITER.coalesce
+    [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "0.13.1" in warning and "0.12.0" in warning
+    [line] = [r.getMessage() for r in caplog.records if "worker path:" in r.getMessage()]
+    assert "TorchServe's path unpatched" in line
