@@ -292,6 +292,8 @@ class StreamScanner:
         return self._blocked
 
     async def _step(self, *, final: bool) -> StreamVerdict:
+        """Check context + pending text and release all but the last ``hold`` characters
+        (all of them when ``final``): continue an open redaction, scan, release."""
         context = self._context
         text = context + self._pending
         base = len(context)  # window offset of the release point
@@ -299,25 +301,58 @@ class StreamScanner:
         cut = size if final else size - self.hold
         if cut <= base and not final:
             return StreamVerdict("", Decision.allow())
-        offset = self.released - base  # window offset + offset = offset in the generated text
         spans: list[Finding] = []
         openers: dict[str, RuleGuard] = {}
-        if self._open is not None:  # an open redaction (PEM block) continues until it closes
-            guard, category = self._open
-            try:
-                end = guard.find_close(text, category, base)
-            except Exception as exc:
-                d = self.chain.error_decision(guard_name(guard), exc)
-                if d.blocked:
-                    return StreamVerdict("", self._block(d))
-                end = base
-            if end is None:
-                spans.append(Finding(base, len(text), category, "", open=True))
-                openers[category] = guard
-            else:
-                self._open = None
-                if end > base:
-                    spans.append(Finding(base, end, category, ""))
+        blocked = self._continue_open(text, base=base, spans=spans, openers=openers)
+        if blocked is None:
+            blocked = await self._scan(
+                text, base=base, cut=cut, final=final, spans=spans, openers=openers
+            )
+        if blocked is not None:
+            return StreamVerdict("", self._block(blocked))
+        return self._release(text, base=base, cut=cut, spans=spans, openers=openers)
+
+    def _continue_open(
+        self, text: str, *, base: int, spans: list[Finding], openers: dict[str, RuleGuard]
+    ) -> Decision | None:
+        """An open redaction (PEM block) continues until it closes: add its span.
+
+        Returns the decision that blocks the stream when the guard fails closed.
+        """
+        if self._open is None:
+            return None
+        guard, category = self._open
+        try:
+            end = guard.find_close(text, category, base)
+        except Exception as exc:
+            d = self.chain.error_decision(guard_name(guard), exc)
+            if d.blocked:
+                return d
+            end = base
+        if end is None:
+            spans.append(Finding(base, len(text), category, "", open=True))
+            openers[category] = guard
+        else:
+            self._open = None
+            if end > base:
+                spans.append(Finding(base, end, category, ""))
+        return None
+
+    async def _scan(
+        self,
+        text: str,
+        *,
+        base: int,
+        cut: int,
+        final: bool,
+        spans: list[Finding],
+        openers: dict[str, RuleGuard],
+    ) -> Decision | None:
+        """Run the incremental guards on ``text``; add the redacting guards' spans.
+
+        Returns the decision that blocks the stream, or None.
+        """
+        size = len(text)
         redacted_view: str | None = None
         for guard in self._incremental:
             if isinstance(guard, RuleGuard):
@@ -326,7 +361,7 @@ class StreamScanner:
                 except Exception as exc:
                     d = self.chain.error_decision(guard_name(guard), exc)
                     if d.blocked:
-                        return StreamVerdict("", self._block(d))
+                        return d
                     continue
                 if not final:
                     # a match that runs into the end of the buffer may be incomplete (more text
@@ -337,12 +372,11 @@ class StreamScanner:
                 if not touching or not guard.acts_on(findings):
                     continue
                 if guard.mode is Action.BLOCK:
-                    d = Decision.block(
+                    return Decision.block(
                         _union(f.category for f in touching),
                         detail=summarize_findings(touching),
                         guard=guard.name,
                     )
-                    return StreamVerdict("", self._block(d))
                 spans += touching
                 openers.update((f.category, guard) for f in touching if f.open)
                 redacted_view = None
@@ -357,7 +391,21 @@ class StreamScanner:
                         guard=d.guard or guard_name(guard),
                     )
                 if d.blocked:
-                    return StreamVerdict("", self._block(d))
+                    return d
+        return None
+
+    def _release(
+        self,
+        text: str,
+        *,
+        base: int,
+        cut: int,
+        spans: list[Finding],
+        openers: dict[str, RuleGuard],
+    ) -> StreamVerdict:
+        """Release ``text[base:cut]`` (moved past any span straddling ``cut``), redacted."""
+        context = self._context
+        offset = self.released - base  # window offset + offset = offset in the generated text
         merged = merge_findings(spans)
         for f in merged:  # a span straddling the release point is released whole
             if f.start < cut < f.end:
