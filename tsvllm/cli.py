@@ -165,7 +165,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     sub.add_parser("launch", help="quick start: serve a model in the foreground", add_help=False)
+    _add_demo_model(sub)
+    _add_archive(sub)
+    _add_index(sub)
+    _add_bench(sub)
+    _add_validate(sub)
+    _add_deploy(sub)
+    return parser
 
+
+def _add_demo_model(sub: argparse._SubParsersAction) -> None:
+    """``tsvllm demo-model``"""
     p = sub.add_parser("demo-model", help="build a model folder with no hub")
     p.add_argument("kind", choices=["tiny", "smollm2"])
     p.add_argument("--out", required=True, help="output folder")
@@ -173,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="rebuild even if cached")
     p.set_defaults(func=_cmd_demo_model)
 
+
+def _add_archive(sub: argparse._SubParsersAction) -> None:
+    """``tsvllm archive``"""
     p = sub.add_parser("archive", help="build a TorchServe model artifact from a config")
     p.add_argument("config", help="model-config.yaml")
     p.add_argument("--name", required=True, help="model name (TorchServe --models NAME)")
@@ -187,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite an existing artifact")
     p.set_defaults(func=_cmd_archive)
 
+
+def _add_index(sub: argparse._SubParsersAction) -> None:
+    """``tsvllm index``"""
     p = sub.add_parser("index", help="build a RAG index from text/markdown files")
     p.add_argument("corpus", help="folder of .txt/.md files (searched recursively)")
     p.add_argument("--out", required=True, help="index folder to write")
@@ -196,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite an existing index")
     p.set_defaults(func=_cmd_index)
 
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    """``tsvllm bench hooks`` and ``tsvllm bench serve``"""
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
     p = bench.add_parser("hooks", help="retrieval, query embedding and rule guards vs targets")
     p.add_argument("--chunks", type=int, default=100_000, help="index size for retrieval")
@@ -224,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", help="write a PNG plot here")
     p.set_defaults(func=_cmd_bench_serve)
 
+
+def _add_validate(sub: argparse._SubParsersAction) -> None:
+    """``tsvllm validate``"""
     p = sub.add_parser("validate", help="check model configs or deployment asset folders")
     p.add_argument(
         "configs", nargs="+", help="model-config.yaml files, or folders of deployment assets"
@@ -236,6 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_validate)
 
+
+def _add_deploy(sub: argparse._SubParsersAction) -> None:
+    """``tsvllm deploy``"""
     p = sub.add_parser("deploy", help="generate Azure ML, Kubernetes or Vertex AI assets")
     p.add_argument("platform", choices=["azureml", "k8s", "vertex"])
     p.add_argument("config", help="model-config.yaml")
@@ -267,7 +292,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--artifact-uri", help="vertex: gs:// folder holding the weights")
     p.set_defaults(func=_cmd_deploy)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
