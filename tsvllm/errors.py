@@ -85,6 +85,17 @@ class EngineUnavailable(TsVllmError):
     error_type = "ServiceUnavailableError"
 
 
+class EngineStartFailed(TsVllmError):
+    """The engine cannot start with this configuration, and no retry would fix it (500,
+    code ``engine_start_failed``): fix the model config and register the model again."""
+
+    status = HTTPStatus.INTERNAL_SERVER_ERROR
+    error_type = "EngineStartError"
+
+    def __init__(self, reason: str):
+        super().__init__(f"the engine cannot start: {reason}", code=ENGINE_START_FAILED)
+
+
 class RequestTimeout(TsVllmError):
     """The request ran past ``handler.request_timeout_s``; its generation was aborted (504)."""
 

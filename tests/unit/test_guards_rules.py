@@ -504,3 +504,31 @@ def test_rule_guard_stage_option_and_sync_async_agree():
     assert guard.scan(text, stage=Stage.INPUT).allowed
     assert asyncio.run(guard.check(text, stage=Stage.INPUT)).allowed
     assert asyncio.run(guard.check(text, stage=Stage.OUTPUT)) == guard.scan(text)
+
+
+def test_a_long_text_is_scanned_off_the_event_loop():
+    """The loop also writes every stream: a 1 MiB regex scan must not hold it."""
+    import asyncio
+    import threading
+
+    from tsvllm.guards import PIIGuard, Stage
+    from tsvllm.guards.base import INLINE_SCAN_CHARS
+
+    guard = PIIGuard(mode="redact", stages=(Stage.INPUT,))
+    threads = []
+    find = guard.find
+
+    def recording_find(text):
+        threads.append(threading.current_thread())
+        return find(text)
+
+    guard.find = recording_find
+
+    async def run():
+        await guard.check("short text", stage=Stage.INPUT)
+        await guard.check("x" * (INLINE_SCAN_CHARS + 1), stage=Stage.INPUT)
+        return threading.current_thread()
+
+    loop_thread = asyncio.run(run())
+    assert threads[0] is loop_thread  # short texts inline (a thread hop costs more)
+    assert threads[1] is not loop_thread

@@ -54,9 +54,8 @@ def test_a_dead_engine_gets_503_and_is_replaced(handler, engine):
         first = await handler.handle([{"body": {"prompt": "hi"}}], ctx)
         assert ctx.get_response_status(0)[0] == 503
         assert "restarting" in error_of(first[0])["message"]
-        assert engine.shut_down
-        await asyncio.wait_for(started.wait(), 5)
-        await asyncio.sleep(0)
+        await asyncio.wait_for(handler._starting, 5)
+        assert engine.shut_down and started.is_set()
         ctx = make_context("v1/completions")
         await handler.handle([{"body": {"prompt": "hi"}}], ctx)
         assert ctx.get_response_status(0)[0] == 200

@@ -204,3 +204,53 @@ def test_odd_bodies_never_crash_the_hooks(route, body):
     ctx = make_context(route)
     asyncio.run(h.handle([{"body": {"model": "tiny", **body}}], ctx))
     assert ctx.get_response_status(0)[0] != 500
+
+
+def test_a_guard_chain_that_fails_to_build_shuts_down_the_engine_it_started(monkeypatch):
+    """Hook set-up runs after the engine started: its failure must not leak that engine
+    (nor start another one every few seconds)."""
+    from tsvllm.worker import rag_guard
+    from tsvllm.worker.handler import START_ATTEMPTS
+
+    engines = []
+
+    class Engine(ScriptedEngine):
+        shut_down = False
+
+        def shutdown(self):
+            self.shut_down = True
+
+    class Handler(RagGuardHandler):
+        async def build_engine(self, *, model_dir):
+            engines.append(Engine("hi"))
+            return engines[-1]
+
+    def broken_chain(*args, **kwargs):
+        raise RuntimeError("the guard chain could not be built")
+
+    monkeypatch.setattr(rag_guard, "build_guard_chain", broken_chain)
+    monkeypatch.setattr("tsvllm.worker.handler.FIRST_RETRY_DELAY_S", 0.001)
+    cfg = {**CONFIG, "handler": {k: v for k, v in CONFIG["handler"].items() if k != "rag"}}
+    h = Handler()
+    h.config = validate_model_config(cfg)
+
+    async def run():
+        h._starting = asyncio.ensure_future(h._start_engine())
+        await asyncio.wait_for(h._starting, 5)
+
+    asyncio.run(run())
+    assert len(engines) == START_ATTEMPTS  # bounded
+    assert all(e.shut_down for e in engines)  # none leaked
+    assert h.engine is None and h.start_failed is not None
+
+
+def test_teardown_closes_the_guard_chain():
+    h = make_handler("hi")
+    closed = []
+
+    async def aclose():
+        closed.append(True)
+
+    h.guards.aclose = aclose
+    asyncio.run(h.teardown())
+    assert closed and h.guards is None

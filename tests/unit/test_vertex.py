@@ -10,11 +10,12 @@ import pytest
 from tests.unit.conftest import golden, make_context
 from tsvllm.engine.base import Api
 from tsvllm.errors import BadRequest
-from tsvllm.worker import vertex_envelope as vertex
+from tsvllm.urls import VERTEX_PREDICT
+from tsvllm.worker.adapters import VERTEX, EngineRequest
 
 
 def predict(handler, body, *, headers=None):
-    ctx = make_context(vertex.ROUTE, request_id="vx")
+    ctx = make_context(VERTEX_PREDICT, request_id="vx")
     ctx.request_processor[0]._request_header.update(headers or {})
     reply = asyncio.run(handler.handle([{"body": body}], ctx))
     status, _ = ctx.get_response_status(0)
@@ -103,9 +104,53 @@ def test_content_length_header_counts_when_present(handler, engine):
     assert status == 200
 
 
-def test_to_openai_is_pure_translation():
-    api, bodies = vertex.to_openai({"instances": ["a", {"prompt": "b"}]})
-    assert api is Api.COMPLETIONS
-    assert bodies == [{"prompt": "a"}, {"prompt": "b"}]
+def test_the_adapter_is_pure_translation():
+    calls = VERTEX.to_engine({"instances": ["a", {"prompt": "b"}]})
+    assert calls == [
+        EngineRequest(Api.COMPLETIONS, {"prompt": "a"}),
+        EngineRequest(Api.COMPLETIONS, {"prompt": "b"}),
+    ]
     with pytest.raises(BadRequest):
-        vertex.to_openai(["not", "an", "object"])
+        VERTEX.to_engine({"instances": "not a list"})
+
+
+def test_a_non_object_envelope_is_400(handler):
+    status, out = predict(handler, ["not", "an", "object"])
+    assert status == 400
+    assert "JSON object" in out["error"]["message"]
+
+
+def test_an_envelope_past_the_deadline_is_504_and_its_engine_requests_are_cancelled(
+    handler, engine
+):
+    handler.request_timeout_s = 0.1
+    engine.delay_s = 5  # each instance takes far longer than the deadline
+    cancelled = []
+    generate = engine.generate
+
+    async def tracking_generate(api, body, *, request_id):
+        try:
+            return await generate(api, body, request_id=request_id)
+        except asyncio.CancelledError:  # vLLM aborts the engine request on cancellation
+            cancelled.append(request_id)
+            raise
+
+    engine.generate = tracking_generate
+    status, out = predict(handler, {"instances": ["a", "b"]})
+    assert status == 504 and "request_timeout_s" in out["error"]["message"]
+    assert sorted(cancelled) == ["vx-0", "vx-1"]
+
+
+def test_usage_metrics_are_emitted_for_envelopes(handler, monkeypatch):
+    from tsvllm.worker import ts_worker
+
+    emitted = []
+    monkeypatch.setattr(
+        ts_worker, "emit_metrics", lambda ctx, counters, times_ms: emitted.append(counters)
+    )
+    status, out = predict(handler, {"instances": ["a", "b", "c"]})
+    assert status == 200
+    usage = golden("completion.json")["usage"]
+    counters = {name: value for name, value, _ in emitted[0]}
+    assert counters["PromptTokens"] == 3 * usage["prompt_tokens"]
+    assert counters["CompletionTokens"] == 3 * usage["completion_tokens"]

@@ -20,7 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from tsvllm.config import ModelConfig
-from tsvllm.worker.vertex_envelope import ROUTE as VERTEX_ROUTE
+from tsvllm import urls
 
 #: TorchServe model name and version inside the container (the URL's fixed segments)
 MODEL_NAME = "vllm"
@@ -32,10 +32,10 @@ PREFIX = f"/predictions/{MODEL_NAME}/{MODEL_VERSION}"
 #: TorchServe's /ping: the frontend is up and the worker registered (process alive).
 LIVENESS_ROUTE = "/ping"
 #: the handler's v1/models answers 503 until the engine has started (model ready)
-READINESS_ROUTE = f"{PREFIX}/v1/models"
-CHAT_ROUTE = f"{PREFIX}/v1/chat/completions"
+READINESS_ROUTE = f"{PREFIX}/{urls.MODELS}"
+CHAT_ROUTE = f"{PREFIX}/{urls.CHAT_COMPLETIONS}"
 OPENAI_BASE = f"{PREFIX}/v1"
-VERTEX_PREDICT_ROUTE = f"{PREFIX}/{VERTEX_ROUTE}"
+VERTEX_PREDICT_ROUTE = f"{PREFIX}/{urls.VERTEX_PREDICT}"
 #: images built from docker/Dockerfile and docker/Dockerfile.cpu (push them to your registry
 #: and pass --image)
 IMAGE_GPU = "tsvllm:0.1.0"

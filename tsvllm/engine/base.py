@@ -66,6 +66,12 @@ class StreamEvent:
         return f"data: {self.data}\n\n"
 
 
+class EngineCannotStart(Exception):
+    """The engine cannot start with this configuration; no retry would fix it (engine args
+    the engine rejects, a model it cannot serve for text generation). Other start failures
+    are taken as transient."""
+
+
 #: ``generate`` returns the full body, or the stream of events.
 GenerateResult = dict[str, Any] | AsyncIterator[StreamEvent]
 

@@ -20,14 +20,14 @@ import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
-from tsvllm.engine.base import Api, GenerateResult, StreamEvent
+from tsvllm.engine.base import Api, EngineCannotStart, GenerateResult, StreamEvent
 from tsvllm.errors import BadRequest, EngineUnavailable, error_for_status, validation_message
 
 logger = logging.getLogger(__name__)
 
 
-class EngineArgsError(ValueError):
-    """vLLM's own argument parser rejected the engine args (message is vLLM's)."""
+class EngineArgsError(EngineCannotStart, ValueError):
+    """vLLM rejected the engine args or the model (the message is vLLM's)."""
 
 
 def _require_vllm() -> None:
@@ -159,6 +159,9 @@ class VllmEngine:
             tasks = await client.get_supported_tasks()
             state = State()
             await init_app_state(client, state, args, tasks)
+        except (ValueError, TypeError) as exc:  # vLLM's config checks: no retry fixes them
+            await stack.aclose()
+            raise EngineArgsError(f"vLLM rejected the configuration: {exc}") from exc
         except BaseException:
             await stack.aclose()
             raise

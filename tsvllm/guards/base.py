@@ -18,6 +18,7 @@ stream scanner (:mod:`tsvllm.guards.chain`) needs to redact text it has not emit
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from enum import Enum
@@ -35,6 +36,9 @@ __all__ = [
     "parse_stages",
     "summarize_findings",
 ]
+
+#: rule guards scan a longer text in a thread (4 KiB takes ~0.35 ms inline; 1 MiB ~90 ms)
+INLINE_SCAN_CHARS = 4096
 
 
 class Stage(str, Enum):
@@ -302,5 +306,8 @@ class RuleGuard:
     async def check(
         self, text: str, *, stage: Stage, ctx: Mapping[str, Any] | None = None
     ) -> Decision:
-        """The :class:`Guard` protocol: :meth:`scan` (rule guards do no I/O)."""
-        return self.scan(text, stage=stage)
+        """The :class:`Guard` protocol: :meth:`scan`, in a thread for a text longer than
+        :data:`INLINE_SCAN_CHARS` (the event loop also writes every stream)."""
+        if len(text) <= INLINE_SCAN_CHARS:
+            return self.scan(text, stage=stage)
+        return await asyncio.to_thread(self.scan, text, stage=stage)

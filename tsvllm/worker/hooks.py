@@ -1,40 +1,17 @@
-"""Hooks for handler authors: the contract, its call order and the per-request context.
+"""Hooks for handler authors: the contract (:class:`Hooks`) and the per-request context.
 
-Subclass :class:`tsvllm.VLLMHandler` and override any of the hooks below; each default
-passes everything through unchanged. All hooks are ``async`` and run on the worker's
-event loop, so do blocking work (embedding, file I/O) with ``asyncio.to_thread``.
-
-Call order for one generation request (``v1/completions``, ``v1/chat/completions``)::
-
-    on_request(body, ctx)        once, before the engine. May rewrite the OpenAI request
-                                 body (messages, prompt, sampling params), fill
-                                 ctx.metadata, or refuse by raising ContentFiltered
-                                 (the client gets HTTP 400, code "content_filter").
-    ── the engine generates ──
-    non-streaming:
-      on_response(body, ctx)     once, with the full OpenAI response body. May rewrite it,
-                                 e.g. redact text or set finish_reason "content_filter".
-    streaming ("stream": true):
-      on_chunk(event, ctx)       for each chunk, as it arrives. Returns the events to send
-                                 now: [event] passes it on, [] holds it back, a rewritten
-                                 or longer list replaces it. Raise EndStream to stop: the
-                                 engine request is aborted and the client gets a final
-                                 chunk with EndStream's finish_reason, then [DONE].
-      on_stream_end(ctx)         once, after the last chunk and before [DONE] (not after
-                                 EndStream). Returns extra events: text held back,
-                                 citations.
-
-``v1/models`` runs no hooks. An exception other than ContentFiltered/EndStream in a hook
-fails only its own request (HTTP 500, or an error event in a stream).
+Subclass :class:`tsvllm.VLLMHandler` and override any hook; :class:`Hooks` documents
+their call order once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from tsvllm.engine.base import Api, StreamEvent
+from tsvllm.engine.base import Api, Engine, StreamEvent
 
 
 @dataclass
@@ -66,7 +43,53 @@ class EndStream(Exception):
 
 
 class Hooks:
-    """The hook contract with pass-through defaults (call order in the module docstring)."""
+    """The hook contract, with pass-through defaults.
+
+    Every hook is ``async`` and runs on the worker's event loop, which also writes every
+    stream: do blocking work (embedding, file I/O, long regex scans) with
+    ``asyncio.to_thread``. Call order::
+
+        setup(engine=, model_dir=)   once per engine start, after the engine is up and
+                                     before any request: load indexes, build guards.
+                                     If it raises, the engine is shut down; a ConfigError
+                                     is final (no retry), anything else is retried.
+        teardown()                   when a dead engine is replaced, before the next
+                                     setup: release what setup took (clients, files).
+
+        for each generation request (after auth, body limit and decoding):
+          on_request(body, ctx)      once per engine request, before the engine. May
+                                     rewrite the OpenAI request body, fill ctx.metadata,
+                                     or refuse by raising ContentFiltered (HTTP 400,
+                                     code "content_filter").
+          ── the engine generates ──
+          non-streaming:
+            on_response(body, ctx)   once, with the full OpenAI response body. May
+                                     rewrite it (redact text, finish_reason
+                                     "content_filter").
+          streaming ("stream": true):
+            on_chunk(event, ctx)     per chunk, as it arrives. Returns the events to send
+                                     now: [event] passes it on, [] holds it back, a
+                                     rewritten or longer list replaces it. Raise
+                                     EndStream to stop: the engine request is aborted and
+                                     the client gets a final chunk with EndStream's
+                                     finish_reason, then [DONE].
+            on_stream_end(ctx)       once, after the last chunk, before [DONE] (not after
+                                     EndStream). Returns extra events: text held back,
+                                     citations.
+
+    Which routes run which hooks: ``v1/completions`` and ``v1/chat/completions`` run
+    them all; ``vertex/predict`` runs ``on_request``/``on_response`` once per instance
+    (it never streams); ``v1/models`` and ``health`` run none. All of a request's hooks
+    run under its deadline (``handler.request_timeout_s``). An exception other than
+    ContentFiltered/EndStream in a request hook fails only its own request (HTTP 500,
+    or an error event in a stream).
+    """
+
+    async def setup(self, *, engine: Engine, model_dir: Path) -> None:
+        """After each engine start, before any request: prepare what the hooks use."""
+
+    async def teardown(self) -> None:
+        """Before a replacement engine's setup: release what the last setup took."""
 
     async def on_request(self, body: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
         """Before the engine: return the (possibly rewritten) request body."""

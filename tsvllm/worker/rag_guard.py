@@ -44,21 +44,26 @@ class RagGuardHandler(VLLMHandler):
         self.batcher: Any = None
         self.guards: Any = None
 
-    async def build_engine(self, *, model_dir: Path) -> Engine:
+    async def setup(self, *, engine: Engine, model_dir: Path) -> None:
+        """Load the index (in a thread) and build the guard chain for ``engine``."""
         cfg = self.config.handler
-        if cfg.rag is not None and self.retriever is None:  # first: a failure leaves no engine
+        if cfg.rag is not None and self.retriever is None:  # kept across engine restarts
             self.retriever = await asyncio.to_thread(_load_retriever, cfg.rag, model_dir)
             from tsvllm.rag.batching import BatchingRetriever
             from tsvllm.rag.retriever import LocalRetriever
 
             if isinstance(self.retriever, LocalRetriever):
                 self.batcher = BatchingRetriever(self.retriever)
-        engine = await super().build_engine(model_dir=model_dir)
         if cfg.guards is not None:
             self.guards = build_guard_chain(
                 cfg.guards, engine=engine, served_name=(cfg.served_model_name or ["model"])[0]
             )
-        return engine
+
+    async def teardown(self) -> None:
+        """Close the guard chain of the engine being replaced (the judge's HTTP client)."""
+        guards, self.guards = self.guards, None
+        if guards is not None:
+            await guards.aclose()
 
     # -- before the engine -----------------------------------------------------------
 

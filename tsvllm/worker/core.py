@@ -1,0 +1,291 @@
+"""THE request path: every route goes through :func:`handle`, in this order.
+
+1. **auth**: the API key (``TSVLLM_API_KEY_FILE``, :mod:`tsvllm.auth`), 401 without it;
+2. **route**: :func:`tsvllm.worker.routes.resolve`, 404 listing what the model serves;
+   a probe (``v1/models``, ``health``) is answered now from the engine's state: 503 at
+   once while the engine starts, never waiting;
+3. **body limit**: the adapter's or ``handler.max_body_bytes`` (413), then JSON decoding
+   (400);
+4. the **adapter** turns the body into engine requests (OpenAI: the body itself; Vertex:
+   one per instance);
+5. under the **deadline** (``handler.request_timeout_s``: 504, and the engine requests are
+   aborted): wait for the engine, then per engine request ``on_request`` → engine →
+   ``on_response``; or for a stream ``on_chunk`` per chunk and ``on_stream_end``
+   (:class:`tsvllm.worker.hooks.Hooks` documents the hooks);
+6. the adapter builds the reply body;
+7. **metrics** (tokens, time to first token, deadline hits, retrieval, guard decisions),
+   emitted once per HTTP request whatever happened;
+8. **errors**: any failure becomes an OpenAI error body with its own status, *returned*
+   (never raised: TorchServe would fail every request in flight on the worker).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from tsvllm.engine.base import StreamEvent
+from tsvllm.errors import BadRequest, EngineUnavailable, PayloadTooLarge, to_error_body
+from tsvllm.worker import routes, ts_worker
+from tsvllm.worker.adapters import Adapter, EngineRequest
+from tsvllm.worker.hooks import EndStream, RequestContext, final_chunk, overrides
+
+if TYPE_CHECKING:
+    from tsvllm.worker.handler import VLLMHandler
+
+logger = logging.getLogger(__name__)
+
+JSON = "application/json"
+SSE = "text/event-stream"
+DONE = b"data: [DONE]\n\n"
+
+
+@dataclass
+class Record:
+    """What one HTTP request did, for its metrics."""
+
+    start: float = field(default_factory=time.perf_counter)
+    contexts: list[RequestContext] = field(default_factory=list)
+    usages: list[dict[str, Any]] = field(default_factory=list)
+    ttft_ms: float | None = None
+    timed_out: bool = False
+
+
+async def handle(handler: VLLMHandler, data: list[dict[str, Any]], context: Any) -> list[bytes]:
+    """Serve one TorchServe request; always returns ``[reply]``, errors included."""
+    record = Record()
+    try:
+        return [await _serve(handler, data[0], context, record)]
+    except asyncio.CancelledError:  # only the worker's loop stopping cancels a request
+        exc = EngineUnavailable("the request was cancelled: the worker is stopping; retry")
+        return [error_reply(context, exc)]
+    except Exception as exc:  # a request's own failure: reply, never raise
+        return [error_reply(context, exc)]
+    finally:
+        _emit_metrics(context, record)
+
+
+async def _serve(
+    handler: VLLMHandler, request: dict[str, Any], context: Any, record: Record
+) -> bytes:
+    headers = ts_worker.request_headers(context)
+    if handler.api_key is not None:
+        handler.api_key.check(headers)
+    route = routes.resolve(ts_worker.request_header(context, "url_path"))
+    if route.probe is not None:
+        return json_reply(context, await _answer_probe(handler, route.probe))
+    adapter = route.adapter
+    limit = adapter.max_body_bytes or handler.max_body_bytes
+    body = decode_body(request, headers, limit=limit, limit_name=adapter.limit_name)
+    calls = adapter.to_engine(body, api=route.api)
+    request_id = ts_worker.request_id(context)
+    contexts = [
+        RequestContext(
+            request_id=request_id if len(calls) == 1 else f"{request_id}-{i}",
+            route=route.path,
+            api=call.api,
+            headers=headers,
+            stream=adapter.streams and bool(call.body.get("stream")),
+        )
+        for i, call in enumerate(calls)
+    ]
+    record.contexts = contexts
+    deadline = asyncio.get_running_loop().time() + handler.request_timeout_s
+    timer = asyncio.timeout_at(deadline)
+    try:
+        async with timer:
+            engine = await handler.ready_engine()
+            if contexts[0].stream:
+                events = await _open_stream(handler, engine, calls[0], contexts[0])
+            else:
+                results = await _generate_all(handler, engine, adapter, calls, contexts, record)
+                return json_reply(context, adapter.to_reply(results))
+    except TimeoutError:
+        if timer.expired():  # cancelling the engine calls aborted their engine requests
+            record.timed_out = True
+            raise handler.timeout_error() from None
+        raise
+    return await _stream(handler, events, contexts[0], context, record, deadline=deadline)
+
+
+async def _answer_probe(handler: VLLMHandler, probe: routes.Probe) -> dict[str, Any]:
+    engine = handler.serving_engine()  # 503 (or the start failure) at once, never waits
+    if probe is routes.Probe.MODELS:
+        return await engine.models()
+    await engine.health()
+    return {"status": "ok", "running_requests": engine.running_requests()}
+
+
+async def _generate_one(
+    handler: VLLMHandler, engine: Any, call: EngineRequest, ctx: RequestContext, record: Record
+) -> dict[str, Any]:
+    body = await handler.on_request(call.body, ctx)
+    result = await engine.generate(call.api, body, request_id=ctx.request_id)
+    record.usages.append(result.get("usage") or {})
+    return await handler.on_response(result, ctx)
+
+
+async def _generate_all(
+    handler: VLLMHandler,
+    engine: Any,
+    adapter: Adapter,
+    calls: list[EngineRequest],
+    contexts: list[RequestContext],
+    record: Record,
+) -> list[dict[str, Any]]:
+    """Every engine request of one HTTP request, concurrently; the first failure wins."""
+    if len(calls) == 1:
+        try:
+            return [await _generate_one(handler, engine, calls[0], contexts[0], record)]
+        except Exception as exc:
+            raise adapter.request_error(0, exc) from None
+    results = await asyncio.gather(
+        *(
+            _generate_one(handler, engine, c, x, record)
+            for c, x in zip(calls, contexts, strict=True)
+        ),
+        return_exceptions=True,
+    )
+    for i, result in enumerate(results):
+        if isinstance(result, BaseException):
+            raise adapter.request_error(i, result)
+    return results
+
+
+async def _open_stream(
+    handler: VLLMHandler, engine: Any, call: EngineRequest, ctx: RequestContext
+) -> AsyncIterator[StreamEvent]:
+    body = await handler.on_request(call.body, ctx)
+    return await engine.generate(call.api, body, request_id=ctx.request_id)
+
+
+async def _stream(
+    handler: VLLMHandler,
+    events: AsyncIterator[StreamEvent],
+    ctx: RequestContext,
+    context: Any,
+    record: Record,
+    *,
+    deadline: float,
+) -> bytes:
+    """Send each event as it comes; the returned bytes close the response."""
+    ts_worker.set_reply(context, status=200, content_type=SSE)
+    hooked = overrides(handler, "on_chunk")
+    tail: list[StreamEvent] = []
+    last: StreamEvent | None = None
+    timer = asyncio.timeout_at(deadline)
+    try:
+        async with timer:
+            async for event in events:
+                if last is None:
+                    record.ttft_ms = (time.perf_counter() - record.start) * 1000
+                last = event
+                if not hooked:
+                    ts_worker.send_chunk(context, event.encode().encode())
+                    continue
+                ctx.last_chunk = event.payload
+                for out in await handler.on_chunk(event, ctx):
+                    ts_worker.send_chunk(context, out.encode().encode())
+            if last is not None and '"usage"' in last.data:  # include_usage was asked
+                record.usages.append(last.payload.get("usage") or {})
+            tail = list(await handler.on_stream_end(ctx))
+    except EndStream as end:  # closing `events` below aborts the engine request
+        tail = [final_chunk(ctx, finish_reason=end.finish_reason)]
+    except Exception as exc:  # mid-stream: the status is already 200
+        if isinstance(exc, TimeoutError) and timer.expired():
+            record.timed_out = True
+            exc = handler.timeout_error()  # closing `events` below aborts the engine request
+        else:
+            logger.exception("stream %s failed", ctx.request_id)
+        _, err = to_error_body(exc)
+        tail = [StreamEvent.from_payload(err)]
+    finally:
+        await events.aclose()
+    return b"".join(e.encode().encode() for e in tail) + DONE
+
+
+def decode_body(
+    request: dict[str, Any], headers: dict[str, str], *, limit: int, limit_name: str
+) -> dict[str, Any]:
+    """The request's JSON object, at most ``limit`` bytes.
+
+    TorchServe's worker has usually decoded it already (``application/json``); the size
+    check then uses the Content-Length header, or (a chunked upload has none) the size
+    of the decoded body re-encoded."""
+    body = request.get("body")
+    if body is None:
+        body = request.get("data")
+    length = len(body) if isinstance(body, (bytes, bytearray, str)) else None
+    if length is None:
+        declared = next((v for k, v in headers.items() if k.lower() == "content-length"), "")
+        if declared.strip().isdigit():
+            length = int(declared)
+        elif body is not None:
+            length = len(json.dumps(body, separators=(",", ":")).encode())
+    if length is not None and length > limit:
+        raise PayloadTooLarge(
+            f"request body is {length} bytes; the limit is {limit} ({limit_name})"
+        )
+    if isinstance(body, (bytes, bytearray, str)):
+        body = _parse_json(body)
+    if not isinstance(body, dict):
+        raise BadRequest(f"request body must be a JSON object, not {type(body).__name__}")
+    return body
+
+
+def _parse_json(raw: bytes | bytearray | str) -> Any:
+    if not raw.strip():
+        raise BadRequest("request body is empty; send a JSON object")
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise BadRequest(
+            f"request body is not valid JSON ({reason[:200]}); send a JSON object "
+            "with Content-Type: application/json"
+        ) from None
+
+
+def json_reply(context: Any, body: dict[str, Any], *, status: int = 200) -> bytes:
+    ts_worker.set_reply(context, status=status, content_type=JSON)
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def error_reply(context: Any, exc: BaseException) -> bytes:
+    status, body = to_error_body(exc)
+    if status >= 500:
+        logger.error("request failed", exc_info=exc)
+    return json_reply(context, body, status=status)
+
+
+def _emit_metrics(context: Any, record: Record) -> None:
+    """Token counts, time to first token, deadline hits, retrieval time, guard decisions."""
+    try:
+        counters, times = [], []
+        for key, name in (
+            ("prompt_tokens", "PromptTokens"),
+            ("completion_tokens", "CompletionTokens"),
+        ):
+            counts = [u[key] for u in record.usages if u.get(key) is not None]
+            if counts:
+                counters.append((name, sum(counts), {}))
+        if record.timed_out:
+            counters.append(("RequestTimeouts", 1, {}))
+        if record.ttft_ms is not None:
+            times.append(("TimeToFirstToken", record.ttft_ms, {}))
+        for ctx in record.contexts:
+            meta = ctx.metadata
+            if "retrieval_ms" in meta:
+                times.append(("RetrievalLatency", meta["retrieval_ms"], {}))
+            for guard, action, categories in meta.get("guard_decisions", ()):
+                for category in categories or ("none",):
+                    dims = {"Guard": guard, "Action": action, "Category": category}
+                    counters.append(("GuardDecisions", 1, dims))
+        ts_worker.emit_metrics(context, counters=counters, times_ms=times)
+    except Exception:  # metrics must never fail a request
+        logger.exception("emitting metrics failed")
