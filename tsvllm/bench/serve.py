@@ -306,15 +306,48 @@ def run(
     hot paths), and a served model is warm for all but its first minute (docs/PERFORMANCE.md,
     change 9).
     """
-    from tsvllm.config import load_model_config
-    from tsvllm.engine.vllm_engine import handler_argv
-
     if "a" not in sides:
         raise ValueError("side a (vLLM's own server) is the reference: keep it in --sides")
     unknown = sorted(set(sides) - set(SIDES))
     if unknown:
         raise ValueError(f"unknown side(s) {', '.join(unknown)}; choose from {', '.join(SIDES)}")
     parsed = {shape: parse_shape(shape) for shape in shapes}
+    cfg, served = _bench_config(config, model_dir=model_dir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    report: dict[str, dict[str, Any]] = {s: {"shapes": {}} for s in sides}
+    running: dict[str, _Side] = {}
+    try:
+        for name in sides:  # one at a time: cold starts are not measured against each other
+            progress(f"bench: starting side {name}: {SIDES[name]}")
+            start = time.monotonic()
+            side = _start_side(name, cfg, workdir=workdir)
+            running[name] = side
+            cold = first_token_s(side.url, served, start=start, proc=side.proc)
+            report[name]["cold_start_s"] = round(cold, 2)
+
+        runs, peaks = _rounds(
+            running,
+            sides=sides,
+            served=served,
+            shapes=parsed,
+            rounds=rounds,
+            warmup=warmup,
+            progress=progress,
+        )
+        for (name, shape, mode), results in runs.items():
+            report[name]["shapes"].setdefault(shape, {})[mode] = median_of(results)
+        for name in sides:
+            report[name]["peak_rss_mb"] = round(peaks[name], 1)
+    finally:
+        for side in running.values():
+            side.stop()
+    return _summary(report, shapes=shapes, rounds=rounds, warmup=warmup)
+
+
+def _bench_config(config: Path, *, model_dir: Path) -> tuple[Any, str]:
+    """The model config every side serves, pointed at ``model_dir``, and the served name."""
+    from tsvllm.config import load_model_config
+
     cfg = load_model_config(config)
     served = (cfg.handler.served_model_name or ["model"])[0]
     # every side gets the same handler section, pointed at the same model folder
@@ -325,54 +358,66 @@ def run(
             )
         }
     )
-    workdir.mkdir(parents=True, exist_ok=True)
-    report: dict[str, dict[str, Any]] = {s: {"shapes": {}} for s in sides}
-    running: dict[str, _Side] = {}
-    try:
-        for name in sides:  # one at a time: cold starts are not measured against each other
-            progress(f"bench: starting side {name}: {SIDES[name]}")
-            start = time.monotonic()
-            if name == "a":
-                env = {**os.environ, **cfg.handler.env}
-                side = _start_vllm(handler_argv(cfg.handler), env=env, workdir=workdir)
-            else:
-                side = _start_torchserve(name, cfg, workdir=workdir)
-            running[name] = side
-            cold = first_token_s(side.url, served, start=start, proc=side.proc)
-            report[name]["cold_start_s"] = round(cold, 2)
+    return cfg, served
 
-        runs: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
-        peaks = {s: 0.0 for s in sides}
-        for r in range(-warmup, rounds):
-            order = sides if r % 2 == 0 else sides[::-1]
-            label = "warm-up" if r < 0 else f"round {r + 1}/{rounds}"
-            for shape, (requests, concurrency, tokens) in parsed.items():
-                for stream in (False, True):
-                    mode = "stream" if stream else "non_stream"
-                    for name in order:
-                        with PeakRss(running[name].proc.pid) as rss:
-                            result = load(
-                                running[name].url,
-                                served,
-                                stream=stream,
-                                requests=requests,
-                                concurrency=concurrency,
-                                max_tokens=tokens,
-                            )
-                        peaks[name] = max(peaks[name], rss.peak)
-                        if r >= 0:
-                            runs.setdefault((name, shape, mode), []).append(result)
-                        progress(
-                            f"bench: {label} {shape:10s} {mode:10s} side {name:3s}"
-                            f"{result['tok_per_s']:9.1f} tok/s  errors {result['errors']}"
+
+def _start_side(name: str, cfg: Any, *, workdir: Path) -> _Side:
+    """Start side ``name``: vLLM's own server for a, else TorchServe."""
+    from tsvllm.engine.vllm_engine import handler_argv
+
+    if name == "a":
+        env = {**os.environ, **cfg.handler.env}
+        return _start_vllm(handler_argv(cfg.handler), env=env, workdir=workdir)
+    return _start_torchserve(name, cfg, workdir=workdir)
+
+
+def _rounds(
+    running: dict[str, _Side],
+    *,
+    sides: list[str],
+    served: str,
+    shapes: dict[str, tuple[int, int, int]],
+    rounds: int,
+    warmup: int,
+    progress: Any,
+) -> tuple[dict[tuple[str, str, str], list[dict[str, Any]]], dict[str, float]]:
+    """Every load shape at every side, non-streaming then streaming, round by round.
+
+    The warm-up rounds come first and are not kept; the side order alternates. Returns
+    the load results per ``(side, shape, mode)`` and each side's peak RSS in MB.
+    """
+    runs: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    peaks = {s: 0.0 for s in sides}
+    for r in range(-warmup, rounds):
+        order = sides if r % 2 == 0 else sides[::-1]
+        label = "warm-up" if r < 0 else f"round {r + 1}/{rounds}"
+        for shape, (requests, concurrency, tokens) in shapes.items():
+            for stream in (False, True):
+                mode = "stream" if stream else "non_stream"
+                for name in order:
+                    with PeakRss(running[name].proc.pid) as rss:
+                        result = load(
+                            running[name].url,
+                            served,
+                            stream=stream,
+                            requests=requests,
+                            concurrency=concurrency,
+                            max_tokens=tokens,
                         )
-        for (name, shape, mode), results in runs.items():
-            report[name]["shapes"].setdefault(shape, {})[mode] = median_of(results)
-        for name in sides:
-            report[name]["peak_rss_mb"] = round(peaks[name], 1)
-    finally:
-        for side in running.values():
-            side.stop()
+                    peaks[name] = max(peaks[name], rss.peak)
+                    if r >= 0:
+                        runs.setdefault((name, shape, mode), []).append(result)
+                    progress(
+                        f"bench: {label} {shape:10s} {mode:10s} side {name:3s}"
+                        f"{result['tok_per_s']:9.1f} tok/s  errors {result['errors']}"
+                    )
+    return runs, peaks
+
+
+def _summary(
+    report: dict[str, dict[str, Any]], *, shapes: list[str], rounds: int, warmup: int
+) -> dict[str, Any]:
+    """The whole report: the load, every side's measurements and their ratios to side a."""
     return {
         "title": f"{', '.join(shapes)} (requests x concurrency x tokens), "
         f"{rounds} alternating rounds after {warmup} warm-up, medians",
@@ -386,7 +431,7 @@ def run(
                     for shape in shapes
                 },
             }
-            for name in sides
+            for name in report
             if name != "a"
         },
     }
