@@ -87,28 +87,18 @@ def build_index(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         np.save(tmp / EMBEDDINGS, vectors)
-        with open(tmp / CHUNKS, "w", encoding="utf-8") as fh:
-            for p in passages:
-                row = {"id": p.id, "source": p.source, "text": p.text}
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        _write_chunks(tmp / CHUNKS, passages)
         if bm25:
             _build_bm25(passages, tmp / BM25_DIR)
-        manifest = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "embedding_model": {
-                "name": embedder.name,
-                "sha256": embedder.sha256,
-                "pooling": "mean",
-                "normalized": True,
-            },
-            "dims": int(vectors.shape[1]),
-            "count": len(passages),
-            "files": files,
-            "chunking": {"chunk_chars": chunk_chars, "overlap": overlap},
-            "bm25": bm25,
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        }
+        manifest = _manifest(
+            embedder,
+            dims=int(vectors.shape[1]),
+            count=len(passages),
+            files=files,
+            chunk_chars=chunk_chars,
+            overlap=overlap,
+            bm25=bm25,
+        )
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         _replace(tmp, out)
     except BaseException:
@@ -124,6 +114,43 @@ def build_index(
         "seconds": round(seconds, 3),
         "passages_per_s": round(len(passages) / embed_seconds, 1) if embed_seconds else None,
         "out_dir": str(out),
+    }
+
+
+def _write_chunks(path: Path, passages: list[Passage]) -> None:
+    """``chunks.jsonl``: one ``{"id", "source", "text"}`` per line, in embedding order."""
+    with open(path, "w", encoding="utf-8") as fh:
+        for p in passages:
+            row = {"id": p.id, "source": p.source, "text": p.text}
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def _manifest(
+    embedder: TextEmbedder,
+    *,
+    dims: int,
+    count: int,
+    files: int,
+    chunk_chars: int,
+    overlap: int,
+    bm25: bool,
+) -> dict[str, Any]:
+    """What built the index (``manifest.json``), stamped with the current time."""
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "embedding_model": {
+            "name": embedder.name,
+            "sha256": embedder.sha256,
+            "pooling": "mean",
+            "normalized": True,
+        },
+        "dims": dims,
+        "count": count,
+        "files": files,
+        "chunking": {"chunk_chars": chunk_chars, "overlap": overlap},
+        "bm25": bm25,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
 
