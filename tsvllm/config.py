@@ -181,6 +181,34 @@ class RagConfig(BaseModel):
         True, description="Return the chunks used (id, source, score) in the response."
     )
 
+    @field_validator("index")
+    @classmethod
+    def _index_not_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError(
+                "index is empty; set it to the folder built by `tsvllm index` (absolute, or "
+                "relative to the archive's model_dir)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _nprobe_needs_partitions(self) -> RagConfig:
+        if self.nprobe is not None and self.search == "exact":
+            raise ValueError(
+                f"nprobe {self.nprobe} has no effect with search: exact (every chunk is "
+                "scanned); remove nprobe or set search: partitioned (or auto)"
+            )
+        return self
+
+
+def _stages_not_empty(value: list[str], where: str) -> list[str]:
+    if not value:
+        raise ValueError(
+            f"stages is empty, so the guard would never run; list where it runs ({where}) "
+            "or remove the guard"
+        )
+    return value
+
 
 class RuleGuardConfig(BaseModel):
     """One built-in rule guard."""
@@ -195,11 +223,30 @@ class RuleGuardConfig(BaseModel):
         description="Where the guard runs: input (user), context (retrieved), output (model).",
     )
 
+    @field_validator("stages")
+    @classmethod
+    def _stages_given(cls, value: list[str]) -> list[str]:
+        return _stages_not_empty(value, "input, context, output")
+
 
 class DenyListConfig(RuleGuardConfig):
     """The deny list: words or phrases, matched after Unicode normalisation."""
 
     terms: list[str] = Field(min_length=1, description="Words or phrases to refuse.")
+
+    @field_validator("terms")
+    @classmethod
+    def _terms_not_blank(cls, value: list[str]) -> list[str]:
+        # the same test as DenyListGuard: a term that folds to no word can never match
+        from tsvllm.guards.normalize import fold
+
+        for i, term in enumerate(value):
+            if not fold(term).split():
+                raise ValueError(
+                    f"terms[{i}] {term!r} is blank (only whitespace or invisible characters); "
+                    "remove it or write the word or phrase to refuse"
+                )
+        return value
 
 
 class JudgeConfig(BaseModel):
@@ -227,6 +274,52 @@ class JudgeConfig(BaseModel):
     )
     timeout: float = Field(10.0, gt=0, description="Seconds before the judge counts as failed.")
     fail_closed: bool = Field(True, description="A judge error or timeout blocks (true).")
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        from urllib.parse import urlsplit
+
+        example = "e.g. http://127.0.0.1:8000/v1, or remove url to judge on the served engine"
+        try:
+            parts = urlsplit(value.strip())
+            parts.port  # noqa: B018  # raises ValueError on a bad port
+        except ValueError as exc:
+            raise ValueError(f"url {value!r} is not a valid URL ({exc}); {example}") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(
+                f"url {value!r} must be an http:// or https:// URL with a host; {example}"
+            )
+        return value
+
+    @field_validator("stages")
+    @classmethod
+    def _stages_given(cls, value: list[str]) -> list[str]:
+        return _stages_not_empty(value, "input, output")
+
+    @field_validator("categories")
+    @classmethod
+    def _known_categories(cls, value: list[str] | None) -> list[str] | None:
+        """Llama Guard 3 codes (any case) → canonical ``S1``... in S-order, as the judge
+        uses them."""
+        if value is None:
+            return value
+        from tsvllm.guards.judge import CATEGORIES
+
+        every = "remove categories to enforce all of S1–S14"
+        if not value:
+            raise ValueError(f"categories is empty; list codes such as [S1, S10], or {every}")
+        codes = {c.strip().upper() for c in value}
+        unknown = [c for c in value if c.strip().upper() not in CATEGORIES]
+        if unknown:
+            known = ", ".join(f"{code} {name}" for code, name in CATEGORIES.items())
+            raise ValueError(
+                f"unknown Llama Guard 3 categories {', '.join(map(repr, unknown))}; use codes "
+                f"S1–S14 ({known}), or {every}"
+            )
+        return [code for code in CATEGORIES if code in codes]
 
 
 class GuardsConfig(BaseModel):
@@ -549,6 +642,13 @@ class ModelConfig(BaseModel):
         return self
 
     def _problems(self) -> list[str]:
+        p = self._frontend_problems()
+        if self.deviceType == "cpu":
+            return p + self._cpu_problems()
+        return p + self._gpu_problems()
+
+    def _frontend_problems(self) -> list[str]:
+        """Frontend settings VLLMHandler cannot run under, whatever the device."""
         p: list[str] = []
         if self.asyncCommunication is not True:
             p.append(
@@ -578,24 +678,30 @@ class ModelConfig(BaseModel):
                 "per rank; vLLM starts its own workers, so remove torchrun "
                 "(on gpu use parallelType: custom with parallelLevel)"
             )
+        return p
+
+    def _cpu_problems(self) -> list[str]:
+        """deviceType cpu: one engine process, no parallel settings."""
+        p: list[str] = []
+        if self.handler.parallel_size > 1:
+            p.append(
+                "deviceType cpu runs one engine process; remove "
+                "tensor_parallel_size/pipeline_parallel_size or set deviceType: gpu"
+            )
+        if self.parallelType is not None or self.parallelLevel is not None:
+            p.append("deviceType cpu needs no parallel settings; remove parallelType/parallelLevel")
+        return p
+
+    def _gpu_problems(self) -> list[str]:
+        """deviceType gpu: the frontend's parallel settings must give each worker the GPUs
+        its engine uses (tensor_parallel_size × pipeline_parallel_size)."""
+        p: list[str] = []
         h = self.handler
         n = h.parallel_size
         sizes = (
             f"tensor_parallel_size {h.tensor_parallel_size} × "
             f"pipeline_parallel_size {h.pipeline_parallel_size}"
         )
-        if self.deviceType == "cpu":
-            if n > 1:
-                p.append(
-                    "deviceType cpu runs one engine process; remove "
-                    "tensor_parallel_size/pipeline_parallel_size or set deviceType: gpu"
-                )
-            if self.parallelType is not None or self.parallelLevel is not None:
-                p.append(
-                    "deviceType cpu needs no parallel settings; remove parallelType/parallelLevel"
-                )
-            return p
-        # deviceType gpu
         if self.parallelType is not None and self.parallelType != "custom":
             p.append(
                 f"parallelType {self.parallelType} is not supported: TorchServe's torchrun "
