@@ -299,24 +299,11 @@ def parse_vllm_args(text: str) -> dict[str, Any]:
 
 def model_config(env: Mapping[str, str], *, model: str, gpus: int | None = None) -> Any:
     """The model config the environment describes, for ``model`` (folder or hub id)."""
-    from tsvllm.config import load_model_config, validate_model_config
-    from tsvllm.host.launcher import (
-        LaunchError,
-        Placement,
-        count_gpus,
-        model_config_from_flags,
-        place,
-    )
+    from tsvllm.config import validate_model_config
+    from tsvllm.host.launcher import model_config_from_flags
 
     engine = parse_vllm_args(env.get("VLLM_ARGS", ""))
-    adapters = {}
-    for module in _as_list(engine.pop("lora_modules", [])):
-        name, eq, path = str(module).partition("=")
-        if not eq or not name or not path:
-            raise EntrypointError(
-                f"VLLM_ARGS: --lora-modules {module!r}: write each adapter as name=path"
-            )
-        adapters[name] = path
+    adapters = _lora_adapters(engine)
     chat_template = engine.pop("chat_template", None)
     names = [n.strip() for n in env.get("SERVED_MODEL_NAME", "").split(",") if n.strip()]
     startup = _int_var(env, "TSVLLM_STARTUP_TIMEOUT", 1200)
@@ -324,34 +311,12 @@ def model_config(env: Mapping[str, str], *, model: str, gpus: int | None = None)
     tp = env.get("TENSOR_PARALLEL_SIZE", "").strip()
 
     if env.get("TSVLLM_CONFIG"):
-        data = load_model_config(env["TSVLLM_CONFIG"]).model_dump(
-            mode="json", exclude_none=True, by_alias=True
-        )
-        data["handler"]["vllm_engine_config"].update(engine)
-        if tp:
-            engine_cfg = data["handler"]["vllm_engine_config"]
-            engine_cfg["tensor_parallel_size"] = _int_var(env, "TENSOR_PARALLEL_SIZE", 1)
-            level = engine_cfg["tensor_parallel_size"] * engine_cfg.get("pipeline_parallel_size", 1)
-            if data.get("deviceType") == "gpu" and level > 1:
-                data.update(parallelType="custom", parallelLevel=level)
+        data = _config_file_data(env, engine=engine, tp=tp)
     else:
-        if engine.get("distributed_executor_backend") == "ray":
-            # multi-node (LeaderWorkerSet): the GPUs are on several nodes, not all visible
-            placement = Placement("gpu", _int_var(env, "TENSOR_PARALLEL_SIZE", 1))
-        else:
-            try:
-                placement = place(
-                    device=env.get("TSVLLM_DEVICE", "auto").strip() or "auto",
-                    tensor_parallel_size=tp or "auto",
-                    gpus=count_gpus(env) if gpus is None else gpus,
-                )
-            except LaunchError as exc:  # it names the launcher's flags: name our variables
-                msg = str(exc).replace("--tensor-parallel-size", "TENSOR_PARALLEL_SIZE")
-                raise EntrypointError(msg.replace("--device", "TSVLLM_DEVICE")) from None
         cfg = model_config_from_flags(
             model_path=model,
             model_name=names[0] if names else "model",
-            placement=placement,
+            placement=_placement(env, engine=engine, tp=tp, gpus=gpus),
             engine=engine,
             startup_timeout=startup,
         )
@@ -366,6 +331,56 @@ def model_config(env: Mapping[str, str], *, model: str, gpus: int | None = None)
     if chat_template:
         handler["chat_template"] = chat_template
     return validate_model_config(data, source="the container environment")
+
+
+def _lora_adapters(engine: dict[str, Any]) -> dict[str, str]:
+    """Take ``--lora-modules name=path ...`` out of the engine args, as ``{name: path}``."""
+    adapters = {}
+    for module in _as_list(engine.pop("lora_modules", [])):
+        name, eq, path = str(module).partition("=")
+        if not eq or not name or not path:
+            raise EntrypointError(
+                f"VLLM_ARGS: --lora-modules {module!r}: write each adapter as name=path"
+            )
+        adapters[name] = path
+    return adapters
+
+
+def _config_file_data(env: Mapping[str, str], *, engine: dict[str, Any], tp: str) -> dict[str, Any]:
+    """``TSVLLM_CONFIG`` as data, with the engine args and tensor parallelism of ``env``."""
+    from tsvllm.config import load_model_config
+
+    data = load_model_config(env["TSVLLM_CONFIG"]).model_dump(
+        mode="json", exclude_none=True, by_alias=True
+    )
+    data["handler"]["vllm_engine_config"].update(engine)
+    if tp:
+        engine_cfg = data["handler"]["vllm_engine_config"]
+        engine_cfg["tensor_parallel_size"] = _int_var(env, "TENSOR_PARALLEL_SIZE", 1)
+        level = engine_cfg["tensor_parallel_size"] * engine_cfg.get("pipeline_parallel_size", 1)
+        if data.get("deviceType") == "gpu" and level > 1:
+            data.update(parallelType="custom", parallelLevel=level)
+    return data
+
+
+def _placement(
+    env: Mapping[str, str], *, engine: Mapping[str, Any], tp: str, gpus: int | None
+) -> Any:
+    """Device and tensor parallelism from ``TSVLLM_DEVICE``/``TENSOR_PARALLEL_SIZE``."""
+    from tsvllm.host.launcher import LaunchError, Placement, count_gpus, place
+
+    if engine.get("distributed_executor_backend") == "ray":
+        # multi-node (LeaderWorkerSet): the GPUs are on several nodes, not all visible
+        return Placement("gpu", _int_var(env, "TENSOR_PARALLEL_SIZE", 1))
+    try:
+        return place(
+            device=env.get("TSVLLM_DEVICE", "auto").strip() or "auto",
+            tensor_parallel_size=tp or "auto",
+            gpus=count_gpus(env) if gpus is None else gpus,
+        )
+    except LaunchError as exc:  # it names the launcher's flags: name our variables
+        msg = str(exc).replace("--tensor-parallel-size", "TENSOR_PARALLEL_SIZE")
+        raise EntrypointError(msg.replace("--device", "TSVLLM_DEVICE")) from None
 
 
 def _as_list(value: Any) -> list[Any]:
