@@ -141,6 +141,44 @@ def test_dropped_streams_are_stopped_by_the_deadline(own_server):
     assert chat_ok(ts)
 
 
+def vertex_predict(ts: TorchServe, body: dict) -> httpx.Response:
+    url = f"{ts.inference_url}/predictions/lifecycle/1.0/vertex/predict"
+    return httpx.post(url, json=body, headers=auth(ts), timeout=300)
+
+
+def test_a_vertex_envelope_has_usage_metrics(own_server):
+    ts = own_server
+    before = metric_total(ts, "PromptTokens"), metric_total(ts, "CompletionTokens")
+    body = {"instances": ["one", "two"], "parameters": {"model": "tiny", "max_tokens": 4}}
+    reply = vertex_predict(ts, body)
+    assert reply.status_code == 200, reply.text
+    usages = [p["usage"] for p in reply.json()["predictions"]]
+    prompt = sum(u["prompt_tokens"] for u in usages)
+    completion = sum(u["completion_tokens"] for u in usages)
+    assert wait_for(
+        lambda: (
+            (metric_total(ts, "PromptTokens"), metric_total(ts, "CompletionTokens"))
+            == (before[0] + prompt, before[1] + completion)
+        ),
+        timeout=60,
+    )
+
+
+def test_a_vertex_envelope_past_the_deadline_is_504_and_its_generations_are_aborted(own_server):
+    """256 instances of 2,000 tokens are minutes of work: the deadline (20 s) answers 504
+    and aborts every one of them, so the engine is idle again long before the work would
+    have finished (15 s against > 60 s of work left)."""
+    ts = own_server
+    params = {"model": "tiny", "max_tokens": 2000, "ignore_eos": True}
+    body = {"instances": [f"go on {i}" for i in range(256)], "parameters": params}
+    before = metric_total(ts, "RequestTimeouts")
+    reply = vertex_predict(ts, body)
+    assert reply.status_code == 504, reply.text
+    assert "request_timeout_s" in reply.json()["error"]["message"]
+    assert wait_for(lambda: health(ts).json()["running_requests"] == 0, timeout=15)
+    assert wait_for(lambda: metric_total(ts, "RequestTimeouts") - before == 1, timeout=60)
+
+
 def test_a_killed_engine_fails_requests_in_flight_with_503_and_is_replaced(own_server):
     ts = own_server
     worker = worker_process(ts)
