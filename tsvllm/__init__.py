@@ -1,18 +1,30 @@
 """tsvllm: serve vLLM through TorchServe with an OpenAI API and handler hooks.
 
-Nothing heavy is imported here: ``tsvllm.VLLMHandler`` is resolved lazily so that
-``import tsvllm`` works without vLLM installed (config validation, archives, CLI).
+What handler authors import: ``from tsvllm import VLLMHandler, RequestContext, EndStream,
+StreamEvent, ContentFiltered, BadRequest``. Nothing heavy is imported here: the names are
+resolved lazily so that ``import tsvllm`` works without vLLM installed (config validation,
+archives, CLI).
 """
 
+from importlib import import_module
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["VLLMHandler", "__version__"]
+
+#: public name -> the module defining it
+_PUBLIC = {
+    "VLLMHandler": "tsvllm.worker.handler",
+    "Hooks": "tsvllm.worker.hooks",
+    "RequestContext": "tsvllm.worker.hooks",
+    "EndStream": "tsvllm.worker.hooks",
+    "StreamEvent": "tsvllm.engine.base",
+    "ContentFiltered": "tsvllm.errors",
+    "BadRequest": "tsvllm.errors",
+}
+__all__ = [*_PUBLIC, "__version__"]
 
 
 def __getattr__(name: str) -> Any:
-    if name == "VLLMHandler":
-        from tsvllm.worker.handler import VLLMHandler
-
-        return VLLMHandler
+    if name in _PUBLIC:
+        return getattr(import_module(_PUBLIC[name]), name)
     raise AttributeError(f"module 'tsvllm' has no attribute {name!r}")
