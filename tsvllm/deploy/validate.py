@@ -162,22 +162,7 @@ def check_azure(file: Path, data: dict[str, Any]) -> list[Problem]:
         ]
     problems = _azure_sdk(file, kind)
     if kind == "environment":
-        routes = data.get("inference_config") or {}
-        for route in ("liveness_route", "readiness_route", "scoring_route"):
-            where = f"inference_config.{route}"
-            problems += _port(name, f"{where}.port", _get(routes, route, "port"))
-            problems += _route(name, f"{where}.path", _get(routes, route, "path"))
-        live, ready = _get(routes, "liveness_route"), _get(routes, "readiness_route")
-        if live and live == ready:
-            problems.append(
-                Problem(
-                    name,
-                    "inference_config.readiness_route",
-                    "same as the "
-                    "liveness route: readiness must mean 'model ready', liveness "
-                    "'process alive'",
-                )
-            )
+        problems += _check_azure_routes(name, data)
     field = {"endpoint": "name", "deployment": "endpoint_name"}.get(kind)
     if field and not AZURE_ENDPOINT_NAME.match(str(data.get(field, ""))):
         problems.append(
@@ -189,20 +174,49 @@ def check_azure(file: Path, data: dict[str, Any]) -> list[Problem]:
             )
         )
     if kind == "deployment":
-        timeout = _get(data, "request_settings", "request_timeout_ms")
-        if isinstance(timeout, int) and not 0 < timeout <= AZURE_MAX_REQUEST_TIMEOUT_MS:
-            problems.append(
-                Problem(
-                    name,
-                    "request_settings.request_timeout_ms",
-                    f"{timeout} is outside Azure's limit 1-{AZURE_MAX_REQUEST_TIMEOUT_MS}"
-                    f"; set it to at most {AZURE_MAX_REQUEST_TIMEOUT_MS}",
-                )
+        problems += _check_azure_deployment(name, data)
+    return problems
+
+
+def _check_azure_routes(name: str, data: dict[str, Any]) -> list[Problem]:
+    """An environment's inference routes: ours, on our port, readiness apart from liveness."""
+    problems: list[Problem] = []
+    routes = data.get("inference_config") or {}
+    for route in ("liveness_route", "readiness_route", "scoring_route"):
+        where = f"inference_config.{route}"
+        problems += _port(name, f"{where}.port", _get(routes, route, "port"))
+        problems += _route(name, f"{where}.path", _get(routes, route, "path"))
+    live, ready = _get(routes, "liveness_route"), _get(routes, "readiness_route")
+    if live and live == ready:
+        problems.append(
+            Problem(
+                name,
+                "inference_config.readiness_route",
+                "same as the "
+                "liveness route: readiness must mean 'model ready', liveness "
+                "'process alive'",
             )
-        mount = data.get("model_mount_path")
-        if mount is not None and not str(mount).startswith("/"):
-            fix = f"{mount!r} must be an absolute path, e.g. /var/azureml-app/model"
-            problems.append(Problem(name, "model_mount_path", fix))
+        )
+    return problems
+
+
+def _check_azure_deployment(name: str, data: dict[str, Any]) -> list[Problem]:
+    """A deployment's request timeout within Azure's limit, and an absolute model mount."""
+    problems: list[Problem] = []
+    timeout = _get(data, "request_settings", "request_timeout_ms")
+    if isinstance(timeout, int) and not 0 < timeout <= AZURE_MAX_REQUEST_TIMEOUT_MS:
+        problems.append(
+            Problem(
+                name,
+                "request_settings.request_timeout_ms",
+                f"{timeout} is outside Azure's limit 1-{AZURE_MAX_REQUEST_TIMEOUT_MS}"
+                f"; set it to at most {AZURE_MAX_REQUEST_TIMEOUT_MS}",
+            )
+        )
+    mount = data.get("model_mount_path")
+    if mount is not None and not str(mount).startswith("/"):
+        fix = f"{mount!r} must be an absolute path, e.g. /var/azureml-app/model"
+        problems.append(Problem(name, "model_mount_path", fix))
     return problems
 
 
