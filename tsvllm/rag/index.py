@@ -86,20 +86,16 @@ def build_index(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        np.save(tmp / EMBEDDINGS, vectors)
-        _write_chunks(tmp / CHUNKS, passages)
-        if bm25:
-            _build_bm25(passages, tmp / BM25_DIR)
-        manifest = _manifest(
-            embedder,
-            dims=int(vectors.shape[1]),
-            count=len(passages),
+        _write_index(
+            tmp,
+            passages,
+            vectors,
+            embedder=embedder,
             files=files,
             chunk_chars=chunk_chars,
             overlap=overlap,
             bm25=bm25,
         )
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         _replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -117,12 +113,35 @@ def build_index(
     }
 
 
-def _write_chunks(path: Path, passages: list[Passage]) -> None:
-    """``chunks.jsonl``: one ``{"id", "source", "text"}`` per line, in embedding order."""
-    with open(path, "w", encoding="utf-8") as fh:
+def _write_index(
+    folder: Path,
+    passages: list[Passage],
+    vectors: np.ndarray,
+    *,
+    embedder: TextEmbedder,
+    files: int,
+    chunk_chars: int,
+    overlap: int,
+    bm25: bool,
+) -> None:
+    """Write every file of an index into the empty ``folder``, the manifest last."""
+    np.save(folder / EMBEDDINGS, vectors)
+    with open(folder / CHUNKS, "w", encoding="utf-8") as fh:
         for p in passages:
             row = {"id": p.id, "source": p.source, "text": p.text}
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    if bm25:
+        _build_bm25(passages, folder / BM25_DIR)
+    manifest = _manifest(
+        embedder,
+        dims=int(vectors.shape[1]),
+        count=len(passages),
+        files=files,
+        chunk_chars=chunk_chars,
+        overlap=overlap,
+        bm25=bm25,
+    )
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
 
 
 def _manifest(
