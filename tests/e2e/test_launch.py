@@ -176,3 +176,29 @@ def test_missing_model_path_is_a_clear_error(tmp_path):
     )
     assert out.returncode == 2
     assert "no model folder there" in out.stderr
+
+
+def test_an_engine_that_can_never_start_stops_the_launcher_at_once_with_the_reason(launch):
+    """vLLM rejects max_model_len 100000 for the tiny model (2,048 positions) only when the
+    engine starts, inside the worker: no retry fixes that, so the worker gives up at once
+    and the launcher prints vLLM's reason and stops, far sooner than --startup_timeout."""
+    la = launch("--disable_token_auth", "--vllm_engine.max_model_len", "100000")
+    session = la.proc.pid  # the launcher leads its own session (start_new_session)
+    la.proc.wait(timeout=600)  # half of --startup_timeout (1200 s): it must not wait that out
+    out = "\n".join(la.lines)
+    assert la.proc.returncode == 1, out
+    assert "the engine cannot start" in out and "max_model_len" in out, out
+    assert "100000" in out, out
+
+    def in_session() -> list[psutil.Process]:
+        procs = []
+        for p in psutil.process_iter():
+            try:
+                if os.getsid(p.pid) == session:
+                    procs.append(p)
+            except (ProcessLookupError, psutil.NoSuchProcess):
+                pass
+        return procs
+
+    _, alive = psutil.wait_procs(in_session(), timeout=GONE_WITHIN)
+    assert alive == [], [" ".join(p.cmdline()) for p in alive]
