@@ -25,8 +25,15 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.11",
-    packages=find_packages(include=["tsvllm", "tsvllm.*"]),
-    package_data={"tsvllm.host": ["log4j2.xml"], "tsvllm.deploy": ["schemas/*.yaml"]},
+    # the handler entry files live in the top-level handlers/ folder (users and docs point
+    # there); they ship inside the package as tsvllm.handler_files, without a second copy
+    packages=[*find_packages(include=["tsvllm", "tsvllm.*"]), "tsvllm.handler_files"],
+    package_dir={"tsvllm.handler_files": "handlers"},
+    package_data={
+        "tsvllm.host": ["log4j2.xml"],
+        "tsvllm.deploy": ["schemas/*.yaml"],
+        "tsvllm.handler_files": ["*.py"],
+    },
     install_requires=[
         "pydantic>=2.7,<3",
         "pyyaml>=6",

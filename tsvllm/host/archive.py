@@ -26,9 +26,30 @@ _FORMATS: dict[str, tuple[str, str]] = {
     "mar": ("default", "{name}.mar"),
     "tgz": ("tgz", "{name}.tar.gz"),
 }
-#: the repository checkout this package runs from (handlers/, examples/ live there)
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_HANDLER = REPO_ROOT / "handlers" / "vllm_handler.py"
+#: the repository checkout this package runs from (examples/ lives there); not part of an
+#: installed package
+REPO_ROOT = Path(__file__).resolve().parents[2]
+#: the package holding the handler entry files: setup.py maps it onto the repository's
+#: handlers/ folder, so an installed tsvllm (editable or not) ships them
+HANDLER_FILES = "tsvllm.handler_files"
+
+
+def handler_file(name: str) -> Path:
+    """A handler entry file shipped with tsvllm, e.g. ``vllm_handler.py``.
+
+    Resolved through :data:`HANDLER_FILES` with importlib.resources (an installed package,
+    editable or not); from a source checkout that is not installed, its ``handlers/``
+    folder. The path may not exist (:func:`build_archive` says so).
+    """
+    from importlib.resources import files
+
+    try:
+        return Path(str(files(HANDLER_FILES) / name))
+    except ModuleNotFoundError:  # a checkout on sys.path, not pip-installed
+        return REPO_ROOT / "handlers" / name
+
+
+DEFAULT_HANDLER = handler_file("vllm_handler.py")
 #: a Hugging Face hub id (org/name): vLLM downloads it when the engine starts
 HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 #: folder name of the RAG index inside an artifact
@@ -56,10 +77,6 @@ def build_archive(
     force: bool = False,
 ) -> Path:
     """Validate ``config_path`` and build the artifact; return its path."""
-    from model_archiver.model_archiver_config import ModelArchiverConfig
-    from model_archiver.model_archiver_error import ModelArchiverError
-    from model_archiver.model_packaging import generate_model_archive
-
     if fmt not in _FORMATS:
         raise ArchiveError(f"unknown format {fmt!r}; use one of {', '.join(_FORMATS)}")
     cfg = load_model_config(config_path)
@@ -67,10 +84,61 @@ def build_archive(
     target = artifact_path(name=name, export_path=export, fmt=fmt)
     if target.exists() and not force:
         raise ArchiveError(f"{target} already exists; pass --force to overwrite it")
-    handler_file = Path(handler) if handler else DEFAULT_HANDLER
-    if not handler_file.is_file():
-        raise ArchiveError(f"handler file {handler_file} does not exist")
+    handler_file = _handler_file(handler)
+    model_dir, hub_id = _model_dir(cfg, include_weights=include_weights)
+    extras = _extra_files(extra_files)
+    index_dir = _index_dir(cfg)
 
+    with tempfile.TemporaryDirectory(prefix="tsvllm-archive-") as tmp:
+        staged = _stage_config(
+            cfg,
+            model_path=cfg.handler.model_path if hub_id else str(model_dir),
+            include_weights=include_weights,
+            index_dir=index_dir,
+        )
+        staged_path = Path(tmp) / "model-config.yaml"
+        dump_model_config(staged, staged_path)
+        pack = _pack_folders(
+            Path(tmp) / "pack",
+            model_dir=model_dir if include_weights else None,
+            index_dir=index_dir,
+        )
+        if pack is not None:
+            extras.append(pack)
+        export.mkdir(parents=True, exist_ok=True)
+        if force and target.exists():
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
+        _run_archiver(
+            name=name,
+            handler_file=handler_file,
+            version=version,
+            extras=extras,
+            export=export,
+            fmt=fmt,
+            force=force,
+            config_file=staged_path,
+        )
+    logger.info("built %s", target)
+    return target
+
+
+def _handler_file(handler: str | Path | None) -> Path:
+    """The handler entry file: the one given, else :data:`DEFAULT_HANDLER`."""
+    if handler:
+        handler_file = Path(handler)
+        if not handler_file.is_file():
+            raise ArchiveError(f"handler file {handler_file} does not exist")
+        return handler_file
+    if not DEFAULT_HANDLER.is_file():
+        raise ArchiveError(
+            f"the default handler {DEFAULT_HANDLER} is missing from this tsvllm install; "
+            "reinstall tsvllm (pip install tsvllm) or pass --handler handlers/vllm_handler.py"
+        )
+    return DEFAULT_HANDLER
+
+
+def _model_dir(cfg: ModelConfig, *, include_weights: bool) -> tuple[Path, bool]:
+    """``(model folder, whether handler.model_path is a hub id)``; checks the folder."""
     model_dir = Path(cfg.handler.model_path).expanduser()
     if not model_dir.is_absolute():
         model_dir = Path.cwd() / model_dir
@@ -84,49 +152,57 @@ def build_archive(
             f"no model at {model_dir} (no config.json); build one with "
             "`tsvllm demo-model tiny|smollm2 --out DIR` or fix handler.model_path"
         )
+    return model_dir, hub_id
+
+
+def _extra_files(extra_files: list[str | Path] | None) -> list[Path]:
     extras = [Path(p).resolve() for p in extra_files or []]
     for extra in extras:
         if not extra.exists():
             raise ArchiveError(f"extra file {extra} does not exist")
+    return extras
 
-    index_dir = _index_dir(cfg)
 
-    with tempfile.TemporaryDirectory(prefix="tsvllm-archive-") as tmp:
-        staged = _stage_config(
-            cfg,
-            model_path=cfg.handler.model_path if hub_id else str(model_dir),
-            include_weights=include_weights,
-            index_dir=index_dir,
-        )
-        staged_path = Path(tmp) / "model-config.yaml"
-        dump_model_config(staged, staged_path)
-        # the archiver copies a folder's *contents*: wrap each packed folder once more
-        pack = Path(tmp) / "pack"
-        if include_weights:
-            shutil.copytree(model_dir, pack / model_dir.name)
-        if index_dir is not None:
-            shutil.copytree(index_dir, pack / RAG_INDEX_NAME)
-        if pack.exists():
-            extras.append(pack)
-        export.mkdir(parents=True, exist_ok=True)
-        if force and target.exists():
-            shutil.rmtree(target) if target.is_dir() else target.unlink()
-        archiver_config = ModelArchiverConfig(
-            model_name=name,
-            handler=str(handler_file.resolve()),
-            version=version,
-            extra_files=",".join(str(e) for e in extras) or None,
-            export_path=str(export),
-            archive_format=_FORMATS[fmt][0],
-            force=force,
-            config_file=str(staged_path),
-        )
-        try:
-            generate_model_archive(archiver_config)
-        except ModelArchiverError as exc:
-            raise ArchiveError(str(exc)) from exc
-    logger.info("built %s", target)
-    return target
+def _pack_folders(pack: Path, *, model_dir: Path | None, index_dir: Path | None) -> Path | None:
+    """Copy the folders to pack under ``pack`` (the archiver copies a folder's *contents*:
+    each packed folder is wrapped once more); ``None`` when there is nothing to pack."""
+    if model_dir is not None:
+        shutil.copytree(model_dir, pack / model_dir.name)
+    if index_dir is not None:
+        shutil.copytree(index_dir, pack / RAG_INDEX_NAME)
+    return pack if pack.exists() else None
+
+
+def _run_archiver(
+    *,
+    name: str,
+    handler_file: Path,
+    version: str,
+    extras: list[Path],
+    export: Path,
+    fmt: Format,
+    force: bool,
+    config_file: Path,
+) -> None:
+    """torch-model-archiver's Python API; its errors become :class:`ArchiveError`."""
+    from model_archiver.model_archiver_config import ModelArchiverConfig
+    from model_archiver.model_archiver_error import ModelArchiverError
+    from model_archiver.model_packaging import generate_model_archive
+
+    archiver_config = ModelArchiverConfig(
+        model_name=name,
+        handler=str(handler_file.resolve()),
+        version=version,
+        extra_files=",".join(str(e) for e in extras) or None,
+        export_path=str(export),
+        archive_format=_FORMATS[fmt][0],
+        force=force,
+        config_file=str(config_file),
+    )
+    try:
+        generate_model_archive(archiver_config)
+    except ModelArchiverError as exc:
+        raise ArchiveError(str(exc)) from exc
 
 
 def _index_dir(cfg: ModelConfig) -> Path | None:
