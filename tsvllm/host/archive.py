@@ -29,24 +29,26 @@ _FORMATS: dict[str, tuple[str, str]] = {
 #: the repository checkout this package runs from (examples/ lives there); not part of an
 #: installed package
 REPO_ROOT = Path(__file__).resolve().parents[2]
-#: the package holding the handler entry files: setup.py maps it onto the repository's
-#: handlers/ folder, so an installed tsvllm (editable or not) ships them
-HANDLER_FILES = "tsvllm.handler_files"
+#: where the handler entry files sit inside an installed tsvllm: setup.py maps the package
+#: ``tsvllm.handler_files`` onto the repository's handlers/ folder (no second copy in git)
+HANDLER_FILES = "handler_files"
 
 
 def handler_file(name: str) -> Path:
     """A handler entry file shipped with tsvllm, e.g. ``vllm_handler.py``.
 
-    Resolved through :data:`HANDLER_FILES` with importlib.resources (an installed package,
-    editable or not); from a source checkout that is not installed, its ``handlers/``
-    folder. The path may not exist (:func:`build_archive` says so).
+    A (non-editable) install holds it in the package (importlib.resources finds it there);
+    an editable install or a bare checkout runs from the repository, whose ``handlers/``
+    folder holds it. (setuptools' editable finder cannot import a namespace subpackage
+    mapped elsewhere, so ``tsvllm.handler_files`` is not imported.) The path may not exist
+    (:func:`build_archive` says so).
     """
     from importlib.resources import files
 
-    try:
-        return Path(str(files(HANDLER_FILES) / name))
-    except ModuleNotFoundError:  # a checkout on sys.path, not pip-installed
-        return REPO_ROOT / "handlers" / name
+    shipped = files("tsvllm").joinpath(HANDLER_FILES, name)
+    if shipped.is_file():
+        return Path(str(shipped))
+    return REPO_ROOT / "handlers" / name
 
 
 DEFAULT_HANDLER = handler_file("vllm_handler.py")
