@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.scripted_judge import build_scripted_judge
 from tsvllm.config import dump_model_config, load_model_config, validate_model_config
 from tsvllm.demo_models import build_smollm2, build_tiny
 from tsvllm.host.archive import build_archive
@@ -40,18 +41,19 @@ def archive(
     store: Path,
     name: str,
     fmt: str = "no-archive",
-    handler: str | None = None,
+    handler: str = "vllm_handler.py",
     **handler_cfg,
 ) -> Path:
     """Archive a shipped config pointed at ``model`` into ``store`` as ``name``.
 
-    ``handler_cfg`` replaces keys of the config's ``handler:`` section (plain data).
+    ``handler`` is a file in the checkout's ``handlers/``; ``handler_cfg`` replaces keys of
+    the config's ``handler:`` section (plain data).
     """
     cfg = load_model_config(REPO / "model_configs" / config)
     data = cfg.model_dump(mode="json", exclude_none=True, by_alias=True)
     data["handler"].update(model_path=str(model), **handler_cfg)
     path = dump_model_config(validate_model_config(data), store.parent / f"{name}-config.yaml")
-    handler_file = REPO / "handlers" / handler if handler else None
+    handler_file = REPO / "handlers" / handler  # explicit: the checkout's handlers/
     return build_archive(
         path, name=name, fmt=fmt, export_path=store, handler=handler_file, force=True
     )
@@ -86,7 +88,7 @@ RAG_GUARDS = {
 @pytest.fixture(scope="session")
 def server(tmp_path_factory, tiny_model, smollm2_model, rag_index) -> Iterator[TorchServe]:
     """tiny (aliased), smollm2 (plain), rag (smollm2 + RAG + guards), team (example hooks),
-    judged (tiny + LLM judge on the same engine)."""
+    judged (a scripted tiny judge model + LLM judge on the same engine)."""
     root = tmp_path_factory.mktemp("session-server")
     store = root / "model_store"
     archive(
@@ -113,11 +115,12 @@ def server(tmp_path_factory, tiny_model, smollm2_model, rag_index) -> Iterator[T
         name="team",
         handler="example_hooks_handler.py",
     )
-    # the Llama Guard judge on its own served engine: the tiny model answers noise, which
-    # the judge cannot parse, so every request must fail closed (400 guard.error)
+    # the Llama Guard judge on its own served engine: a tiny model scripted to answer the
+    # judge's prompt with "safe", or "unsafe S1" when the text says "kill"
+    # (tests/e2e/scripted_judge.py), so the client sees the judge's own verdict
     archive(
         "tiny-cpu.yaml",
-        model=tiny_model,
+        model=build_scripted_judge(tiny_model, root / "scripted-judge"),
         store=store,
         name="judged",
         handler="rag_guard_handler.py",
