@@ -41,19 +41,18 @@ def archive(
     store: Path,
     name: str,
     fmt: str = "no-archive",
-    handler: str = "vllm_handler.py",
+    handler: str | None = None,
     **handler_cfg,
 ) -> Path:
     """Archive a shipped config pointed at ``model`` into ``store`` as ``name``.
 
-    ``handler`` is a file in the checkout's ``handlers/``; ``handler_cfg`` replaces keys of
-    the config's ``handler:`` section (plain data).
+    ``handler_cfg`` replaces keys of the config's ``handler:`` section (plain data).
     """
     cfg = load_model_config(REPO / "model_configs" / config)
     data = cfg.model_dump(mode="json", exclude_none=True, by_alias=True)
     data["handler"].update(model_path=str(model), **handler_cfg)
     path = dump_model_config(validate_model_config(data), store.parent / f"{name}-config.yaml")
-    handler_file = REPO / "handlers" / handler  # explicit: the checkout's handlers/
+    handler_file = REPO / "handlers" / handler if handler else None
     return build_archive(
         path, name=name, fmt=fmt, export_path=store, handler=handler_file, force=True
     )
