@@ -158,8 +158,24 @@ class VLLMHandler(Hooks):
         logger.error("tsvllm: %s; fix the model config and register the model again", reason)
 
     async def ready_engine(self) -> Engine:
-        """The engine, once started (generation requests that arrive during start-up wait
-        here, within their deadline).
+        """The engine, once started: generation requests that arrive during start-up wait
+        here (within their deadline)."""
+        engine = self._engine_now()
+        if engine is None:
+            engine = await asyncio.shield(self._starting)
+        if engine is None:  # the start gave up while we waited
+            raise self.start_failed or EngineUnavailable("the engine did not start")
+        return engine
+
+    def serving_engine(self) -> Engine:
+        """The engine if it serves now; else raise at once (503, or the start failure)."""
+        engine = self._engine_now()
+        if engine is None:
+            raise EngineUnavailable("the engine is starting; retry shortly")
+        return engine
+
+    def _engine_now(self) -> Engine | None:
+        """The engine if it serves, None while it starts; raise when it cannot serve.
 
         A dead engine (its process was killed, it crashed) is shut down and a new one
         started in the background; until it serves, requests get 503.
@@ -178,21 +194,7 @@ class VLLMHandler(Hooks):
                 f"the engine failed to start ({type(self.start_error).__name__}) and is "
                 "retrying; see the worker log"
             )
-        engine = await asyncio.shield(self._starting)
-        if engine is None:  # the start gave up while we waited
-            raise self.start_failed or EngineUnavailable("the engine did not start")
-        return engine
-
-    def serving_engine(self) -> Engine:
-        """The engine if it serves now; else raise at once (503, or the start failure)."""
-        engine = self.engine
-        if engine is not None and not engine.dead:
-            return engine
-        if engine is not None:
-            self._replace(engine)
-        if self.start_failed is not None:
-            raise self.start_failed
-        raise EngineUnavailable("the engine is starting; retry shortly")
+        return None
 
     def _replace(self, engine: Engine) -> None:
         """Shut a dead engine down (off the event loop) and start a new one."""
