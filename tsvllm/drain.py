@@ -1,0 +1,82 @@
+"""The drain protocol between the host (launcher, container entrypoint) and the workers.
+
+TorchServe has no way to tell a worker "stop taking requests, finish the running ones":
+it kills workers. So the host and the workers share a *control directory*, named to the
+workers by ``TSVLLM_CONTROL_DIR`` (TorchServe's workers inherit the frontend's
+environment):
+
+* the host creates ``drain`` (every model) or ``drain@<model>`` (one model, e.g. before
+  unregistering it): each worker of that model answers new requests (and its readiness
+  probe) 503 with ``Retry-After``, keeps serving the running ones, and writes its status
+  to ``worker-<pid>.json`` (``{"pid": .., "running": n}``) several times a second;
+* the host creates ``abort`` (or ``abort@<model>``) once the drain timeout has passed:
+  each worker ends what is still
+  running (a stream gets an error event and ``[DONE]``, a plain request 503) and the
+  engine aborts it;
+* the host waits until every worker reports ``running: 0``, then stops TorchServe.
+
+Files, not signals: a worker polls one ``stat`` every :data:`POLL_S`, and the host can
+read every worker's state without asking through the frontend (which routes a request to
+one worker of its choice).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+CONTROL_DIR_ENV = "TSVLLM_CONTROL_DIR"
+DRAIN = "drain"
+ABORT = "abort"
+#: how often a worker looks for the control files
+POLL_S = 0.1
+#: the Retry-After (seconds) a draining worker answers with
+RETRY_AFTER_S = 5
+
+
+def control_dir(environ: Mapping[str, str]) -> Path | None:
+    """The control directory named by ``TSVLLM_CONTROL_DIR``, or None."""
+    value = environ.get(CONTROL_DIR_ENV)
+    return Path(value) if value else None
+
+
+def _name(what: str, model: str | None) -> str:
+    if what not in (DRAIN, ABORT):
+        raise ValueError(f"what must be {DRAIN!r} or {ABORT!r}, not {what!r}")
+    return what if model is None else f"{what}@{model}"
+
+
+def request(directory: Path, what: str, *, model: str | None = None) -> None:
+    """Host side: ask the workers (of ``model``, else all) to ``DRAIN`` or to ``ABORT``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / _name(what, model)).touch()
+
+
+def requested(directory: Path, *, model: str) -> tuple[bool, bool]:
+    """Worker side: ``(drain, abort)`` as the host asked, for all models or ``model``."""
+
+    def asked(what: str) -> bool:
+        return (directory / what).exists() or (directory / _name(what, model)).exists()
+
+    return asked(DRAIN), asked(ABORT)
+
+
+def write_status(directory: Path, *, pid: int, running: int) -> None:
+    """Worker side: this worker's running count, replaced atomically."""
+    path = directory / f"worker-{pid}.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"pid": pid, "running": running}))
+    os.replace(tmp, path)
+
+
+def running(directory: Path, pids: Iterable[int]) -> dict[int, int | None]:
+    """Host side: each worker's last reported running count (None: not reported yet)."""
+    out: dict[int, int | None] = {}
+    for pid in pids:
+        try:
+            out[pid] = int(json.loads((directory / f"worker-{pid}.json").read_text())["running"])
+        except (OSError, ValueError, KeyError, TypeError):
+            out[pid] = None
+    return out
