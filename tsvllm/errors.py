@@ -79,10 +79,15 @@ class PayloadTooLarge(TsVllmError):
 
 
 class EngineUnavailable(TsVllmError):
-    """The engine is dead or not ready; retry later (503)."""
+    """The engine is dead, not ready, or the server is draining; retry later (503, with a
+    ``Retry-After`` header when ``retry_after_s`` is set)."""
 
     status = HTTPStatus.SERVICE_UNAVAILABLE
     error_type = "ServiceUnavailableError"
+
+    def __init__(self, message: str, *, param: str | None = None, retry_after_s: int | None = None):
+        super().__init__(message, param=param)
+        self.retry_after_s = retry_after_s
 
 
 class EngineStartFailed(TsVllmError):

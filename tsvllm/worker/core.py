@@ -29,6 +29,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from tsvllm import drain
 from tsvllm.engine.base import StreamEvent
 from tsvllm.errors import BadRequest, EngineUnavailable, PayloadTooLarge, to_error_body
 from tsvllm.worker import routes, ts_worker
@@ -45,7 +46,7 @@ SSE = "text/event-stream"
 DONE = b"data: [DONE]\n\n"
 
 
-@dataclass
+@dataclass(eq=False)  # kept in a set by identity (VLLMHandler.inflight)
 class Record:
     """What one HTTP request did, for its metrics."""
 
@@ -54,6 +55,10 @@ class Record:
     usages: list[dict[str, Any]] = field(default_factory=list)
     ttft_ms: float | None = None
     timed_out: bool = False
+    #: the deadline now running (the drain's abort makes it expire at once)
+    timer: asyncio.Timeout | None = None
+    #: ended by the drain's abort, not by its own deadline
+    ended_by_shutdown: bool = False
 
 
 async def handle(handler: VLLMHandler, data: list[dict[str, Any]], context: Any) -> list[bytes]:
@@ -67,6 +72,7 @@ async def handle(handler: VLLMHandler, data: list[dict[str, Any]], context: Any)
     except Exception as exc:  # a request's own failure: reply, never raise
         return [error_reply(context, exc)]
     finally:
+        handler.inflight.discard(record)
         _emit_metrics(context, record)
 
 
@@ -77,8 +83,14 @@ async def _serve(
     if handler.api_key is not None:
         handler.api_key.check(headers)
     route = routes.resolve(ts_worker.request_header(context, "url_path"))
+    if handler.draining:
+        raise EngineUnavailable(
+            "the server is shutting down and takes no new requests; retry",
+            retry_after_s=drain.RETRY_AFTER_S,
+        )
     if route.probe is not None:
         return json_reply(context, await _answer_probe(handler, route.probe))
+    handler.inflight.add(record)
     adapter = route.adapter
     limit = adapter.max_body_bytes or handler.max_body_bytes
     body = decode_body(request, headers, limit=limit, limit_name=adapter.limit_name)
@@ -96,7 +108,7 @@ async def _serve(
     ]
     record.contexts = contexts
     deadline = asyncio.get_running_loop().time() + handler.request_timeout_s
-    timer = asyncio.timeout_at(deadline)
+    timer = record.timer = asyncio.timeout_at(deadline)
     try:
         async with timer:
             engine = await handler.ready_engine()
@@ -107,10 +119,31 @@ async def _serve(
                 return json_reply(context, adapter.to_reply(results))
     except TimeoutError:
         if timer.expired():  # cancelling the engine calls aborted their engine requests
-            record.timed_out = True
-            raise handler.timeout_error() from None
+            raise _deadline_error(handler, record) from None
         raise
     return await _stream(handler, events, contexts[0], context, record, deadline=deadline)
+
+
+def _deadline_error(handler: VLLMHandler, record: Record) -> Exception:
+    """Why a request's deadline fired: its own limit (504), or the drain's abort (503)."""
+    if record.ended_by_shutdown:
+        return EngineUnavailable(
+            "the server is shutting down and ended this request; retry",
+            retry_after_s=drain.RETRY_AFTER_S,
+        )
+    record.timed_out = True
+    return handler.timeout_error()
+
+
+def end_inflight(handler: VLLMHandler) -> None:
+    """The drain's abort: every running request ends now, as if its deadline had come
+    (a stream gets an error event and ``[DONE]``, a plain request 503; the engine aborts
+    them)."""
+    now = asyncio.get_running_loop().time()
+    for record in handler.inflight:
+        record.ended_by_shutdown = True
+        if record.timer is not None:
+            record.timer.reschedule(now)
 
 
 async def _answer_probe(handler: VLLMHandler, probe: routes.Probe) -> dict[str, Any]:
@@ -178,7 +211,9 @@ async def _stream(
     hooked = overrides(handler, "on_chunk")
     tail: list[StreamEvent] = []
     last: StreamEvent | None = None
-    timer = asyncio.timeout_at(deadline)
+    timer = record.timer = asyncio.timeout_at(deadline)
+    if record.ended_by_shutdown:  # aborted between the two phases
+        timer.reschedule(asyncio.get_running_loop().time())
     try:
         async with timer:
             async for event in events:
@@ -198,8 +233,7 @@ async def _stream(
         tail = [final_chunk(ctx, finish_reason=end.finish_reason)]
     except Exception as exc:  # mid-stream: the status is already 200
         if isinstance(exc, TimeoutError) and timer.expired():
-            record.timed_out = True
-            exc = handler.timeout_error()  # closing `events` below aborts the engine request
+            exc = _deadline_error(handler, record)  # closing `events` aborts the request
         else:
             logger.exception("stream %s failed", ctx.request_id)
         _, err = to_error_body(exc)
@@ -258,9 +292,12 @@ def json_reply(context: Any, body: dict[str, Any], *, status: int = 200) -> byte
 
 def error_reply(context: Any, exc: BaseException) -> bytes:
     status, body = to_error_body(exc)
-    if status >= 500:
+    if status >= 500 and getattr(exc, "retry_after_s", None) is None:
         logger.error("request failed", exc_info=exc)
-    return json_reply(context, body, status=status)
+    reply = json_reply(context, body, status=status)
+    if getattr(exc, "retry_after_s", None) is not None:
+        ts_worker.set_header(context, "Retry-After", str(exc.retry_after_s))
+    return reply
 
 
 def _emit_metrics(context: Any, record: Record) -> None:

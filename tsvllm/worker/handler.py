@@ -13,10 +13,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+from tsvllm import drain
 from tsvllm.auth import ApiKey
 from tsvllm.engine.base import Engine, EngineCannotStart
 from tsvllm.errors import EngineStartFailed, EngineUnavailable, RequestTimeout
 from tsvllm.worker import core, ts_worker
+from tsvllm.worker.drain_watch import DrainWatch
 from tsvllm.worker.hooks import Hooks
 
 logger = logging.getLogger(__name__)
@@ -62,6 +64,11 @@ class VLLMHandler(Hooks):
         self.start_error: Exception | None = None
         #: set when the engine can never start; every request gets it
         self.start_failed: EngineStartFailed | None = None
+        #: the generation requests running now (:mod:`tsvllm.worker.core` keeps it)
+        self.inflight: set[Any] = set()
+        #: the host's drain requests (None without ``TSVLLM_CONTROL_DIR``)
+        self.drain_watch: DrainWatch | None = None
+        self._drain_task: asyncio.Task | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -87,7 +94,25 @@ class VLLMHandler(Hooks):
         # TorchServe runs this same loop right after initialize() returns.
         loop = asyncio.get_event_loop()
         self._starting = loop.create_task(self._start_engine())
+        self._watch_drain(loop, model=context.model_name)
         self.initialized = True
+
+    def _watch_drain(self, loop: asyncio.AbstractEventLoop, *, model: str) -> None:
+        directory = drain.control_dir(os.environ)
+        if directory is None:
+            return
+        self.drain_watch = DrainWatch(
+            directory,
+            model=model,
+            running=lambda: len(self.inflight),
+            on_abort=lambda: core.end_inflight(self),
+        )
+        self._drain_task = loop.create_task(self.drain_watch.run())
+
+    @property
+    def draining(self) -> bool:
+        """True once the host asked this worker to drain (:mod:`tsvllm.drain`)."""
+        return self.drain_watch is not None and self.drain_watch.draining
 
     def _check_features(self, source: str) -> None:
         from tsvllm.config import ConfigError

@@ -293,6 +293,11 @@ def set_reply(context: Any, *, status: int, content_type: str) -> None:
     context.set_response_content_type(0, content_type)
 
 
+def set_header(context: Any, name: str, value: str) -> None:
+    """A response header of the (single) request."""
+    context.set_response_header(0, name, value)
+
+
 def send_chunk(context: Any, chunk: bytes) -> None:
     """Send one intermediate chunk of a streamed reply (the return value ends it)."""
     from ts.protocol.otf_message_handler import create_predict_response
