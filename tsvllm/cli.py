@@ -99,12 +99,14 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         try:
             cfg = load_model_config(path)
             if args.engine_args:
-                _check_engine_args(cfg)
+                _check_engine_args(cfg, config_dir=Path(path).parent)
         except ValueError as exc:
             failed += 1
             print(f"FAIL {path}\n{exc}", file=sys.stderr)
         else:
             print(f"ok   {path}")
+            for warning in cfg.warnings():  # risky but workable: exit status stays 0
+                print(f"  warning: {warning}")
     return 1 if failed else 0
 
 
@@ -150,11 +152,19 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_engine_args(cfg) -> None:
-    """Run the handler's engine args through vLLM's own parser (needs vLLM installed)."""
+def _check_engine_args(cfg, *, config_dir: Path) -> None:
+    """Run the handler's engine args through vLLM's own parser (needs vLLM installed).
+
+    A relative path that exists next to the config (e.g. ``chat_template.txt``, to be
+    archived with --extra-files) is read from there, as the worker reads it from model_dir.
+    """
     from tsvllm.engine.vllm_engine import handler_argv, parse_engine_args
 
-    parse_engine_args(handler_argv(cfg.handler))
+    def beside(p: str) -> str:
+        found = config_dir / p
+        return str(found) if not Path(p).is_absolute() and found.exists() else p
+
+    parse_engine_args(handler_argv(cfg.handler, resolve=beside))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -121,6 +121,11 @@ def _coerce_env_value(key: str, value: Any) -> str:
     )
 
 
+def _names(value: Any) -> Any:
+    """A served name given as a string or a list, compared as a list."""
+    return [value] if isinstance(value, str) else value
+
+
 def _parallel_dim(cfg: Mapping[str, Any], key: str) -> int:
     value = cfg.get(key, 1)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -366,19 +371,25 @@ class HandlerConfig(BaseModel):
     model_path: str = Field(
         description=(
             "Hugging Face model folder (config.json, weights, tokenizer). Absolute, or "
-            "relative to the archive's model_dir; resolved when the handler starts, not here."
+            "relative to the archive's model_dir; resolved when the handler starts, not here. "
+            "vllm_engine_config.model (TorchServe's spelling) is read as model_path."
         ),
     )
     served_model_name: list[str] | None = Field(
         None,
         description=(
             "Names clients may send as `model`; a single string is accepted. "
-            "Unset: the handler derives one from model_path."
+            "Unset: the handler derives one from model_path. "
+            "vllm_engine_config.served_model_name (TorchServe's spelling) is read as this."
         ),
     )
     chat_template: str | None = Field(
         None,
-        description="Chat template: a file path or inline Jinja, passed through to vLLM.",
+        description=(
+            "Chat template: inline Jinja, or a file path; a relative path that exists in the "
+            "archive's model_dir (shipped with --extra-files) is resolved there, as "
+            "TorchServe's handler did."
+        ),
     )
     adapters: dict[str, str] = Field(
         default_factory=dict,
@@ -430,6 +441,31 @@ class HandlerConfig(BaseModel):
     guards: GuardsConfig | None = Field(
         None, description="Guards on input, context and output (needs rag_guard_handler.py)."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _torchserve_engine_keys(cls, data: Any) -> Any:
+        """TorchServe's VLLMHandler read ``model`` and ``served_model_name`` from
+        ``vllm_engine_config``; lift them to ``model_path``/``served_model_name`` (same
+        meaning), so every reader of the config finds them in one place."""
+        if not isinstance(data, Mapping) or not isinstance(data.get("vllm_engine_config"), Mapping):
+            return data
+        data = dict(data)
+        engine = dict(data["vllm_engine_config"])
+        for key, target in (("model", "model_path"), ("served_model_name", "served_model_name")):
+            spellings = [k for k in engine if isinstance(k, str) and k.replace("-", "_") == key]
+            if len(spellings) != 1:
+                continue  # none, or several: _engine_keys names the duplicate
+            value = engine.pop(spellings[0])
+            if data.get(target) is not None and _names(data[target]) != _names(value):
+                raise ValueError(
+                    f"{target} is set twice with different values: handler.{target} "
+                    f"{data[target]!r} and handler.vllm_engine_config.{spellings[0]} "
+                    f"{value!r}; keep one (handler.{target})"
+                )
+            data[target] = value
+        data["vllm_engine_config"] = engine
+        return data
 
     @field_validator("model_path")
     @classmethod
@@ -500,12 +536,6 @@ class HandlerConfig(BaseModel):
                     f"{norm} is set twice (as {key!r} and in another spelling); keep one"
                 )
             out[norm] = val
-        if "model" in out:
-            raise ValueError("model must not be set here; use handler.model_path instead")
-        if "served_model_name" in out:
-            raise ValueError(
-                "served_model_name must not be set here; use handler.served_model_name instead"
-            )
         _parallel_dim(out, "tensor_parallel_size")
         _parallel_dim(out, "pipeline_parallel_size")
         return out
@@ -634,6 +664,12 @@ class ModelConfig(BaseModel):
         """Devices one engine uses: tensor_parallel_size × pipeline_parallel_size."""
         return self.handler.parallel_size
 
+    @field_validator("deviceType", "parallelType", mode="before")
+    @classmethod
+    def _lower_case(cls, value: Any) -> Any:
+        # the frontend compares them lower-cased: deviceType: GPU works in TorchServe
+        return value.lower() if isinstance(value, str) else value
+
     @model_validator(mode="after")
     def _cross_checks(self) -> ModelConfig:
         problems = self._problems()
@@ -693,42 +729,72 @@ class ModelConfig(BaseModel):
         return p
 
     def _gpu_problems(self) -> list[str]:
-        """deviceType gpu: the frontend's parallel settings must give each worker the GPUs
-        its engine uses (tensor_parallel_size × pipeline_parallel_size)."""
+        """deviceType gpu: settings under which the engine cannot start (risky but workable
+        ones are :meth:`warnings`)."""
         p: list[str] = []
         h = self.handler
         n = h.parallel_size
-        sizes = (
-            f"tensor_parallel_size {h.tensor_parallel_size} × "
-            f"pipeline_parallel_size {h.pipeline_parallel_size}"
-        )
+        sizes = self._sizes()
         if self.parallelType is not None and self.parallelType != "custom":
             p.append(
                 f"parallelType {self.parallelType} is not supported: TorchServe's torchrun "
                 "modes (pp/tp/pptp) start one handler per rank, but vLLM wants one handler "
                 "that starts its own tensor/pipeline-parallel workers; set parallelType: custom"
             )
-        if n > 1 and self.parallelType is None:
-            p.append(
-                f"parallelType is not set but {sizes} needs {n} GPUs per worker; "
-                "set parallelType: custom: vLLM starts its own tensor/pipeline-parallel workers"
-            )
-        if self.parallelLevel is None:
-            if n > 1:
-                p.append(
-                    f"parallelLevel is not set but {sizes} needs {n} GPUs per worker; "
-                    f"set parallelLevel: {n}"
-                )
-        elif self.parallelLevel != n:
+        if self.parallelLevel is not None and self.parallelLevel != n:
             p.append(
                 f"parallelLevel {self.parallelLevel} does not match {sizes}; set parallelLevel: {n}"
             )
-        if self.deviceIds is not None and len(self.deviceIds) < n:
+        if (
+            self.parallelLevel is not None
+            and self.deviceIds is not None
+            and len(self.deviceIds) < n
+        ):
+            # the frontend takes parallelLevel ids from deviceIds for each worker
             p.append(
                 f"deviceIds lists {len(self.deviceIds)} GPU(s) but {sizes} needs {n} per "
                 f"worker; list at least {n} deviceIds or remove deviceIds"
             )
         return p
+
+    def _sizes(self) -> str:
+        h = self.handler
+        return (
+            f"tensor_parallel_size {h.tensor_parallel_size} × "
+            f"pipeline_parallel_size {h.pipeline_parallel_size}"
+        )
+
+    def warnings(self) -> list[str]:
+        """Risky but workable settings (TorchServe served them): each names the fix.
+
+        ``tsvllm validate`` prints them and the worker logs them at ``initialize``; only
+        :class:`ConfigError` problems stop a config.
+        """
+        if self.deviceType != "gpu" or (
+            self.parallelType == "custom" and self.parallelLevel is not None
+        ):
+            return []
+        n = self.parallel_size
+        unset = [k for k in ("parallelType", "parallelLevel") if getattr(self, k) is None]
+        fix = f"set parallelType: custom and parallelLevel: {n}"
+        if not unset:  # parallelType pp/tp/pptp: an error already
+            return []
+        why = (
+            f"{'/'.join(unset)} {'is' if len(unset) == 1 else 'are'} not set, so TorchServe "
+            "does not give each worker its own GPUs (no CUDA_VISIBLE_DEVICES): vLLM sees "
+            "every GPU and takes the first"
+        )
+        if n > 1:
+            return [
+                f"{self._sizes()} needs {n} GPUs per worker but {why} {n}; a second worker "
+                f"or model on this host would share them; {fix}"
+            ]
+        if self.maxWorkers > 1:
+            return [
+                f"maxWorkers {self.maxWorkers} on gpu: {why} one, so every worker's engine "
+                f"would share GPU 0; {fix}"
+            ]
+        return []
 
     def to_yaml(self) -> str:
         """The config as YAML: frontend keys first, then ``handler:``; None and empty omitted.

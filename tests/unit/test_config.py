@@ -195,16 +195,6 @@ BAD = [
         id="parallel-level-mismatch",
     ),
     pytest.param(
-        GPU_TP4.replace("parallelLevel: 4\n", ""),
-        "set parallelLevel: 4",
-        id="parallel-level-missing",
-    ),
-    pytest.param(
-        GPU_TP4.replace("parallelType: custom\n", ""),
-        "set parallelType: custom: vLLM starts its own tensor/pipeline-parallel workers",
-        id="parallel-type-missing",
-    ),
-    pytest.param(
         GPU_TP4.replace("parallelType: custom", "parallelType: tp"),
         "start one handler per rank",
         id="parallel-type-tp-gpu",
@@ -259,14 +249,36 @@ BAD = [
     ),
     pytest.param(
         "asyncCommunication: true\nhandler: {model_path: m, vllm_engine_config: {model: x}}\n",
-        "use handler.model_path",
-        id="engine-model",
+        "handler: model_path is set twice with different values: handler.model_path 'm' and "
+        "handler.vllm_engine_config.model 'x'; keep one (handler.model_path)",
+        id="engine-model-differs",
     ),
     pytest.param(
-        "asyncCommunication: true\n"
-        "handler: {model_path: m, vllm_engine_config: {served-model-name: x}}\n",
-        "use handler.served_model_name",
-        id="engine-served-model-name",
+        "asyncCommunication: true\nhandler: {model_path: m, served_model_name: [a],"
+        " vllm_engine_config: {served-model-name: x}}\n",
+        "served_model_name is set twice with different values: handler.served_model_name "
+        "['a'] and handler.vllm_engine_config.served-model-name 'x'; keep one "
+        "(handler.served_model_name)",
+        id="engine-served-model-name-differs",
+    ),
+    pytest.param(
+        "asyncCommunication: true\nhandler: {model_path: m,"
+        " vllm_engine_config: {served_model_name: x, served-model-name: y}}\n",
+        "served_model_name is set twice",
+        id="engine-served-model-name-two-spellings",
+    ),
+    pytest.param(
+        "asyncCommunication: true\nhandler: {model_path: m,"
+        " vllm_engine_config: {served_model_name: []}}\n",
+        "served_model_name is an empty list",
+        id="engine-served-model-name-empty",
+    ),
+    pytest.param(
+        "asyncCommunication: true\ndeviceType: gpu\nparallelType: custom\nparallelLevel: 1\n"
+        "handler: {model_path: m, served_model_name: [a],"
+        " vllm_engine_config: {served_model_name: [a, b]}}\n",
+        "keep one (handler.served_model_name)",
+        id="engine-served-model-name-superset",
     ),
     pytest.param(
         "asyncCommunication: true\n"
@@ -460,3 +472,136 @@ def test_import_does_not_pull_in_vllm() -> None:
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+# --- TorchServe's spellings and warnings ----------------------------------------------------
+
+
+@pytest.mark.parametrize("key", ["served_model_name", "served-model-name"])
+def test_served_model_name_in_engine_config_is_lifted(tmp_path: Path, key: str) -> None:
+    cfg = _load(
+        tmp_path,
+        f"""
+        asyncCommunication: true
+        handler:
+          model_path: m
+          vllm_engine_config: {{max_model_len: 64, {key}: [a, b]}}
+        """,
+    )
+    assert cfg.handler.served_model_name == ["a", "b"]
+    assert cfg.handler.vllm_engine_config == {"max_model_len": 64}
+
+
+def test_served_model_name_in_both_places_alike_is_fine(tmp_path: Path) -> None:
+    cfg = _load(
+        tmp_path,
+        """
+        asyncCommunication: true
+        handler:
+          model_path: m
+          served_model_name: solo
+          vllm_engine_config: {served_model_name: [solo]}
+        """,
+    )
+    assert cfg.handler.served_model_name == ["solo"]
+
+
+def test_engine_model_is_model_path(tmp_path: Path) -> None:
+    # TorchServe's handler took vllm_engine_config.model when model_path was not set
+    cfg = _load(tmp_path, "asyncCommunication: true\nhandler: {vllm_engine_config: {model: x}}\n")
+    assert cfg.handler.model_path == "x"
+    assert "model" not in cfg.handler.vllm_engine_config
+    same = _load(
+        tmp_path,
+        "asyncCommunication: true\nhandler: {model_path: x, vllm_engine_config: {model: x}}\n",
+    )
+    assert same == cfg
+
+
+def test_lifted_config_round_trips(tmp_path: Path) -> None:
+    cfg = _load(
+        tmp_path,
+        """
+        asyncCommunication: true
+        handler: {model_path: m, vllm_engine_config: {served_model_name: [a]}}
+        """,
+    )
+    assert loads_model_config(cfg.to_yaml()) == cfg
+    assert yaml.safe_load(cfg.to_yaml())["handler"]["served_model_name"] == ["a"]
+
+
+@pytest.mark.parametrize(
+    ("text", "device", "parallel"),
+    [
+        ("deviceType: GPU\nparallelType: Custom\nparallelLevel: 1\n", "gpu", "custom"),
+        ("deviceType: CPU\n", "cpu", None),
+    ],
+)
+def test_device_and_parallel_type_any_case(tmp_path, text, device, parallel) -> None:
+    # TorchServe's frontend lower-cases both
+    cfg = _load(tmp_path, text + "asyncCommunication: true\nhandler: {model_path: m}\n")
+    assert (cfg.deviceType, cfg.parallelType) == (device, parallel)
+
+
+TP4_FIX = "set parallelType: custom and parallelLevel: 4"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param(GPU_TP4, [], id="custom-and-level"),
+        pytest.param(
+            GPU_TP4.replace("parallelType: custom\nparallelLevel: 4\n", ""),
+            [
+                "tensor_parallel_size 4 × pipeline_parallel_size 1 needs 4 GPUs per worker but "
+                "parallelType/parallelLevel are not set, so TorchServe does not give each "
+                "worker its own GPUs (no CUDA_VISIBLE_DEVICES): vLLM sees every GPU and takes "
+                "the first 4; a second worker or model on this host would share them; " + TP4_FIX
+            ],
+            id="neither",
+        ),
+        pytest.param(
+            GPU_TP4.replace("parallelType: custom\n", ""),
+            ["parallelType is not set"],
+            id="no-parallel-type",
+        ),
+        pytest.param(
+            GPU_TP4.replace("parallelLevel: 4\n", ""),
+            ["parallelLevel is not set"],
+            id="no-parallel-level",
+        ),
+        pytest.param(
+            GPU_TP4.replace("parallelLevel: 4", "deviceIds: [0, 1]"),
+            ["parallelLevel is not set"],
+            id="device-ids-without-level",
+        ),
+        pytest.param(
+            "deviceType: gpu\nmaxWorkers: 2\nasyncCommunication: true\nhandler: {model_path: m}\n",
+            [
+                "every worker's engine would share GPU 0; set parallelType: custom and "
+                "parallelLevel: 1"
+            ],
+            id="two-workers-one-gpu-each",
+        ),
+        pytest.param(
+            "deviceType: gpu\nasyncCommunication: true\nhandler: {model_path: m}\n",
+            [],
+            id="one-worker-one-gpu",
+        ),
+        pytest.param(
+            "asyncCommunication: true\nmaxWorkers: 2\nhandler: {model_path: m}\n", [], id="cpu"
+        ),
+    ],
+)
+def test_warnings(tmp_path: Path, text: str, expected: list[str]) -> None:
+    warnings = _load(tmp_path, text).warnings()
+    assert len(warnings) == len(expected), warnings
+    for got, want in zip(warnings, expected, strict=True):
+        assert want in got
+        if "GPU" in got:
+            assert got.rstrip().split("; ")[-1].startswith("set parallelType: custom")
+
+
+def test_shipped_configs_have_no_warnings() -> None:
+    for path in sorted((REPO / "model_configs").glob("*.yaml")):
+        assert load_model_config(path).warnings() == [], path.name

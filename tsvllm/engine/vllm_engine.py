@@ -80,15 +80,28 @@ def engine_argv(
 def handler_argv(handler: Any, *, resolve: Callable[[str], str] = str) -> list[str]:
     """:func:`engine_argv` for a ``handler:`` config section (:class:`tsvllm.config.HandlerConfig`).
 
-    ``resolve`` maps the model and adapter paths (e.g. into an archive's model_dir).
+    ``resolve`` maps the model and adapter paths and a chat template file name (e.g. into an
+    archive's model_dir, where TorchServe's handler found ``chat_template.txt`` shipped with
+    ``--extra-files``: its worker ran there). Inline Jinja is passed through as it is.
     """
     return engine_argv(
         model=resolve(handler.model_path),
         engine_args=handler.vllm_engine_config,
         served_model_name=handler.served_model_name,
-        chat_template=handler.chat_template,
+        chat_template=_chat_template(handler.chat_template, resolve),
         adapters={name: resolve(path) for name, path in handler.adapters.items()},
     )
+
+
+def _chat_template(value: str | None, resolve: Callable[[str], str]) -> str | None:
+    """``resolve(value)`` for a file name; inline Jinja (vLLM's test: any of ``{}`` or a
+    newline) and names no file system takes (too long, NUL) are returned unchanged."""
+    if value is None or any(c in value for c in "{}\n"):
+        return value
+    try:
+        return resolve(value)
+    except (OSError, ValueError):
+        return value
 
 
 def parse_engine_args(argv: Sequence[str]) -> argparse.Namespace:
