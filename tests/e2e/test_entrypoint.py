@@ -8,14 +8,18 @@ HTTP, and ends it with SIGTERM, checking that no process it started survives. Se
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import psutil
@@ -145,8 +149,38 @@ class TestAzureML:
         assert azure.probe("ready") == 0 and azure.probe("alive") == 0
 
     def test_only_inference_is_served_and_nothing_outlives_sigterm(self, azure):
+        """Management and metrics answer on loopback (or their Unix socket) and nowhere else:
+        a TCP connect to their ports on a non-loopback address of this machine is refused."""
         listening = {c.laddr.port for p in azure.tree() for c in _listening(p)}
         assert azure.port in listening
+        props = _properties(Path(azure.env["TSVLLM_WORKDIR"]) / "ts" / "config.properties")
+        management, metrics = props["management_address"], props["metrics_address"]
+        # they do answer where they should, so the refusals below mean something
+        if management.startswith("unix:"):
+            transport = httpx.HTTPTransport(uds=management.removeprefix("unix:"))
+            with httpx.Client(transport=transport) as client:
+                models = client.get("http://localhost/models", timeout=30)
+            tcp_ports = {"metrics": _port(metrics)}
+        else:
+            models = httpx.get(f"{_loopback(management)}/models", timeout=30)
+            tcp_ports = {"management": _port(management), "metrics": _port(metrics)}
+        assert models.status_code == 200, models.text
+        assert [m["modelName"] for m in models.json()["models"]] != []
+        scraped = httpx.get(f"{_loopback(metrics)}/metrics", timeout=30)
+        assert scraped.status_code == 200
+        with non_loopback_ipv4() as address:
+            for name, port in tcp_ports.items():
+                assert port in listening, (name, port, listening)
+                assert _refused(address, port), f"{name} port {port} answers on {address}"
+            # nothing of the tree listens beyond loopback but the inference port (on
+            # 127.0.0.1 here, as TSVLLM_BIND says: no wildcard or other address at all)
+            outside = {
+                (c.laddr.ip, c.laddr.port)
+                for p in azure.tree()
+                for c in _listening(p)
+                if not _is_loopback(c.laddr.ip)
+            }
+            assert outside == set(), outside
         assert azure.stop() == []
         assert azure.proc.returncode == 0
 
@@ -156,6 +190,60 @@ def _listening(proc: psutil.Process) -> list:
         return [c for c in proc.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return []
+
+
+def _is_loopback(ip: str) -> bool:
+    """Loopback, also as an IPv4-mapped IPv6 address (Java's sockets show ::ffff:127.0.0.1)."""
+    address = ipaddress.ip_address(ip.split("%")[0])
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
+
+
+def _properties(path: Path) -> dict[str, str]:
+    lines = path.read_text().splitlines()
+    return dict(ln.split("=", 1) for ln in lines if "=" in ln and not ln.startswith("#"))
+
+
+def _port(address: str) -> int:
+    port = urlsplit(address).port
+    assert port is not None, address
+    return port
+
+
+def _loopback(address: str) -> str:
+    """``http://HOST:PORT`` reached over loopback (a wildcard bind answers there too)."""
+    return f"http://127.0.0.1:{_port(address)}"
+
+
+def _refused(address: str, port: int) -> bool:
+    """True if a TCP connect to ``address:port`` is refused (a timeout is not a refusal)."""
+    try:
+        with socket.create_connection((address, port), timeout=10):
+            return False
+    except ConnectionRefusedError:
+        return True
+
+
+DUMMY_IF = "tsvllmtest0"
+DUMMY_ADDRESS = "10.231.0.1"
+
+
+@contextlib.contextmanager
+def non_loopback_ipv4() -> Iterator[str]:
+    """A non-loopback IPv4 address of this machine; with none, one on a dummy interface
+    created for the test (needs root, as in CI) and removed afterwards."""
+    for addresses in psutil.net_if_addrs().values():
+        for a in addresses:
+            if a.family == socket.AF_INET and not _is_loopback(a.address):
+                yield a.address
+                return
+    subprocess.run(["ip", "link", "add", DUMMY_IF, "type", "dummy"], check=True)
+    try:
+        subprocess.run(["ip", "addr", "add", f"{DUMMY_ADDRESS}/24", "dev", DUMMY_IF], check=True)
+        subprocess.run(["ip", "link", "set", DUMMY_IF, "up"], check=True)
+        yield DUMMY_ADDRESS
+    finally:
+        subprocess.run(["ip", "link", "del", DUMMY_IF], check=False)
 
 
 @pytest.fixture(scope="class")
@@ -170,14 +258,14 @@ def fake_gcs(tiny_model) -> Iterator[str]:
     server.start()
     host = f"http://127.0.0.1:{port}"
     try:
-        os.environ["STORAGE_EMULATOR_HOST"] = host  # the client reads it when it is built
-        client = storage.Client(project="test", credentials=AnonymousCredentials())
-        bucket = client.bucket("models")
-        for path in sorted(p for p in Path(tiny_model).rglob("*") if p.is_file()):
-            bucket.blob(f"tiny/{path.relative_to(tiny_model)}").upload_from_filename(str(path))
+        with pytest.MonkeyPatch.context() as mp:  # restores any value it had before
+            mp.setenv("STORAGE_EMULATOR_HOST", host)  # the client reads it when it is built
+            client = storage.Client(project="test", credentials=AnonymousCredentials())
+            bucket = client.bucket("models")
+            for path in sorted(p for p in Path(tiny_model).rglob("*") if p.is_file()):
+                bucket.blob(f"tiny/{path.relative_to(tiny_model)}").upload_from_filename(str(path))
         yield host
     finally:
-        os.environ.pop("STORAGE_EMULATOR_HOST", None)
         server.stop()
 
 
