@@ -9,7 +9,7 @@ import stat
 import pytest
 
 from tests.unit.conftest import make_context
-from tsvllm.auth import KEY_FILE_ENV, ApiKey, write_key_file
+from tsvllm.auth import KEY_FILE_ENV, ApiKeys, write_key_file
 from tsvllm.errors import Unauthorized
 
 
@@ -22,12 +22,12 @@ def test_key_file_is_private_and_in_torchserve_format(tmp_path):
 
 
 def test_from_environ(tmp_path):
-    assert ApiKey.from_environ({}) is None
+    assert ApiKeys.from_environ({}) is None
     path = tmp_path / "k.json"
     key = write_key_file(path)
-    ApiKey.from_environ({KEY_FILE_ENV: str(path)}).check({"Authorization": f"Bearer {key}"})
+    ApiKeys.from_environ({KEY_FILE_ENV: str(path)}).check({"Authorization": f"Bearer {key}"})
     with pytest.raises(RuntimeError, match="cannot read the key"):
-        ApiKey.from_environ({KEY_FILE_ENV: str(tmp_path / "missing.json")})
+        ApiKeys.from_environ({KEY_FILE_ENV: str(tmp_path / "missing.json")})
 
 
 @pytest.mark.parametrize(
@@ -42,11 +42,11 @@ def test_from_environ(tmp_path):
 )
 def test_check_refuses(headers, message):
     with pytest.raises(Unauthorized, match=message):
-        ApiKey("s3cret-key").check(headers)
+        ApiKeys({"inference": "s3cret-key"}).check(headers)
 
 
 def test_check_accepts_any_header_case():
-    ApiKey("s3cret-key").check({"authorization": "bearer s3cret-key"})
+    ApiKeys({"inference": "s3cret-key"}).check({"authorization": "bearer s3cret-key"})
 
 
 def _serve(handler, headers):
@@ -56,7 +56,7 @@ def _serve(handler, headers):
 
 
 def test_handler_answers_401_before_anything_else(handler, engine):
-    handler.api_key = ApiKey("s3cret-key")
+    handler.api_key = ApiKeys({"inference": "s3cret-key"})
     status, payload = _serve(handler, {})
     assert status == 401
     body = json.loads(payload)
@@ -68,3 +68,53 @@ def test_handler_answers_401_before_anything_else(handler, engine):
     assert ctx.get_response_status(0)[0] == 401
     status, _ = _serve(handler, {"Authorization": "Bearer s3cret-key"})
     assert status == 200
+
+
+def _bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def test_named_keys_say_whose_key_it_was(tmp_path):
+    path = tmp_path / "keys.json"
+    path.write_text(json.dumps({"inference": {"key": "k-main"}, "keys": {"team-a": "k-a"}}))
+    keys = ApiKeys.from_file(path)
+    assert keys.check(_bearer("k-main")) == "inference"
+    assert keys.check(_bearer("k-a")) == "team-a"
+
+
+def test_a_key_removed_from_the_file_is_revoked_without_a_restart(tmp_path, monkeypatch):
+    path = tmp_path / "keys.json"
+    path.write_text(json.dumps({"keys": {"team-a": "k-a", "team-b": "k-b"}}))
+    keys = ApiKeys.from_file(path)
+    assert keys.check(_bearer("k-b")) == "team-b"
+    path.write_text(json.dumps({"keys": {"team-a": "k-a"}}))
+    monkeypatch.setattr(ApiKeys, "RELOAD_CHECK_S", 0.0)
+    with pytest.raises(Unauthorized, match="incorrect"):
+        keys.check(_bearer("k-b"))
+    assert keys.check(_bearer("k-a")) == "team-a"
+
+
+def test_a_broken_edit_of_the_keys_file_refuses_every_key(tmp_path, monkeypatch):
+    path = tmp_path / "keys.json"
+    path.write_text(json.dumps({"keys": {"team-a": "k-a"}}))
+    keys = ApiKeys.from_file(path)
+    path.write_text('{"keys": {"team-a": ')  # an editor saved half a file
+    monkeypatch.setattr(ApiKeys, "RELOAD_CHECK_S", 0.0)
+    with pytest.raises(Unauthorized, match="cannot read its keys file"):
+        keys.check(_bearer("k-a"))
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("[]", "JSON object"),
+        ('{"keys": {"a": ""}}', "empty"),
+        ('{"keys": ["k"]}', "map names"),
+        ("{}", "no key"),
+    ],
+)
+def test_a_keys_file_that_cannot_work_is_refused_at_start(tmp_path, content, message):
+    path = tmp_path / "keys.json"
+    path.write_text(content)
+    with pytest.raises(RuntimeError, match=message):
+        ApiKeys.from_environ({KEY_FILE_ENV: str(path)})

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tsvllm import drain
-from tsvllm.auth import ApiKey
+from tsvllm.auth import ApiKeys
 from tsvllm.engine.base import Engine, EngineCannotStart
 from tsvllm.errors import EngineStartFailed, EngineUnavailable, RequestTimeout
 from tsvllm.worker import core, ts_worker
@@ -58,12 +58,14 @@ class VLLMHandler(Hooks):
         self._model_dir = Path(".")
         self.initialized = False
         #: the key every request must carry (``TSVLLM_API_KEY_FILE``), see tsvllm.auth
-        self.api_key: ApiKey | None = None
+        self.api_key: ApiKeys | None = None
         self._starting: asyncio.Task | None = None
         #: why the last engine start failed (None once it runs)
         self.start_error: Exception | None = None
         #: set when the engine can never start; every request gets it
         self.start_failed: EngineStartFailed | None = None
+        #: why this worker's GPUs cannot be placed (:mod:`tsvllm.worker.placement`), or None
+        self.placement_error: Exception | None = None
         #: the generation requests running now (:mod:`tsvllm.worker.core` keeps it)
         self.inflight: set[Any] = set()
         #: the host's drain requests (None without ``TSVLLM_CONTROL_DIR``)
@@ -84,7 +86,11 @@ class VLLMHandler(Hooks):
         self.max_body_bytes = handler_cfg.max_body_bytes
         self.request_timeout_s = handler_cfg.request_timeout_s
         self._model_dir = model_dir
-        self.api_key = ApiKey.from_environ(os.environ)
+        self.api_key = ApiKeys.from_environ(os.environ)
+        from tsvllm.worker.placement import assign_gpus
+
+        # deviceType gpu: this worker's GPUs in CUDA_VISIBLE_DEVICES before the engine starts
+        self.placement_error = assign_gpus(self.config, context.system_properties, os.environ)
         os.environ.update(handler_cfg.env)
         ts_worker.install_worker_path(lean=handler_cfg.lean_worker)
 
@@ -165,6 +171,8 @@ class VLLMHandler(Hooks):
 
     async def _start_once(self) -> Engine:
         """One engine plus the handler's set-up; a failure leaves nothing running."""
+        if self.placement_error is not None:
+            raise self.placement_error  # a ConfigError: final, no retry
         engine = await self.build_engine(model_dir=self._model_dir)
         try:
             await self.setup(engine=engine, model_dir=self._model_dir)
