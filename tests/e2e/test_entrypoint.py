@@ -224,26 +224,31 @@ def _refused(address: str, port: int) -> bool:
         return True
 
 
-DUMMY_IF = "tsvllmtest0"
-DUMMY_ADDRESS = "10.231.0.1"
+TEST_IF = "tsvllmtest0"
+TEST_ADDRESS = "10.231.0.1"
 
 
 @contextlib.contextmanager
 def non_loopback_ipv4() -> Iterator[str]:
-    """A non-loopback IPv4 address of this machine; with none, one on a dummy interface
-    created for the test (needs root, as in CI) and removed afterwards."""
+    """A non-loopback IPv4 address of this machine; with none, one on an interface created
+    for the test (a dummy, or a veth pair where the kernel has no dummy driver; needs root,
+    as in CI) and removed afterwards, also when the test fails."""
     for addresses in psutil.net_if_addrs().values():
         for a in addresses:
             if a.family == socket.AF_INET and not _is_loopback(a.address):
                 yield a.address
                 return
-    subprocess.run(["ip", "link", "add", DUMMY_IF, "type", "dummy"], check=True)
+    ip = shutil.which("ip") or "ip"
+    made = subprocess.run([ip, "link", "add", TEST_IF, "type", "dummy"], check=False)
+    if made.returncode != 0:
+        peer = ["peer", "name", TEST_IF + "p"]
+        subprocess.run([ip, "link", "add", TEST_IF, "type", "veth", *peer], check=True)
     try:
-        subprocess.run(["ip", "addr", "add", f"{DUMMY_ADDRESS}/24", "dev", DUMMY_IF], check=True)
-        subprocess.run(["ip", "link", "set", DUMMY_IF, "up"], check=True)
-        yield DUMMY_ADDRESS
+        subprocess.run([ip, "addr", "add", f"{TEST_ADDRESS}/24", "dev", TEST_IF], check=True)
+        subprocess.run([ip, "link", "set", TEST_IF, "up"], check=True)
+        yield TEST_ADDRESS
     finally:
-        subprocess.run(["ip", "link", "del", DUMMY_IF], check=False)
+        subprocess.run([ip, "link", "del", TEST_IF], check=False)  # takes a veth peer along
 
 
 @pytest.fixture(scope="class")
