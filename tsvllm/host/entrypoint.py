@@ -2,9 +2,13 @@
 
 ``python -m tsvllm.host.entrypoint`` is what the images run (under ``tini``). It reads the
 environment only when it runs, stops with a message naming the variable to fix, and on
-SIGTERM/SIGINT stops TorchServe and every engine process before exiting (no orphans;
-:func:`tsvllm.host.launcher.serve_foreground`). ``--probe ready|alive`` is an exec probe
-for platforms where token auth stays on (the probe reads the key TorchServe wrote).
+SIGTERM/SIGINT drains (new requests get 503 with ``Retry-After``, running ones get
+``TSVLLM_DRAIN_TIMEOUT_S`` seconds, default 30, to finish, then are ended cleanly), then stops
+TorchServe and every engine process before exiting (no orphans;
+:func:`tsvllm.host.launcher.serve_foreground`; exit 0 when every request finished, 3 when
+requests had to be ended, 1 on failure, 2 for a bad variable). ``--probe ready|alive`` is
+an exec probe for platforms where token auth stays on (the probe reads the key TorchServe
+wrote).
 
 The model comes from the first of these that is set:
 
@@ -25,7 +29,8 @@ the routes served), ``TSVLLM_DISABLE_TOKEN_AUTH`` (only where the platform authe
 ``TSVLLM_BIND`` (inference address, default 0.0.0.0), ``TSVLLM_METRICS_BIND`` (default
 127.0.0.1), ``TSVLLM_STARTUP_TIMEOUT``, ``TSVLLM_RESPONSE_TIMEOUT``, ``TSVLLM_CONFIG`` (a model
 config to start from), ``TSVLLM_HANDLER``, ``TSVLLM_WORKDIR`` (default /tmp/tsvllm),
-``TSVLLM_MODEL_CACHE`` (where downloads go).
+``TSVLLM_MODEL_CACHE`` (where downloads go), ``TSVLLM_DRAIN_TIMEOUT_S`` (seconds running
+requests get after SIGTERM; 0 ends them at once).
 """
 
 from __future__ import annotations
@@ -497,6 +502,7 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
     from tsvllm.deploy.common import MODEL_NAME, OPENAI_BASE
     from tsvllm.host.archive import ArchiveError
     from tsvllm.host.launcher import serve_foreground
+    from tsvllm.host.shutdown import drain_timeout
 
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("--probe", choices=["ready", "alive"], help="exec probe: exit 0 if OK")
@@ -505,6 +511,7 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
     if args.probe:
         return probe(args.probe, env)
     try:
+        drain_s = drain_timeout(env)
         cfg, _ = prepare(env)
         ts = _server(env, models=[MODEL_NAME])
     except (EntrypointError, ArchiveError, ValueError, OSError) as exc:
@@ -521,7 +528,12 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
         print(f"{PROG}: ready. OpenAI base URL {bind}{OPENAI_BASE}; token auth {auth}", flush=True)
 
     return serve_foreground(
-        ts, model=MODEL_NAME, startup_timeout=cfg.startupTimeout, on_ready=announce, prog=PROG
+        ts,
+        model=MODEL_NAME,
+        startup_timeout=cfg.startupTimeout,
+        on_ready=announce,
+        prog=PROG,
+        drain_timeout_s=drain_s,
     )
 
 

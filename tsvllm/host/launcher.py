@@ -4,7 +4,13 @@
 ts.llm_launcher's flags with the same meaning, writes a validated model config, builds
 the archive, starts TorchServe, waits until the model answers, prints the OpenAI base
 URL, an example ``curl`` and where the auth key is, and stays in the foreground.
-Ctrl-C or SIGTERM stops TorchServe and every engine process.
+
+SIGTERM (or Ctrl-C) drains first (:mod:`tsvllm.host.shutdown`): new requests get 503 with
+``Retry-After`` while the running ones finish, for at most ``--drain-timeout`` seconds
+(``TSVLLM_DRAIN_TIMEOUT_S``, default 30); what still runs then is ended cleanly (a stream
+gets an error event and ``[DONE]``). Then TorchServe and every engine process stop. A
+second signal stops at once. Exit status: 0 when every request finished, 3 when requests
+had to be ended, 1 when TorchServe failed, 2 for a bad flag.
 
 Device and tensor parallelism are detected, not guessed: ``--device auto`` uses the GPUs
 that are visible (``CUDA_VISIBLE_DEVICES`` honoured) and falls back to CPU;
@@ -202,6 +208,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tensor-parallel-size", default="auto", help="auto or a number")
     p.add_argument("--port", type=int, default=8080, help="inference port (management +1)")
     p.add_argument("--keep-artifacts", action="store_true", help="keep config and archive")
+    p.add_argument(
+        "--drain-timeout",
+        metavar="S",
+        help="on SIGTERM, seconds running requests get to finish before they are ended "
+        "(default: $TSVLLM_DRAIN_TIMEOUT_S, else 30; 0: end them at once)",
+    )
     args = p.parse_args(argv)
     if not args.model_id and not args.config:
         p.error("give --model_id (a model folder or HF id) or --config")
@@ -257,10 +269,12 @@ def prepare(args: argparse.Namespace, *, gpus: int | None = None) -> tuple[Path,
 
 
 def main(argv: list[str] | None = None) -> int:
+    from tsvllm.host.shutdown import drain_timeout
     from tsvllm.host.torchserve import TorchServe
 
     args = parse_args(argv)
     try:
+        drain_s = drain_timeout(os.environ, flag=args.drain_timeout)
         if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
             raise LaunchError("Java not found: TorchServe needs Java 11+ (JDK 17 tested)")
         ports = ports_for(args.port)
@@ -286,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
             startup_timeout=args.startup_timeout,
             on_ready=lambda: _announce(ts, args.model_name, config_path),
             prog="tsvllm launch",
+            drain_timeout_s=drain_s,
         )
     finally:
         if not args.keep_artifacts:
@@ -299,43 +314,37 @@ def serve_foreground(
     startup_timeout: float,
     on_ready: Callable[[], None],
     prog: str,
+    drain_timeout_s: float = 30.0,
 ) -> int:
     """Start ``ts``, wait for ``model``, stay in the foreground until SIGTERM/SIGINT.
 
-    Whatever happens (a signal, a failed start, TorchServe exiting), TorchServe and every
-    engine process are stopped before this returns. Returns the exit status: 0 after a
-    signal, 1 when TorchServe failed or exited on its own, or at once when the worker
-    answers that its engine can never start (the reason is printed; :meth:`probe
-    <tsvllm.host.torchserve.TorchServe.probe>`).
+    The first signal once the model serves drains (:func:`tsvllm.host.shutdown.drain_server`:
+    503 to new requests, running ones get ``drain_timeout_s`` seconds, then are ended
+    cleanly); a second one stops at once. Whatever happens (a signal, a failed start,
+    TorchServe exiting), TorchServe and every engine process are stopped before this
+    returns. Returns the exit status: 0 after a signal when every request finished, 3 when
+    requests had to be ended, 1 when TorchServe failed or exited on its own, or at once
+    when the worker answers that its engine can never start (the reason is printed;
+    :meth:`probe <tsvllm.host.torchserve.TorchServe.probe>`).
     """
     from tsvllm.host.torchserve import ServeError
 
-    stopping = False
+    signals: list[int] = []
 
-    def stop(signum: int, frame: Any) -> None:
-        nonlocal stopping
-        stopping = True
+    def record(signum: int, frame: Any) -> None:
+        signals.append(signum)
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, record)
+    signal.signal(signal.SIGINT, record)
     code = 0
     try:
-        ts.start()
-        print(f"{prog}: starting TorchServe (logs in {ts.workdir / 'logs'})", flush=True)
-        last = [0.0]
-
-        def progress(elapsed: float) -> None:
-            if stopping:
-                raise KeyboardInterrupt
-            if elapsed - last[0] >= 10:
-                last[0] = elapsed
-                print(f"{prog}: loading the model... {elapsed:.0f}s", flush=True)
-
-        ts.wait_ready(model, timeout=startup_timeout, on_wait=progress)
+        _start_and_wait(ts, model=model, timeout=startup_timeout, prog=prog, signals=signals)
         on_ready()
-        while not stopping and ts.process is not None and ts.process.poll() is None:
-            time.sleep(0.5)
-        if not stopping:
+        while not signals and ts.process is not None and ts.process.poll() is None:
+            time.sleep(0.1)  # a drain starts within 0.1 s of SIGTERM
+        if signals:
+            code = _drain(ts, signals=signals, timeout_s=drain_timeout_s, prog=prog)
+        else:
             print(f"{prog}: TorchServe exited unexpectedly", file=sys.stderr)
             code = 1
     except KeyboardInterrupt:
@@ -345,8 +354,38 @@ def serve_foreground(
         code = 1
     finally:
         print(f"{prog}: stopping TorchServe", flush=True)
+        started = time.monotonic()
         ts.stop()
+        print(f"{prog}: stopped in {time.monotonic() - started:.1f} s", flush=True)
     return code
+
+
+def _start_and_wait(ts: Any, *, model: str, timeout: float, prog: str, signals: list[int]) -> None:
+    """Start TorchServe and wait until ``model`` serves; a signal meanwhile stops at once
+    (KeyboardInterrupt): nothing can be running yet."""
+    ts.start()
+    print(f"{prog}: starting TorchServe (logs in {ts.workdir / 'logs'})", flush=True)
+    last = [0.0]
+
+    def progress(elapsed: float) -> None:
+        if signals:
+            raise KeyboardInterrupt
+        if elapsed - last[0] >= 10:
+            last[0] = elapsed
+            print(f"{prog}: loading the model... {elapsed:.0f}s", flush=True)
+
+    ts.wait_ready(model, timeout=timeout, on_wait=progress)
+
+
+def _drain(ts: Any, *, signals: list[int], timeout_s: float, prog: str) -> int:
+    """Drain after the first signal; the exit status (tsvllm.host.shutdown's codes)."""
+    from tsvllm.host.shutdown import drain_server
+
+    def say(message: str) -> None:
+        print(f"{prog}: {message}", flush=True)
+
+    result = drain_server(ts, timeout_s=timeout_s, interrupted=lambda: len(signals) > 1, say=say)
+    return result.exit_code
 
 
 def _announce(ts: Any, model: str, config_path: Path) -> None:
@@ -366,7 +405,10 @@ def _announce(ts: Any, model: str, config_path: Path) -> None:
         )
         + f"  curl {url}/chat/completions{auth} -H 'Content-Type: application/json' "
         f'-d \'{{"model": "{served}", "messages": [{{"role": "user", "content": "Hello"}}]}}\'\n'
-        "  Ctrl-C stops TorchServe and every engine process.",
+        "  Ctrl-C or SIGTERM drains (running requests finish, new ones get 503), then stops "
+        "TorchServe and every engine process; a second Ctrl-C stops at once.\n"
+        f"  drain one model before unregistering it: tsvllm drain --control-dir {ts.control_dir} "
+        f"--model {model}",
         flush=True,
     )
 

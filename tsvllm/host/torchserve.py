@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Literal
 
 from tsvllm.auth import KEY_FILE_ENV, write_key_file
+from tsvllm.drain import CONTROL_DIR_ENV
 from tsvllm.errors import ENGINE_START_FAILED
 
 #: who checks the inference key: the handler (401, tsvllm.auth), TorchServe's frontend
@@ -217,6 +218,12 @@ class TorchServe:
         return f"http://127.0.0.1:{self.ports.inference}"
 
     @property
+    def control_dir(self) -> Path:
+        """The drain control directory (:mod:`tsvllm.drain`), fresh at each start; the
+        workers find it in ``TSVLLM_CONTROL_DIR``."""
+        return self.workdir / "control"
+
+    @property
     def management_socket(self) -> Path | None:
         """The management API's Unix socket (``auth="key"``), else None (TCP port)."""
         return self.workdir / "management.sock" if self.auth == "key" else None
@@ -232,6 +239,7 @@ class TorchServe:
             env[KEY_FILE_ENV] = str(self.key_file)
         # the venv's bin first, so the frontend's workers use this interpreter's packages
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        env[CONTROL_DIR_ENV] = str(self.control_dir)
         env.setdefault("LOG_LOCATION", str(self.workdir / "logs"))
         env.setdefault("METRICS_LOCATION", str(self.workdir / "logs"))
         return env
@@ -249,6 +257,8 @@ class TorchServe:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.workdir.chmod(0o700)  # keys and the management socket live here
         self.key_file.unlink(missing_ok=True)
+        shutil.rmtree(self.control_dir, ignore_errors=True)  # no drain left from a last run
+        self.control_dir.mkdir(mode=0o700)
         if self.auth == "key":
             write_key_file(self.key_file)
         self.config_path.write_text(
