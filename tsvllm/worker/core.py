@@ -27,6 +27,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from tsvllm import drain
@@ -59,6 +60,13 @@ class Record:
     timer: asyncio.Timeout | None = None
     #: ended by the drain's abort, not by its own deadline
     ended_by_shutdown: bool = False
+    #: for the audit log: the route, whose key, the bodies as the client sent them, and
+    #: what came back (outputs only with ``log_content``)
+    route: str | None = None
+    key: str | None = None
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    finish_reasons: list[str | None] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
 
 
 async def handle(handler: VLLMHandler, data: list[dict[str, Any]], context: Any) -> list[bytes]:
@@ -74,6 +82,8 @@ async def handle(handler: VLLMHandler, data: list[dict[str, Any]], context: Any)
     finally:
         handler.inflight.discard(record)
         _emit_metrics(context, record)
+        if handler.audit is not None:
+            handler.audit.write(audit_entry(context, record, content=handler.audit_content))
 
 
 async def _serve(
@@ -81,8 +91,9 @@ async def _serve(
 ) -> bytes:
     headers = ts_worker.request_headers(context)
     if handler.api_key is not None:
-        handler.api_key.check(headers)
+        record.key = handler.api_key.check(headers)
     route = routes.resolve(ts_worker.request_header(context, "url_path"))
+    record.route = route.path
     if handler.draining:
         raise EngineUnavailable(
             "the server is shutting down and takes no new requests; retry",
@@ -95,6 +106,8 @@ async def _serve(
     limit = adapter.max_body_bytes or handler.max_body_bytes
     body = decode_body(request, headers, limit=limit, limit_name=adapter.limit_name)
     calls = adapter.to_engine(body, api=route.api)
+    if handler.audit_content:
+        record.requests = [call.body for call in calls]
     request_id = ts_worker.request_id(context)
     contexts = [
         RequestContext(
@@ -160,7 +173,13 @@ async def _generate_one(
     body = await handler.on_request(call.body, ctx)
     result = await engine.generate(call.api, body, request_id=ctx.request_id)
     record.usages.append(result.get("usage") or {})
-    return await handler.on_response(result, ctx)
+    result = await handler.on_response(result, ctx)
+    if handler.audit is not None:
+        for choice in result.get("choices") or ():
+            record.finish_reasons.append(choice.get("finish_reason"))
+            if handler.audit_content:
+                record.outputs.append(_choice_text(choice, part="message"))
+    return result
 
 
 async def _generate_all(
@@ -209,8 +228,10 @@ async def _stream(
     """Send each event as it comes; the returned bytes close the response."""
     ts_worker.set_reply(context, status=200, content_type=SSE)
     hooked = overrides(handler, "on_chunk")
+    audited = handler.audit is not None
     tail: list[StreamEvent] = []
     last: StreamEvent | None = None
+    before_last: StreamEvent | None = None
     timer = record.timer = asyncio.timeout_at(deadline)
     if record.ended_by_shutdown:  # aborted between the two phases
         timer.reschedule(asyncio.get_running_loop().time())
@@ -219,17 +240,26 @@ async def _stream(
             async for event in events:
                 if last is None:
                     record.ttft_ms = (time.perf_counter() - record.start) * 1000
-                last = event
-                if not hooked:
-                    ts_worker.send_chunk(context, event.encode().encode())
-                    continue
-                ctx.last_chunk = event.payload
-                for out in await handler.on_chunk(event, ctx):
+                before_last, last = last, event
+                if hooked:
+                    ctx.last_chunk = event.payload
+                    sent = await handler.on_chunk(event, ctx)
+                else:
+                    sent = (event,)
+                for out in sent:
                     ts_worker.send_chunk(context, out.encode().encode())
+                    if audited and handler.audit_content:  # what the client saw
+                        _add_stream_text(record, out)
             if last is not None and '"usage"' in last.data:  # include_usage was asked
                 record.usages.append(last.payload.get("usage") or {})
             tail = list(await handler.on_stream_end(ctx))
+        if audited:  # the finish reasons are in the last chunks (usage may come after)
+            for event in (before_last, last):
+                for choice in event.payload.get("choices", ()) if event else ():
+                    if choice.get("finish_reason") is not None:
+                        record.finish_reasons.append(choice["finish_reason"])
     except EndStream as end:  # closing `events` below aborts the engine request
+        record.finish_reasons.append(end.finish_reason)
         tail = [final_chunk(ctx, finish_reason=end.finish_reason)]
     except Exception as exc:  # mid-stream: the status is already 200
         if isinstance(exc, TimeoutError) and timer.expired():
@@ -298,6 +328,54 @@ def error_reply(context: Any, exc: BaseException) -> bytes:
     if getattr(exc, "retry_after_s", None) is not None:
         ts_worker.set_header(context, "Retry-After", str(exc.retry_after_s))
     return reply
+
+
+def _choice_text(choice: dict[str, Any], *, part: str = "delta") -> str:
+    """A choice's text: chat (``message`` or ``delta`` content) or completion (``text``)."""
+    if "text" in choice:
+        return choice.get("text") or ""
+    return (choice.get(part) or {}).get("content") or ""
+
+
+def _add_stream_text(record: Record, event: StreamEvent) -> None:
+    for choice in event.payload.get("choices", ()):
+        index = choice.get("index", 0)
+        record.outputs += [""] * (index + 1 - len(record.outputs))
+        record.outputs[index] += _choice_text(choice)
+
+
+def audit_entry(context: Any, record: Record, *, content: bool) -> dict[str, Any]:
+    """The audit log's line for one request (:mod:`tsvllm.worker.audit`)."""
+    manifest = getattr(context, "manifest", None) or {}
+    usage = {
+        key: sum(u[key] for u in record.usages if u.get(key) is not None)
+        for key in ("prompt_tokens", "completion_tokens")
+    }
+    entry: dict[str, Any] = {
+        "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        "request_id": ts_worker.request_id(context),
+        "route": record.route,
+        "model": getattr(context, "model_name", None),
+        "version": (manifest.get("model") or {}).get("modelVersion"),
+        "key": record.key,
+        "status": context.get_response_status(0)[0],
+        **usage,
+        "latency_ms": round((time.perf_counter() - record.start) * 1000, 1),
+        "ttft_ms": None if record.ttft_ms is None else round(record.ttft_ms, 1),
+        "finish_reasons": record.finish_reasons,
+        "guards": [
+            {"guard": guard, "action": action, "categories": list(categories)}
+            for ctx in record.contexts
+            for guard, action, categories in ctx.metadata.get("guard_decisions", ())
+        ],
+        "sources": sorted(
+            {c["source"] for ctx in record.contexts for c in ctx.metadata.get("citations", ())}
+        ),
+    }
+    if content:
+        entry["requests"] = record.requests
+        entry["outputs"] = record.outputs
+    return entry
 
 
 def _emit_metrics(context: Any, record: Record) -> None:

@@ -18,6 +18,7 @@ from tsvllm.auth import ApiKeys
 from tsvllm.engine.base import Engine, EngineCannotStart
 from tsvllm.errors import EngineStartFailed, EngineUnavailable, RequestTimeout
 from tsvllm.worker import core, ts_worker
+from tsvllm.worker.audit import AuditLog
 from tsvllm.worker.drain_watch import DrainWatch
 from tsvllm.worker.hooks import Hooks
 
@@ -71,6 +72,9 @@ class VLLMHandler(Hooks):
         #: the host's drain requests (None without ``TSVLLM_CONTROL_DIR``)
         self.drain_watch: DrainWatch | None = None
         self._drain_task: asyncio.Task | None = None
+        #: one JSON line per request (``handler.audit_log``), and whether with the text
+        self.audit: AuditLog | None = None
+        self.audit_content = False
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -87,6 +91,7 @@ class VLLMHandler(Hooks):
         self.request_timeout_s = handler_cfg.request_timeout_s
         self._model_dir = model_dir
         self.api_key = ApiKeys.from_environ(os.environ)
+        self._open_audit_log(handler_cfg.audit_log)
         from tsvllm.worker.placement import assign_gpus
 
         # deviceType gpu: this worker's GPUs in CUDA_VISIBLE_DEVICES before the engine starts
@@ -102,6 +107,15 @@ class VLLMHandler(Hooks):
         self._starting = loop.create_task(self._start_engine())
         self._watch_drain(loop, model=context.model_name)
         self.initialized = True
+
+    def _open_audit_log(self, cfg: Any) -> None:
+        if cfg is None:
+            return
+        path = Path(cfg.path)
+        if not path.is_absolute():
+            path = Path(os.environ.get("LOG_LOCATION") or ".") / path
+        self.audit = AuditLog(path, max_bytes=cfg.max_bytes, backups=cfg.backups)
+        self.audit_content = cfg.log_content
 
     def _watch_drain(self, loop: asyncio.AbstractEventLoop, *, model: str) -> None:
         directory = drain.control_dir(os.environ)

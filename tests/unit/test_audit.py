@@ -1,0 +1,94 @@
+"""The audit log: one line per request, no text unless asked, safe with several writers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import multiprocessing
+from pathlib import Path
+
+from tests.unit.conftest import golden, make_context
+from tsvllm.auth import ApiKeys
+from tsvllm.worker.audit import AuditLog
+
+PROMPT = "my secret plan is to build a boat"
+
+
+def lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def serve(handler, route, body, *, key="k-a"):
+    ctx = make_context(route, headers={"Authorization": f"Bearer {key}"})
+    asyncio.run(handler.handle([{"body": body}], ctx))
+    return ctx
+
+
+def audited(handler, tmp_path, *, content=False):
+    handler.audit = AuditLog(tmp_path / "audit.jsonl", max_bytes=1 << 20, backups=2)
+    handler.audit_content = content
+    handler.api_key = ApiKeys({"team-a": "k-a", "team-b": "k-b"})
+    return handler.audit
+
+
+def test_one_line_per_request_with_key_name_tokens_and_no_text(handler, tmp_path):
+    log = audited(handler, tmp_path)
+    serve(handler, "v1/completions", {"prompt": PROMPT})
+    serve(handler, "v1/chat/completions", {"messages": [{"role": "user", "content": PROMPT}]})
+    serve(handler, "v1/completions", {"prompt": PROMPT}, key="k-b")
+    serve(handler, "v1/completions", {"prompt": PROMPT}, key="wrong")
+    log.flush()
+    text = log.path.read_text()
+    assert PROMPT not in text and "boat" not in text
+    entries = lines(log.path)
+    assert [e["key"] for e in entries] == ["team-a", "team-a", "team-b", None]
+    assert [e["status"] for e in entries] == [200, 200, 200, 401]
+    usage = golden("completion.json")["usage"]
+    first = entries[0]
+    assert first["route"] == "v1/completions" and first["request_id"] == "req-1"
+    assert first["prompt_tokens"] == usage["prompt_tokens"]
+    assert first["completion_tokens"] == usage["completion_tokens"]
+    assert first["finish_reasons"] == [golden("completion.json")["choices"][0]["finish_reason"]]
+    assert first["latency_ms"] >= 0 and "requests" not in first and "outputs" not in first
+
+
+def test_log_content_adds_the_bodies_and_what_the_client_saw(handler, tmp_path):
+    log = audited(handler, tmp_path, content=True)
+    serve(handler, "v1/completions", {"prompt": PROMPT})
+    serve(handler, "v1/chat/completions", {"stream": True})
+    log.flush()
+    plain, stream = lines(log.path)
+    assert plain["requests"] == [{"prompt": PROMPT}]
+    assert plain["outputs"] == [golden("completion.json")["choices"][0]["text"]]
+    chunks = golden("chat_completion_chunks.json")
+    expected = "".join(
+        c["delta"].get("content") or "" for chunk in chunks for c in chunk["choices"]
+    )
+    assert stream["outputs"] == [expected]
+    assert stream["ttft_ms"] is not None
+    assert stream["finish_reasons"] == ["stop"]
+
+
+def _write_many(path: str, tag: str, count: int) -> None:
+    log = AuditLog(Path(path), max_bytes=20_000, backups=50)
+    for i in range(count):
+        log.write({"writer": tag, "i": i, "pad": "x" * 150})
+    log.flush()
+
+
+def test_two_writers_at_once_tear_no_line_and_rotate_once(tmp_path):
+    """Two processes (as two TorchServe workers) append and rotate one file together."""
+    path = tmp_path / "audit.jsonl"
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_write_many, args=(str(path), t, 400)) for t in "ab"]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    files = [path, *sorted(tmp_path.glob("audit.jsonl.*"))]
+    entries = [e for f in files for e in lines(f)]  # json.loads fails on a torn line
+    assert len(files) > 2  # it rotated
+    for tag in "ab":
+        assert sorted(e["i"] for e in entries if e["writer"] == tag) == list(range(400))
+    assert all(f.stat().st_size <= 20_000 for f in files)
