@@ -92,3 +92,16 @@ def test_two_writers_at_once_tear_no_line_and_rotate_once(tmp_path):
     for tag in "ab":
         assert sorted(e["i"] for e in entries if e["writer"] == tag) == list(range(400))
     assert all(f.stat().st_size <= 20_000 for f in files)
+
+
+def test_token_metrics_say_whose_key_used_them(handler, monkeypatch):
+    from tsvllm.worker import ts_worker
+
+    emitted = []
+    monkeypatch.setattr(
+        ts_worker, "emit_metrics", lambda ctx, counters, times_ms: emitted.append(counters)
+    )
+    handler.api_key = ApiKeys({"team-a": "k-a", "team-b": "k-b"})
+    serve(handler, "v1/completions", {"prompt": "x"}, key="k-b")
+    dims = {name: d for name, _, d in emitted[0]}
+    assert dims["PromptTokens"] == {"Key": "team-b"} == dims["CompletionTokens"]

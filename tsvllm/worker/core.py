@@ -387,8 +387,8 @@ def _emit_metrics(context: Any, record: Record) -> None:
             ("completion_tokens", "CompletionTokens"),
         ):
             counts = [u[key] for u in record.usages if u.get(key) is not None]
-            if counts:
-                counters.append((name, sum(counts), {}))
+            if counts:  # per API key name: who used what ("-": no key checked)
+                counters.append((name, sum(counts), {"Key": record.key or "-"}))
         if record.timed_out:
             counters.append(("RequestTimeouts", 1, {}))
         if record.ttft_ms is not None:
