@@ -42,14 +42,17 @@ def archive(
     name: str,
     fmt: str = "no-archive",
     handler: str | None = None,
+    frontend: dict | None = None,
     **handler_cfg,
 ) -> Path:
     """Archive a shipped config pointed at ``model`` into ``store`` as ``name``.
 
-    ``handler_cfg`` replaces keys of the config's ``handler:`` section (plain data).
+    ``handler_cfg`` replaces keys of the config's ``handler:`` section, ``frontend`` its
+    top-level (TorchServe frontend) keys, e.g. ``{"minWorkers": 2}`` (plain data).
     """
     cfg = load_model_config(REPO / "model_configs" / config)
     data = cfg.model_dump(mode="json", exclude_none=True, by_alias=True)
+    data.update(frontend or {})
     data["handler"].update(model_path=str(model), **handler_cfg)
     path = dump_model_config(validate_model_config(data), store.parent / f"{name}-config.yaml")
     handler_file = REPO / "handlers" / handler if handler else None
