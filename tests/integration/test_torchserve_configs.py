@@ -12,8 +12,6 @@ from tsvllm.config import load_model_config, loads_model_config
 from tsvllm.engine.vllm_engine import EngineArgsError, handler_argv, parse_engine_args
 from tsvllm.worker.handler import _in_archive
 
-pytest.importorskip("vllm")
-
 CONFIGS = Path(__file__).resolve().parents[1] / "unit" / "torchserve_configs"
 NAMES = ["llama3", "lora", "mistral", "test_example_vllm"]
 

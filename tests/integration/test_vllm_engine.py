@@ -37,19 +37,21 @@ def test_vllm_parser_accepts_known_args():
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    model = build_tiny(tmp_path_factory.mktemp("tiny") / "tiny")
-    args = parse_engine_args(
-        engine_argv(model=str(model), engine_args=ENGINE_ARGS, served_model_name=["tiny"])
-    )
-    loop = asyncio.new_event_loop()
-    eng = loop.run_until_complete(VllmEngine.start(args))
-    try:
-        yield eng, loop
-    finally:
-        # inside the loop, so vLLM closes its sockets now (else zmq hangs at exit)
-        loop.run_until_complete(_in_loop(eng.shutdown))
-        loop.close()
+    with pytest.MonkeyPatch.context() as mp:  # for the engine's lifetime, then restored
+        if "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
+            mp.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
+        model = build_tiny(tmp_path_factory.mktemp("tiny") / "tiny")
+        args = parse_engine_args(
+            engine_argv(model=str(model), engine_args=ENGINE_ARGS, served_model_name=["tiny"])
+        )
+        loop = asyncio.new_event_loop()
+        eng = loop.run_until_complete(VllmEngine.start(args))
+        try:
+            yield eng, loop
+        finally:
+            # inside the loop, so vLLM closes its sockets now (else zmq hangs at exit)
+            loop.run_until_complete(_in_loop(eng.shutdown))
+            loop.close()
 
 
 async def _in_loop(fn):
