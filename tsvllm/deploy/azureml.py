@@ -19,6 +19,7 @@ from tsvllm.deploy.common import (
     DeployError,
     Target,
     container_env,
+    drain_timeout_s,
     dump_yaml,
     probe_timing,
     readme_notes,
@@ -170,9 +171,40 @@ def readme(target: Target, *, private: bool, instance: str) -> str:
         f"{probe_timing(target.startup_timeout).startup_window} s for the model to load "
         "(the config's startupTimeout plus the frontend's start).",
     ]
+    lines += ["", *_update_note(target, name)]
     for note in readme_notes(target):
         lines += ["", note]
     return "\n".join(lines) + "\n"
+
+
+def _update_note(target: Target, name: str) -> list[str]:
+    """The README's section on what an update does to requests in flight."""
+    timeout_s = min(target.config.responseTimeout, AZURE_MAX_REQUEST_TIMEOUT_MS // 1000)
+    return [
+        "## Updates without losing requests",
+        "",
+        'Azure documents blue-green rollouts ("safe rollout for online endpoints"): a second '
+        "deployment behind the same endpoint, traffic moved to it, then the old one deleted. "
+        "Do that instead of updating this deployment in place:",
+        "",
+        "```bash",
+        "# deployment.yml with name: green (new image/weights), then:",
+        f"az ml online-deployment create --file deployment.yml --endpoint-name {name}",
+        f'az ml online-endpoint update --name {name} --traffic "blue=0 green=100"',
+        f"sleep {timeout_s}   # request_timeout_ms: no request to blue can still be running",
+        f"az ml online-deployment delete --endpoint-name {name} --name blue --yes",
+        "```",
+        "",
+        "If Azure stops a container with SIGTERM, the entrypoint drains: new requests get 503 "
+        f"with Retry-After, running ones get up to {drain_timeout_s(target):g} s "
+        "(TSVLLM_DRAIN_TIMEOUT_S) to finish, what still runs then ends cleanly (a stream gets "
+        "an error event and [DONE]). Not verified: whether Azure sends SIGTERM on an in-place "
+        "update, a scale-in or a delete, and how long it waits before killing the container "
+        "(its documentation does not say; there is no grace-period setting). The readiness "
+        "route answers 503 while draining, but this deployment's readiness_probe tolerates "
+        "many failures (it also covers the model's load), so it does not take the instance "
+        "out of rotation quickly: moving the traffic first is what protects requests.",
+    ]
 
 
 def generate(

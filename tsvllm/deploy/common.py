@@ -19,8 +19,14 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from tsvllm.config import ModelConfig
 from tsvllm import urls
+from tsvllm.config import ModelConfig
+from tsvllm.host.shutdown import (
+    DEFAULT_DRAIN_TIMEOUT_S,
+    DRAIN_TIMEOUT_ENV,
+    drain_timeout,
+    shutdown_bound,
+)
 
 #: TorchServe model name and version inside the container (the URL's fixed segments)
 MODEL_NAME = "vllm"
@@ -45,6 +51,9 @@ AZURE_MAX_REQUEST_TIMEOUT_MS = 180_000
 #: seconds between probes; the JVM + worker registration take about a minute before /ping
 PROBE_PERIOD = 10
 FRONTEND_START = 60
+#: Kubernetes preStop sleep: the endpoints controller takes the terminating pod out of the
+#: Service before SIGTERM starts the drain (the pattern KServe documents)
+PRESTOP_SLEEP_S = 5
 
 _DNS_LABEL = re.compile(r"[^a-z0-9-]+")
 
@@ -176,10 +185,27 @@ def container_env(target: Target, **extra: str) -> dict[str, str]:
         "VLLM_ARGS": vllm_args(cfg),
         "TSVLLM_STARTUP_TIMEOUT": str(cfg.startupTimeout),
         "TSVLLM_RESPONSE_TIMEOUT": str(cfg.responseTimeout),
+        # seconds running requests get to finish after SIGTERM (tsvllm.host.shutdown);
+        # handler.env may set it
+        DRAIN_TIMEOUT_ENV: f"{DEFAULT_DRAIN_TIMEOUT_S:g}",
     }
     env.update(cfg.handler.env)  # engine environment, e.g. VLLM_CPU_KVCACHE_SPACE
     env.update(extra)
     return env
+
+
+def drain_timeout_s(target: Target) -> float:
+    """The container's drain timeout (``TSVLLM_DRAIN_TIMEOUT_S``, default 30 s)."""
+    try:
+        return drain_timeout(container_env(target))
+    except ValueError as exc:
+        raise DeployError(f"handler.env: {exc}") from None
+
+
+def grace_period_s(drain_s: float, *, prestop_s: float = PRESTOP_SLEEP_S) -> int:
+    """Seconds between a pod's deletion and its SIGKILL that let it drain: the preStop
+    sleep, the drain, the abort wait and TorchServe's stop (:func:`shutdown_bound`)."""
+    return math.ceil(prestop_s) + shutdown_bound(drain_s)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,12 @@ probe gives the model ``startupTimeout`` seconds to load. Token auth stays on (a
 network does not authenticate), so the probes are exec probes that read the key in the
 pod, unless ``--disable-token-auth`` says a gateway in front authenticates.
 TorchServe's metrics bind 0.0.0.0 here, deliberately, for the Prometheus scrape on 8082.
+
+Rollouts and scale-downs lose no request: a ``preStop`` sleep lets the Service drop the pod
+before SIGTERM, the entrypoint then drains (503 to new requests, which also fails the
+readiness probe; running ones get ``TSVLLM_DRAIN_TIMEOUT_S``), and
+``terminationGracePeriodSeconds`` covers preStop + drain + abort + stop
+(:func:`tsvllm.deploy.common.grace_period_s`; ``tsvllm validate`` checks it).
 """
 
 from __future__ import annotations
@@ -18,10 +24,13 @@ from tsvllm.deploy.common import (
     LIVENESS_ROUTE,
     METRICS_PORT,
     OPENAI_BASE,
+    PRESTOP_SLEEP_S,
     READINESS_ROUTE,
     Target,
     container_env,
+    drain_timeout_s,
     dump_yaml,
+    grace_period_s,
     probe_timing,
     readme_notes,
     shm_mb,
@@ -126,6 +135,8 @@ def container(
             {"name": "metrics", "containerPort": METRICS_PORT},
         ]
         c.update(probes(target, token_auth=token_auth))
+        # the endpoints controller removes the terminating pod from the Service meanwhile
+        c["lifecycle"] = {"preStop": {"exec": {"command": ["sleep", str(PRESTOP_SLEEP_S)]}}}
     c["resources"] = resources(target, gpus)
     c["volumeMounts"] = [
         {"name": "weights", "mountPath": WEIGHTS_MOUNT},
@@ -147,7 +158,8 @@ def pod_spec(target: Target, containers: list[dict[str, Any]]) -> dict[str, Any]
             "fsGroup": 10001,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "terminationGracePeriodSeconds": 60,
+        # preStop + drain + abort + stop: a rollout or scale-down loses no request
+        "terminationGracePeriodSeconds": grace_period_s(drain_timeout_s(target)),
         "containers": containers,
         "volumes": [
             {"name": "weights", "persistentVolumeClaim": {"claimName": f"{target.name}-weights"}},
@@ -302,9 +314,26 @@ def readme(target: Target, *, multi_node: bool, token_auth: bool, gpus_per_node:
             "(`--distributed-executor-backend ray`); they share the weights volume, "
             "so it is ReadWriteMany (pick a storage class that offers it).",
         ]
+    lines += ["", _shutdown_note(target)]
     for note in readme_notes(target):
         lines += ["", note]
     return "\n".join(lines) + "\n"
+
+
+def _shutdown_note(target: Target) -> str:
+    """The README's paragraph on what a rollout, scale-down or delete does to requests."""
+    drain = drain_timeout_s(target)
+    return (
+        "Rollouts, scale-downs and deletes lose no request: the pod's preStop hook sleeps "
+        f"{PRESTOP_SLEEP_S} s so the Service stops sending it traffic, then SIGTERM makes the "
+        "entrypoint drain: new requests get 503 with Retry-After (the readiness probe fails "
+        f"too), running ones get up to {drain:g} s (TSVLLM_DRAIN_TIMEOUT_S) to finish, what "
+        "still runs then ends cleanly (a stream gets an error event and [DONE]), and "
+        f"TorchServe stops. terminationGracePeriodSeconds "
+        f"({grace_period_s(drain)} s) covers all of it; raise both together for longer "
+        "generations (`tsvllm validate` checks them). The Deployment's strategy is Recreate: "
+        "old pods drain before new ones start, so a rollout has a gap without capacity."
+    )
 
 
 def _auth_note(token_auth: bool) -> str:

@@ -15,7 +15,9 @@ Vertex AI ``model.json``     google-cloud-aiplatform's ``Model`` proto, strict p
 
 plus our checks for what those miss: ports in 1–65535, routes starting with ``/``, Azure's
 ``request_timeout_ms`` ≤ 180000, an absolute ``model_mount_path``, distinct liveness and
-readiness routes, GPU request = limit, an image set, no ``AIP_`` variables (Vertex's own).
+readiness routes, GPU request = limit, an image set, no ``AIP_`` variables (Vertex's own),
+and a Kubernetes ``terminationGracePeriodSeconds`` that covers the preStop sleep, the drain
+(``TSVLLM_DRAIN_TIMEOUT_S``) and TorchServe's stop (:func:`tsvllm.deploy.common.grace_period_s`).
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ from typing import Any
 
 import yaml
 
-from tsvllm.deploy.common import AZURE_MAX_REQUEST_TIMEOUT_MS
+from tsvllm.deploy.common import AZURE_MAX_REQUEST_TIMEOUT_MS, grace_period_s
+from tsvllm.host.shutdown import ABORT_WAIT_S, DRAIN_TIMEOUT_ENV, STOP_S, drain_timeout
 
 EXTRA = "pip install 'tsvllm[deploy]'"
 DOC_SUFFIXES = {".md", ".txt", ".rst", ".properties"}
@@ -394,7 +397,72 @@ def _check_pod(file: str, field: str, pod: dict[str, Any]) -> list[Problem]:
                             "resource: set both to the same count",
                         )
                     )
+    return problems + _check_grace(file, field, pod)
+
+
+#: Kubernetes' default terminationGracePeriodSeconds
+K8S_DEFAULT_GRACE_S = 30
+_SLEEP = re.compile(r"\bsleep\s+(\d+(?:\.\d+)?)\b")
+
+
+def _check_grace(file: str, field: str, pod: dict[str, Any]) -> list[Problem]:
+    """The pod's grace period covers each serving tsvllm container's preStop + drain + stop.
+
+    A serving tsvllm container: one with a readiness probe and ``TSVLLM_*`` variables (the
+    entrypoint reads them). SIGKILL at the end of the grace period would cut the drain.
+    """
+    grace = pod.get("terminationGracePeriodSeconds", K8S_DEFAULT_GRACE_S)
+    problems: list[Problem] = []
+    for i, c in enumerate(pod.get("containers") or []):
+        env = _plain_env(c)
+        if not any(k.startswith("TSVLLM_") for k in env) or "readinessProbe" not in c:
+            continue
+        try:
+            drain = drain_timeout({k: v for k, v in env.items() if k == DRAIN_TIMEOUT_ENV})
+        except ValueError as exc:
+            problems.append(Problem(file, f"{field}.containers[{i}].env", str(exc)))
+            continue
+        prestop = _prestop_sleep(c)
+        need = grace_period_s(drain, prestop_s=prestop)
+        if isinstance(grace, int) and grace >= need:
+            continue
+        problems.append(
+            Problem(
+                file,
+                f"{field}.terminationGracePeriodSeconds",
+                f"{grace!r} s does not cover the preStop sleep ({prestop:g} s) + the drain "
+                f"({DRAIN_TIMEOUT_ENV}={drain:g} s) + {ABORT_WAIT_S + STOP_S:g} s to end what "
+                f"still runs and stop TorchServe; Kubernetes would SIGKILL the drain: set "
+                f"terminationGracePeriodSeconds to at least {need}, or lower {DRAIN_TIMEOUT_ENV}",
+            )
+        )
     return problems
+
+
+def _plain_env(container: Any) -> dict[str, str]:
+    """A container's ``env`` entries that have a literal value."""
+    if not isinstance(container, dict):
+        return {}
+    items = container.get("env") or []
+    return {
+        str(e["name"]): str(e["value"])
+        for e in items
+        if isinstance(e, dict) and "name" in e and e.get("value") is not None
+    }
+
+
+def _prestop_sleep(container: dict[str, Any]) -> float:
+    """Seconds a preStop hook sleeps (``sleep N`` via exec, or the ``sleep`` action)."""
+    hook = _get(container, "lifecycle", "preStop") or {}
+    seconds = _get(hook, "sleep", "seconds")
+    if isinstance(seconds, int | float):
+        return float(seconds)
+    command = _get(hook, "exec", "command")
+    if isinstance(command, list):
+        match = _SLEEP.search(" ".join(map(str, command)))
+        if match:
+            return float(match.group(1))
+    return 0.0
 
 
 # -- Vertex AI --------------------------------------------------------------------------

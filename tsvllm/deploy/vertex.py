@@ -17,6 +17,7 @@ from tsvllm.deploy.common import (
     VERTEX_PREDICT_ROUTE,
     Target,
     container_env,
+    drain_timeout_s,
     probe_timing,
     readme_notes,
     shm_mb,
@@ -121,9 +122,38 @@ def readme(target: Target, spec: dict[str, Any], *, artifact_uri: str | None) ->
         'Without `"@requestFormat": "chatCompletions"` each instance is a completion request '
         '(`{"prompt": ...}` or a string). Requests over 1.5 MB get HTTP 413.',
     ]
+    lines += ["", *_update_note(target)]
     for note in readme_notes(target):
         lines += ["", note]
     return "\n".join(lines) + "\n"
+
+
+def _update_note(target: Target) -> list[str]:
+    """The README's section on what an update does to requests in flight."""
+    return [
+        "## Updates without losing requests",
+        "",
+        "An endpoint splits traffic between its deployed models (Vertex documents the traffic "
+        "split). Deploy the new model to the same endpoint with all the traffic, then "
+        "undeploy the old one once its requests are done:",
+        "",
+        "```bash",
+        "gcloud ai endpoints deploy-model $ENDPOINT_ID --region=$REGION --model=$NEW_MODEL_ID \\",
+        f"  --display-name={target.name} --traffic-split=0=100   # 0: the model being deployed",
+        f"sleep {target.config.responseTimeout}   # responseTimeout: the old model's "
+        "requests are done",
+        "gcloud ai endpoints undeploy-model $ENDPOINT_ID --region=$REGION "
+        "--deployed-model-id=$OLD_DEPLOYED_MODEL_ID",
+        "```",
+        "",
+        "If Vertex stops a container with SIGTERM, the entrypoint drains: new requests get 503 "
+        f"with Retry-After, running ones get up to {drain_timeout_s(target):g} s "
+        "(TSVLLM_DRAIN_TIMEOUT_S) to finish, what still runs then ends cleanly (a stream gets "
+        "an error event and [DONE]), and the health route answers 503 meanwhile. Not "
+        "verified: whether undeploying or scaling in sends SIGTERM, how long Vertex waits "
+        "before killing the container, and whether it waits for requests in flight (its "
+        "documentation we could check does not say).",
+    ]
 
 
 def generate(target: Target, *, artifact_uri: str | None) -> dict[str, str]:

@@ -43,6 +43,9 @@ SETTLE_S = 3 * protocol.POLL_S
 SILENT_S = 5.0
 #: seconds between "draining: N requests running" lines
 PROGRESS_S = 5.0
+#: after the last request ended: time for its final bytes to pass the worker's sender
+#: thread and the frontend before ``torchserve --stop`` closes the connections
+FLUSH_S = 0.5
 #: a bound on TorchServe.stop after a drain (``torchserve --stop``, the frontend's exit, the
 #: engine processes'); measured 2-4 s with the tiny model on 2 cores (docs/DEPLOY.md)
 STOP_S = 15
@@ -232,7 +235,7 @@ def drain_server(
     def alive() -> bool:
         return ts.process is not None and ts.process.poll() is None
 
-    return drain(
+    result = drain(
         ts.control_dir,
         timeout_s=timeout_s,
         workers=lambda: worker_pids(ts),
@@ -240,6 +243,9 @@ def drain_server(
         alive=alive,
         say=say,
     )
+    if not interrupted() and alive():
+        time.sleep(FLUSH_S)
+    return result
 
 
 # -- draining one model of a server that keeps running (tsvllm drain) -------------------
