@@ -11,6 +11,8 @@ Subcommands:
   bench serve --model-dir DIR ...       vLLM's own server vs TorchServe + VLLMHandler
   launch --model_id DIR_OR_ID ...       quick start (ts.llm_launcher's flags; see
                                         tsvllm.host.launcher, which parses its own flags)
+  drain --control-dir DIR [--model N]   drain a running server's model before unregistering
+                                        or scaling it down (tsvllm.host.shutdown)
 """
 
 from __future__ import annotations
@@ -167,6 +169,37 @@ def _check_engine_args(cfg, *, config_dir: Path) -> None:
     parse_engine_args(handler_argv(cfg.handler, resolve=beside))
 
 
+def _cmd_drain(args: argparse.Namespace) -> int:
+    from tsvllm.host.shutdown import EXIT_CLEAN, drain_model, parse_drain_timeout
+
+    timeout_s = parse_drain_timeout(args.timeout, source="--timeout")
+    code = drain_model(
+        Path(args.control_dir),
+        model=args.model,
+        timeout_s=timeout_s,
+        say=lambda message: print(f"tsvllm drain: {message}", flush=True),
+    )
+    if code == EXIT_CLEAN:
+        print(_after_drain(args.model, Path(args.control_dir)))
+    return code
+
+
+def _after_drain(model: str | None, control_dir: Path) -> str:
+    """What the operator does next (printed after a clean drain)."""
+    name = model or "MODEL"
+    flag = control_dir / (f"drain@{model}" if model else "drain")
+    return (
+        "next: the drained workers answer 503 to new requests until they are removed:\n"
+        f"  unregister: curl -X DELETE http://127.0.0.1:8081/models/{name}\n"
+        f"  or scale down: curl -X PUT 'http://127.0.0.1:8081/models/{name}?min_worker=0"
+        "&synchronous=true'\n"
+        "  (tsvllm launch's management API is a Unix socket: curl --unix-socket "
+        "DIR/management.sock http://localhost/models/...)\n"
+        f"  before registering or scaling up {name} again: rm {flag} (workers started "
+        "while it exists drain at once; a drained worker stays draining until it is removed)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tsvllm", description="Serve vLLM through TorchServe with an OpenAI API."
@@ -181,7 +214,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench(sub)
     _add_validate(sub)
     _add_deploy(sub)
+    _add_drain(sub)
     return parser
+
+
+def _add_drain(sub: argparse._SubParsersAction) -> None:
+    """``tsvllm drain``"""
+    p = sub.add_parser(
+        "drain",
+        help="stop a running server's model taking requests and wait for the running ones",
+    )
+    p.add_argument(
+        "--control-dir",
+        required=True,
+        help="the server's TSVLLM_CONTROL_DIR (tsvllm launch prints it; in the container "
+        "$TSVLLM_WORKDIR/ts/control)",
+    )
+    p.add_argument("--model", help="TorchServe model name (default: every model)")
+    p.add_argument("--timeout", default="300", help="seconds to wait at most (default 300)")
+    p.set_defaults(func=_cmd_drain)
 
 
 def _add_demo_model(sub: argparse._SubParsersAction) -> None:

@@ -346,3 +346,23 @@ def test_drain_model_with_no_worker_reporting_fails(tmp_path, monkeypatch):
 def test_drain_model_needs_an_existing_control_dir(tmp_path):
     with pytest.raises(ValueError, match="no such control directory"):
         shutdown.drain_model(tmp_path / "missing", model=None, timeout_s=1, say=print)
+
+
+def test_cli_drain_prints_what_to_do_next(tmp_path, workers, capsys):
+    from tsvllm.cli import main as cli
+
+    workers(pid=os.getpid(), running=1, finish_every=0.2, model="a")
+    assert cli(["drain", "--control-dir", str(tmp_path), "--model", "a", "--timeout", "10"]) == 0
+    out = capsys.readouterr().out
+    assert "tsvllm drain: drained in" in out
+    assert "curl -X DELETE http://127.0.0.1:8081/models/a" in out
+    assert f"rm {tmp_path / 'drain@a'}" in out
+
+
+def test_cli_drain_rejects_a_bad_timeout_and_a_missing_dir(tmp_path, capsys):
+    from tsvllm.cli import main as cli
+
+    assert cli(["drain", "--control-dir", str(tmp_path), "--timeout", "x"]) == 2
+    assert "--timeout='x'" in capsys.readouterr().err
+    assert cli(["drain", "--control-dir", str(tmp_path / "no")]) == 2
+    assert "no such control directory" in capsys.readouterr().err
