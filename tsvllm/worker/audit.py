@@ -4,7 +4,7 @@ Each line says who asked what and what it cost, never the text unless asked
 (``handler.audit_log.log_content``)::
 
     {"time": "2026-12-02T08:10:00.123Z", "request_id": "...", "route": "v1/chat/completions",
-     "model": "tiny", "version": "1.0", "key": "team-a", "status": 200,
+     "model": "tiny", "version": "1.0", "worker": 4242, "key": "team-a", "status": 200,
      "prompt_tokens": 12, "completion_tokens": 32, "latency_ms": 210.4, "ttft_ms": 35.1,
      "finish_reasons": ["stop"], "guards": [...], "sources": ["history.md"]}
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -357,6 +358,7 @@ def audit_entry(context: Any, record: Record, *, content: bool) -> dict[str, Any
         "route": record.route,
         "model": getattr(context, "model_name", None),
         "version": (manifest.get("model") or {}).get("modelVersion"),
+        "worker": os.getpid(),
         "key": record.key,
         "status": context.get_response_status(0)[0],
         **usage,
