@@ -761,11 +761,10 @@ class ModelConfig(BaseModel):
         return p
 
     def _gpu_problems(self) -> list[str]:
-        """deviceType gpu: settings under which the engine cannot start (risky but workable
+        """deviceType gpu: settings under which the engines cannot run (risky but workable
         ones are :meth:`warnings`)."""
         p: list[str] = []
-        h = self.handler
-        n = h.parallel_size
+        n = self.parallel_size
         sizes = self._sizes()
         if self.parallelType is not None and self.parallelType != "custom":
             p.append(
@@ -777,12 +776,14 @@ class ModelConfig(BaseModel):
             p.append(
                 f"parallelLevel {self.parallelLevel} does not match {sizes}; set parallelLevel: {n}"
             )
-        if (
-            self.parallelLevel is not None
-            and self.deviceIds is not None
-            and len(self.deviceIds) < n
-        ):
-            # the frontend takes parallelLevel ids from deviceIds for each worker
+        if n > 1 and not self._own_gpus() and self.minWorkers > 1:
+            p.append(
+                f"minWorkers {self.minWorkers}: parallelType/parallelLevel are not both set, "
+                f"so TorchServe gives each worker one GPU id and {self.minWorkers} workers of "
+                f"{n} GPUs ({sizes}) would share GPUs; set parallelType: custom and "
+                f"parallelLevel: {n}"
+            )
+        if self.deviceIds is not None and len(self.deviceIds) < n:
             p.append(
                 f"deviceIds lists {len(self.deviceIds)} GPU(s) but {sizes} needs {n} per "
                 f"worker; list at least {n} deviceIds or remove deviceIds"
@@ -796,37 +797,28 @@ class ModelConfig(BaseModel):
             f"pipeline_parallel_size {h.pipeline_parallel_size}"
         )
 
+    def _own_gpus(self) -> bool:
+        """TorchServe hands each worker parallelLevel GPUs of its own (CUDA_VISIBLE_DEVICES)."""
+        return self.parallelType == "custom" and self.parallelLevel is not None
+
     def warnings(self) -> list[str]:
-        """Risky but workable settings (TorchServe served them): each names the fix.
+        """Risky but workable settings (TorchServe served them), each naming the fix.
 
         ``tsvllm validate`` prints them and the worker logs them at ``initialize``; only
-        :class:`ConfigError` problems stop a config.
+        the problems in :class:`ConfigError` stop a config.
         """
-        if self.deviceType != "gpu" or (
-            self.parallelType == "custom" and self.parallelLevel is not None
-        ):
-            return []
         n = self.parallel_size
+        if self.deviceType != "gpu" or n == 1 or self._own_gpus():
+            return []
         unset = [k for k in ("parallelType", "parallelLevel") if getattr(self, k) is None]
-        fix = f"set parallelType: custom and parallelLevel: {n}"
         if not unset:  # parallelType pp/tp/pptp: an error already
             return []
-        why = (
-            f"{'/'.join(unset)} {'is' if len(unset) == 1 else 'are'} not set, so TorchServe "
-            "does not give each worker its own GPUs (no CUDA_VISIBLE_DEVICES): vLLM sees "
-            "every GPU and takes the first"
-        )
-        if n > 1:
-            return [
-                f"{self._sizes()} needs {n} GPUs per worker but {why} {n}; a second worker "
-                f"or model on this host would share them; {fix}"
-            ]
-        if self.maxWorkers > 1:
-            return [
-                f"maxWorkers {self.maxWorkers} on gpu: {why} one, so every worker's engine "
-                f"would share GPU 0; {fix}"
-            ]
-        return []
+        return [
+            f"{self._sizes()} needs {n} GPUs per worker but {'/'.join(unset)} "
+            f"{'is' if len(unset) == 1 else 'are'} not set, so TorchServe hands each worker "
+            f"one GPU id: the engine takes the first {n} GPUs, which TorchServe may also hand "
+            f"to another worker or model; set parallelType: custom and parallelLevel: {n}"
+        ]
 
     def to_yaml(self) -> str:
         """The config as YAML: frontend keys first, then ``handler:``; None and empty omitted.

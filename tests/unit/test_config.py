@@ -544,6 +544,7 @@ def test_device_and_parallel_type_any_case(tmp_path, text, device, parallel) -> 
 
 
 TP4_FIX = "set parallelType: custom and parallelLevel: 4"
+NO_PARALLEL = GPU_TP4.replace("parallelType: custom\nparallelLevel: 4\n", "")
 
 
 @pytest.mark.parametrize(
@@ -551,42 +552,34 @@ TP4_FIX = "set parallelType: custom and parallelLevel: 4"
     [
         pytest.param(GPU_TP4, [], id="custom-and-level"),
         pytest.param(
-            GPU_TP4.replace("parallelType: custom\nparallelLevel: 4\n", ""),
+            NO_PARALLEL,
             [
                 "tensor_parallel_size 4 × pipeline_parallel_size 1 needs 4 GPUs per worker but "
-                "parallelType/parallelLevel are not set, so TorchServe does not give each "
-                "worker its own GPUs (no CUDA_VISIBLE_DEVICES): vLLM sees every GPU and takes "
-                "the first 4; a second worker or model on this host would share them; " + TP4_FIX
+                "parallelType/parallelLevel are not set, so TorchServe hands each worker one "
+                "GPU id: the engine takes the first 4 GPUs, which TorchServe may also hand to "
+                "another worker or model; " + TP4_FIX
             ],
             id="neither",
         ),
         pytest.param(
             GPU_TP4.replace("parallelType: custom\n", ""),
-            ["parallelType is not set"],
+            ["but parallelType is not set"],
             id="no-parallel-type",
         ),
         pytest.param(
             GPU_TP4.replace("parallelLevel: 4\n", ""),
-            ["parallelLevel is not set"],
+            ["but parallelLevel is not set"],
             id="no-parallel-level",
         ),
         pytest.param(
-            GPU_TP4.replace("parallelLevel: 4", "deviceIds: [0, 1]"),
-            ["parallelLevel is not set"],
-            id="device-ids-without-level",
+            NO_PARALLEL.replace("deviceType: gpu", "deviceType: gpu\nmaxWorkers: 2"),
+            ["are not set"],
+            id="max-workers-2",
         ),
         pytest.param(
             "deviceType: gpu\nmaxWorkers: 2\nasyncCommunication: true\nhandler: {model_path: m}\n",
-            [
-                "every worker's engine would share GPU 0; set parallelType: custom and "
-                "parallelLevel: 1"
-            ],
-            id="two-workers-one-gpu-each",
-        ),
-        pytest.param(
-            "deviceType: gpu\nasyncCommunication: true\nhandler: {model_path: m}\n",
             [],
-            id="one-worker-one-gpu",
+            id="one-gpu-per-worker",  # the handler pins each worker to its gpu_id
         ),
         pytest.param(
             "asyncCommunication: true\nmaxWorkers: 2\nhandler: {model_path: m}\n", [], id="cpu"
@@ -598,8 +591,25 @@ def test_warnings(tmp_path: Path, text: str, expected: list[str]) -> None:
     assert len(warnings) == len(expected), warnings
     for got, want in zip(warnings, expected, strict=True):
         assert want in got
-        if "GPU" in got:
-            assert got.rstrip().split("; ")[-1].startswith("set parallelType: custom")
+        assert got.endswith(TP4_FIX)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        NO_PARALLEL.replace("deviceType: gpu", "deviceType: gpu\nminWorkers: 2\nmaxWorkers: 2"),
+        GPU_TP4.replace("parallelLevel: 4\n", "minWorkers: 2\nmaxWorkers: 2\n"),
+    ],
+)
+def test_several_workers_sharing_gpus_is_an_error(tmp_path: Path, text: str) -> None:
+    with pytest.raises(ConfigError, match="minWorkers 2: .* would share GPUs; " + TP4_FIX):
+        _load(tmp_path, text)
+
+
+def test_device_ids_too_few_without_parallel_level(tmp_path: Path) -> None:
+    # the handler pins the engine to the first tensor_parallel_size of deviceIds
+    with pytest.raises(ConfigError, match="list at least 4 deviceIds"):
+        _load(tmp_path, NO_PARALLEL.replace("deviceType: gpu", "deviceType: gpu\ndeviceIds: [0]"))
 
 
 def test_shipped_configs_have_no_warnings() -> None:

@@ -171,7 +171,10 @@ def test_tp_without_custom_single_worker_takes_the_first_n():
 
 
 def test_tp_without_custom_several_workers_refused():
-    cfg = config(tp=2, workers=2)
+    # the config already refuses it (ModelConfig._gpu_problems); place() refuses it too
+    with pytest.raises(ConfigError, match="set parallelType: custom and parallelLevel: 2"):
+        config(tp=2, workers=2)
+    cfg = config(tp=2).model_copy(update={"minWorkers": 2, "maxWorkers": 2})
     with pytest.raises(ConfigError, match="set parallelType: custom and parallelLevel: 2"):
         place(cfg, GpuView(1, None, None, True, (0, 1, 2, 3)))
 
