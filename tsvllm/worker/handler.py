@@ -20,7 +20,7 @@ from tsvllm.errors import EngineStartFailed, EngineUnavailable, RequestTimeout
 from tsvllm.worker import core, ts_worker
 from tsvllm.worker.audit import AuditLog
 from tsvllm.worker.drain_watch import DrainWatch
-from tsvllm.worker.hooks import Hooks
+from tsvllm.worker.hooks import Hooks, check_torchserve_overrides
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +86,9 @@ class VLLMHandler(Hooks):
         source = str(model_dir / "model-config.yaml")
         self.config = validate_model_config(context.model_yaml_config or {}, source=source)
         self._check_features(source)
+        check_torchserve_overrides(type(self), base=VLLMHandler)  # never skip them silently
+        for warning in self.config.warnings():  # risky but workable settings
+            logger.warning("tsvllm: %s: %s", source, warning)
         handler_cfg = self.config.handler
         self.max_body_bytes = handler_cfg.max_body_bytes
         self.request_timeout_s = handler_cfg.request_timeout_s

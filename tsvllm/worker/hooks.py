@@ -128,3 +128,45 @@ def final_chunk(ctx: RequestContext, *, finish_reason: str | None, **extra: Any)
 def overrides(obj: object, name: str) -> bool:
     """True when ``obj``'s class overrides hook ``name`` (lets the handler skip no-op hooks)."""
     return getattr(type(obj), name) is not getattr(Hooks, name)
+
+
+#: Methods of TorchServe's VLLMHandler / BaseVLLMHandler (and BaseHandler's request path) that
+#: tsvllm never calls, with what to use instead (docs/MIGRATING.md).
+TORCHSERVE_METHODS = {
+    "preprocess": "on_request(body, ctx), which gets the decoded OpenAI request body",
+    "inference": (
+        "build_engine(model_dir=) to use another engine; on_response/on_chunk to change "
+        "what the engine returns"
+    ),
+    "postprocess": (
+        "on_response(body, ctx) for a full response, on_chunk(event, ctx) and "
+        "on_stream_end(ctx) for a stream"
+    ),
+    "_get_vllm_engine_config": (
+        "handler.vllm_engine_config in model-config.yaml (or build_engine(model_dir=))"
+    ),
+    "_set_attr_value": "handler.vllm_engine_config in model-config.yaml",
+    "_get_sampling_params": "on_request(body, ctx): set temperature, max_tokens, ... in the body",
+    "_get_lora_request": (
+        "handler.adapters in model-config.yaml: clients send the adapter's name as `model`"
+    ),
+}
+
+
+def check_torchserve_overrides(cls: type, *, base: type) -> None:
+    """Refuse a handler class that defines a method TorchServe's VLLMHandler called but tsvllm
+    never calls (it would be skipped silently): raise TypeError naming the hook to use.
+
+    A class that overrides ``handle`` itself (``base`` is where tsvllm defines it) owns the
+    request path and may call such methods, so it is not checked.
+    """
+    if getattr(cls, "handle", None) is not getattr(base, "handle", None):
+        return
+    found = [name for name in TORCHSERVE_METHODS if callable(getattr(cls, name, None))]
+    if found:
+        lines = "\n".join(f"  {name}: use {TORCHSERVE_METHODS[name]}" for name in found)
+        raise TypeError(
+            f"handler {cls.__module__}.{cls.__qualname__} defines {', '.join(found)}, which "
+            "TorchServe's VLLMHandler called but tsvllm never calls; move the code to tsvllm's "
+            f"hooks (see docs/MIGRATING.md) and remove or rename the method:\n{lines}"
+        )
