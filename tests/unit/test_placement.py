@@ -41,13 +41,15 @@ def config(*, tp=1, pp=1, workers=1, max_workers=None, custom=None, device_ids=N
 
 
 def torchserve_workers(cfg, *, count, frontend_visible=None, global_counter=0):
-    """(gpu_id, the worker's CUDA_VISIBLE_DEVICES) for each of minWorkers workers."""
+    """(gpu_id, the worker's CUDA_VISIBLE_DEVICES) for each worker the frontend starts."""
     level = cfg.parallelLevel if cfg.parallelType and (cfg.parallelLevel or 0) > 0 else 0
     ids = cfg.deviceIds
     pool = len(ids) if ids else count
     stride = level or 1
+    # ModelManager.updateModel: with a parallelLevel on gpu, at most pool // level workers
+    workers = min(cfg.minWorkers, pool // level) if level else cfg.minWorkers
     model_counter, out = 0, []
-    for _ in range(cfg.minWorkers):
+    for _ in range(workers):
         if ids or level:  # the model's counter: getAndAccumulate (the value before)
             gpu, model_counter = model_counter, (model_counter + stride) % pool
             if level == 0:
@@ -123,11 +125,16 @@ def test_disjoint_or_refused(frontend_visible, smi, tp, pp, workers, custom):
             results.append(place(cfg, view))
         except ConfigError as exc:
             results.append(exc)
-    if workers * n <= len(visible):
+    if custom and n > len(visible):
+        assert results == []  # the frontend refuses to register it (capacity 0)
+    elif workers * n <= len(visible) or custom:
         devices = [d for r in results for d in r.devices]
         assert all(len(r.devices) == n for r in results)
-        assert len(set(devices)) == len(devices) == workers * n
+        started = min(workers, len(visible) // n)  # the frontend caps a custom model
+        assert len(set(devices)) == len(devices) == started * n
         assert {int(d) for d in devices} <= set(visible)
+        if started < workers:
+            assert all(f"runs only {started} worker(s)" in " ".join(r.warnings) for r in results)
     else:
         assert all(isinstance(r, ConfigError) for r in results)
         assert f"= {workers * n} GPUs, but {len(visible)} are available" in str(results[0])
@@ -148,14 +155,26 @@ def test_custom_pairs_under_4567_are_physical_not_logical():
     assert [p.logical for p in placed] == [(0, 1), (2, 3)]
 
 
-def test_three_workers_of_two_on_four_gpus_is_refused_with_the_fix():
+def test_three_workers_of_two_on_four_gpus_run_as_two_with_a_warning():
     cfg = config(tp=2, workers=3, custom=True)
+    placed = [place(cfg, v) for v in views(cfg, count=4)]
+    assert [p.visible for p in placed] == ["0,1", "2,3"]  # the frontend starts only 2
+    assert (
+        "TorchServe runs only 2 worker(s); set minWorkers and maxWorkers to 2"
+        in (placed[0].warnings[0])
+    )
+
+
+def test_five_single_gpu_workers_on_four_gpus_are_refused_with_the_fix():
+    cfg = config(workers=5)
+    vs = views(cfg, count=4)
+    assert [v.gpu_id for v in vs] == [1, 2, 3, 0, 1]  # the fifth would share GPU 1
     with pytest.raises(ConfigError) as err:
-        place(cfg, views(cfg, count=4)[0])
+        place(cfg, vs[0])
     msg = str(err.value)
-    assert "minWorkers: 3 worker(s) × 2 GPU(s) per worker" in msg
-    assert "= 6 GPUs, but 4 are available" in msg
-    assert "lower minWorkers and maxWorkers to 2" in msg
+    assert "minWorkers: 5 worker(s) × 1 GPU(s) per worker" in msg
+    assert "= 5 GPUs, but 4 are available" in msg
+    assert "lower minWorkers and maxWorkers to 4" in msg
 
 
 def test_more_gpus_per_worker_than_visible():
@@ -266,7 +285,8 @@ def test_refusal_depends_only_on_the_config_and_the_gpu_count(workers, tp):
             outcomes.add("ok")
         except ConfigError:
             outcomes.add("refused")
-    assert outcomes == {"ok" if workers * tp <= 4 else "refused"}
+    # custom: the frontend caps the workers, so only single-GPU workers can overlap
+    assert outcomes == {"ok" if tp > 1 or workers <= 4 else "refused"}
 
 
 # -- gathering the view ------------------------------------------------------------------------
@@ -331,10 +351,10 @@ def test_assign_gpus_sets_the_environment_and_logs(monkeypatch, caplog):
 
 
 def test_assign_gpus_returns_the_refusal_and_leaves_the_environment(monkeypatch):
-    monkeypatch.setattr(pl, "observe", lambda props, env: GpuView(0, "0,1", None, True, (0, 1)))
+    monkeypatch.setattr(pl, "observe", lambda props, env: GpuView(1, "0,1", None, True, (0, 1)))
     env = {"CUDA_VISIBLE_DEVICES": "0,1"}
-    err = pl.assign_gpus(config(tp=2, workers=2, custom=True), {"gpu_id": 0}, env)
-    assert isinstance(err, ConfigError) and "lower minWorkers and maxWorkers to 1" in str(err)
+    err = pl.assign_gpus(config(workers=3), {"gpu_id": 1}, env)
+    assert isinstance(err, ConfigError) and "lower minWorkers and maxWorkers to 2" in str(err)
     assert env["CUDA_VISIBLE_DEVICES"] == "0,1"
 
 

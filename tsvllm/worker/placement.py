@@ -8,8 +8,9 @@ GPUs it counted), and only sometimes tells the worker's process about them:
   nvidia-smi's order, and caps the count at ``number_of_gpu`` from config.properties
   (``SystemInfo.populateAccelerators``, ``ICsvSmiParser``, ``ConfigManager``). Logical id
   ``i`` is item ``i`` of that list: under ``CUDA_VISIBLE_DEVICES=4,5,6,7`` it hands out 0–3.
-* With ``parallelType`` set and ``parallelLevel`` L > 0, worker k gets ``gpuId`` = a per-model
-  counter advanced by L modulo the pool (``(k*L) % pool``), and its process gets
+* With ``parallelType`` set and ``parallelLevel`` L > 0 on gpu, the frontend caps minWorkers
+  and maxWorkers at pool // L (``ModelManager.updateModel``; at registration and on scaling);
+  worker k gets ``gpuId`` = a per-model counter advanced by L modulo the pool, and its process gets
   ``CUDA_VISIBLE_DEVICES=gpuId,...,gpuId+L-1`` (with ``deviceIds``: that slice of the list):
   logical ids, written over the frontend's own value (``WorkLoadManager.addThreads``,
   ``WorkerThread.getDeviceIds``, ``WorkerLifeCycle.startWorkerPython``).
@@ -225,7 +226,14 @@ def place(config: ModelConfig, view: GpuView, *, source: str = "model-config.yam
         fit = pool // per_worker
         of = f"{pool} in deviceIds" if pool != count else f"{pool}"
         need = config.minWorkers * per_worker
-        if need > pool:
+        if custom and need > pool and fit:
+            # ModelManager.updateModel caps min/maxWorkers at GPUs // parallelLevel on gpu
+            warnings.append(
+                f"minWorkers {config.minWorkers} × {per_worker} GPU(s) = {need} GPUs, but "
+                f"{of} are available ({where}): TorchServe runs only {fit} worker(s); set "
+                f"minWorkers and maxWorkers to {fit} to say so"
+            )
+        elif need > pool:
             fix = (
                 f"lower minWorkers and maxWorkers to {fit}"
                 if fit
@@ -236,7 +244,7 @@ def place(config: ModelConfig, view: GpuView, *, source: str = "model-config.yam
                 f"({sizes}) = {need} GPUs, but {of} are available ({where}); {fix}, or run "
                 "on more GPUs"
             )
-        elif config.maxWorkers * per_worker > pool:
+        elif not custom and config.maxWorkers * per_worker > pool:
             warnings.append(
                 f"maxWorkers {config.maxWorkers} × {per_worker} GPU(s) = "
                 f"{config.maxWorkers * per_worker} > {pool}: scaling beyond {fit} worker(s) "
