@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tsvllm.engine.base import Api, StreamEvent
+from tsvllm.engine.base import Api, EngineReply, EngineRoute, StreamEvent
 from tsvllm.errors import BadRequest, NotFound
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -50,6 +50,39 @@ class FakeEngine:
                     raise RuntimeError("engine died mid-stream")
                 await asyncio.sleep(self.delay_s)
                 yield StreamEvent(json.dumps(chunk))
+        finally:
+            self.closed_streams += 1
+
+    ROUTES = (
+        EngineRoute("tokenize", frozenset({"POST"})),
+        EngineRoute("version", frozenset({"GET"})),
+        EngineRoute("v1/responses", frozenset({"POST"})),
+        EngineRoute("v1/chat/completions/batch", frozenset({"POST"})),
+    )
+
+    def routes(self):
+        return list(self.ROUTES)
+
+    def route_for(self, path: str):
+        return next((r for r in self.ROUTES if r.template == path), None)
+
+    async def call(self, route, path: str, body: bytes, *, request_id: str) -> EngineReply:
+        """Echoes the request; ``v1/responses`` streams a Responses-style event stream."""
+        self.calls.append((route.template, json.loads(body) if body else None, request_id))
+        if path == "version":
+            return EngineReply(200, "application/json", b'{"version":"0.32.0"}')
+        request = json.loads(body)
+        if path == "v1/responses" and request.get("stream"):
+            return EngineReply(200, "text/event-stream", chunks=self._response_events())
+        reply = {"echo": request, "usage": {"input_tokens": 3, "output_tokens": 2}}
+        return EngineReply(200, "application/json", json.dumps(reply).encode())
+
+    async def _response_events(self) -> AsyncIterator[bytes]:
+        try:
+            for i, kind in enumerate(["created", "output_text.delta", "completed"]):
+                await asyncio.sleep(self.delay_s)
+                data = json.dumps({"type": f"response.{kind}", "sequence_number": i})
+                yield f"event: response.{kind}\ndata: {data}\n\n".encode()
         finally:
             self.closed_streams += 1
 

@@ -13,17 +13,44 @@ as :mod:`tsvllm.errors` exceptions carrying their HTTP status.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol, runtime_checkable
 
 
 class Api(str, Enum):
-    """The generation APIs an engine serves."""
+    """The generation APIs hooks see (``RequestContext.api``).
+
+    ``COMPLETIONS`` and ``CHAT`` go through :meth:`Engine.generate`; ``RESPONSES`` and
+    ``MESSAGES`` (OpenAI's Responses API, Anthropic's Messages API) through
+    :meth:`Engine.call`, with the hooks still applied.
+    """
 
     COMPLETIONS = "completions"
     CHAT = "chat"
+    RESPONSES = "responses"
+    MESSAGES = "messages"
+
+
+@dataclass(frozen=True)
+class EngineRoute:
+    """One HTTP route the engine serves through :meth:`Engine.call`."""
+
+    #: the path template without the leading slash, e.g. ``v1/responses/{response_id}``
+    template: str
+    methods: frozenset[str]
+
+
+@dataclass
+class EngineReply:
+    """What :meth:`Engine.call` answered: a whole body, or a stream of body chunks."""
+
+    status: int
+    content_type: str
+    body: bytes = b""
+    #: set for a streamed reply (server-sent events); closing it aborts the request
+    chunks: AsyncIterator[bytes] | None = None
 
 
 @dataclass
@@ -39,6 +66,8 @@ class StreamEvent:
     data: str
     _payload: dict[str, Any] | None = field(default=None, repr=False)
     _dirty: bool = field(default=False, repr=False)
+    #: the SSE ``event:`` name, where the API names its events (Responses, Messages)
+    event: str | None = None
 
     @property
     def payload(self) -> dict[str, Any]:
@@ -55,14 +84,29 @@ class StreamEvent:
         self._dirty = True
 
     @classmethod
-    def from_payload(cls, payload: dict[str, Any]) -> StreamEvent:
-        return cls(data="", _payload=payload, _dirty=True)
+    def from_payload(cls, payload: dict[str, Any], *, event: str | None = None) -> StreamEvent:
+        return cls(data="", _payload=payload, _dirty=True, event=event)
+
+    @classmethod
+    def parse(cls, text: str) -> StreamEvent | None:
+        """One SSE event's text (``event:``/``data:`` lines); None for ``[DONE]`` or none."""
+        event, data = None, []
+        for line in text.split("\n"):
+            if line.startswith("event:"):
+                event = line[6:].strip()
+            elif line.startswith("data:"):
+                data.append(line[5:].removeprefix(" "))
+        if not data or data == ["[DONE]"]:
+            return None
+        return cls("\n".join(data), event=event)
 
     def encode(self) -> str:
         """The event as SSE text: ``data: {...}\\n\\n``."""
         if self._dirty and self._payload is not None:
             self.data = json.dumps(self._payload, separators=(",", ":"))
             self._dirty = False
+        if self.event is not None:
+            return f"event: {self.event}\ndata: {self.data}\n\n"
         return f"data: {self.data}\n\n"
 
 
@@ -92,6 +136,24 @@ class Engine(Protocol):
         Returns the response body (non-streaming) or an async iterator of events
         (``"stream": true``). Closing the iterator early aborts the generation.
         Raises a :class:`tsvllm.errors.TsVllmError` for a bad request or a dead engine.
+        """
+        ...
+
+    def routes(self) -> Sequence[EngineRoute]:
+        """Every other route the engine serves (tokenize, Responses, pooling, ...)."""
+        ...
+
+    def route_for(self, path: str) -> EngineRoute | None:
+        """The route serving ``path`` (no leading slash), or None."""
+        ...
+
+    async def call(
+        self, route: EngineRoute, path: str, body: bytes, *, request_id: str
+    ) -> EngineReply:
+        """Serve ``path`` on ``route`` with the raw JSON ``body`` (empty: none).
+
+        The reply is the engine's own (its status, its OpenAI-style error bodies).
+        Cancelling the call, or closing a streamed reply's chunks, aborts the request.
         """
         ...
 

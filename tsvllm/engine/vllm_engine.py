@@ -20,7 +20,14 @@ import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
-from tsvllm.engine.base import Api, EngineCannotStart, GenerateResult, StreamEvent
+from tsvllm.engine.base import (
+    Api,
+    EngineCannotStart,
+    EngineReply,
+    EngineRoute,
+    GenerateResult,
+    StreamEvent,
+)
 from tsvllm.errors import BadRequest, EngineUnavailable, error_for_status, validation_message
 
 logger = logging.getLogger(__name__)
@@ -137,14 +144,17 @@ class VllmEngine:
         self,
         *,
         client: Any,
-        state: Any,
+        app: Any,
         exit_stack: contextlib.AsyncExitStack,
         processes: Sequence[Any] = (),
     ):
         self._client = client
         #: the processes the engine started (psutil), killed at shutdown if still alive
         self._processes = list(processes)
-        self._state = state
+        #: vLLM's own FastAPI app, built as `vllm serve` builds it: every route it has
+        self._app = app
+        self._state = app.state
+        self._routes = _served_routes(app)
         # holds vLLM's client context open: were it collected, its finaliser would shut
         # the engine down
         self._exit_stack = exit_stack
@@ -155,12 +165,12 @@ class VllmEngine:
     async def start(cls, args: argparse.Namespace) -> VllmEngine:
         """Start AsyncLLM and build vLLM's serving objects from parsed ``args``."""
         import psutil
-        from starlette.datastructures import State
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.entrypoints.launchers.api_server.app_state import init_app_state
         from vllm.entrypoints.launchers.api_server.entry import (
             build_async_engine_client_from_engine_args,
         )
+        from vllm.entrypoints.launchers.app import build_app
 
         me = psutil.Process()
         before = {p.pid for p in me.children(recursive=True)}
@@ -170,19 +180,19 @@ class VllmEngine:
                 build_async_engine_client_from_engine_args(AsyncEngineArgs.from_cli_args(args))
             )
             tasks = await client.get_supported_tasks()
-            state = State()
-            await init_app_state(client, state, args, tasks)
+            app = build_app(args, tasks, client.model_config)
+            await init_app_state(client, app.state, args, tasks)
         except (ValueError, TypeError) as exc:  # vLLM's config checks: no retry fixes them
             await stack.aclose()
             raise EngineArgsError(f"vLLM rejected the configuration: {exc}") from exc
         except BaseException:
             await stack.aclose()
             raise
-        if getattr(state, "openai_serving_chat", None) is None:
+        if getattr(app.state, "openai_serving_chat", None) is None:
             await stack.aclose()
             raise EngineArgsError("the model does not support text generation (no chat serving)")
         started = [p for p in me.children(recursive=True) if p.pid not in before]
-        return cls(client=client, state=state, exit_stack=stack, processes=started)
+        return cls(client=client, app=app, exit_stack=stack, processes=started)
 
     # -- Engine protocol -------------------------------------------------------------
 
@@ -260,6 +270,25 @@ class VllmEngine:
             self._running.pop(request_id, None)
             await sse.aclose()
 
+    def routes(self) -> list[EngineRoute]:
+        return [route for route, _ in self._routes]
+
+    def route_for(self, path: str) -> EngineRoute | None:
+        for route, pattern in self._routes:
+            if pattern.match("/" + path):
+                return route
+        return None
+
+    async def call(
+        self, route: EngineRoute, path: str, body: bytes, *, request_id: str
+    ) -> EngineReply:
+        if self._client.errored:
+            raise EngineUnavailable("the engine is not running; it is being restarted")
+        method = "POST" if body and "POST" in route.methods else None
+        if method is None:
+            method = "GET" if "GET" in route.methods else sorted(route.methods)[0]
+        return await asgi_call(self._app, method, "/" + path, body, request_id=request_id)
+
     async def abort(self, request_id: str) -> None:
         running = self._running.pop(request_id, None)
         if running is None:
@@ -298,6 +327,112 @@ class VllmEngine:
                 with contextlib.suppress(Exception):
                     if proc.is_running():
                         proc.kill()
+
+
+#: vLLM routes never served through TorchServe: served by the handler itself (completions
+#: and chat on the typed fast path, v1/models, health), the frontend's own (ping), vLLM's
+#: metrics (exported apart, see docs), API docs, and operator-only actions (scaling, aborting
+#: anyone's requests, KV-event sources).
+_NOT_SERVED = frozenset(
+    {
+        "/v1/completions",
+        "/v1/chat/completions",
+        "/v1/models",
+        "/health",
+        "/ping",
+        "/load",
+        "/metrics",
+        "/docs",
+        "/docs/oauth2-redirect",
+        "/openapi.json",
+        "/redoc",
+        "/scale_elastic_ep",
+        "/is_scaling_elastic_ep",
+        "/inference/v1/abort_requests",
+        "/kv_event_sources",
+    }
+)
+
+
+def _served_routes(app: Any) -> list[tuple[EngineRoute, Any]]:
+    """The app's HTTP routes we serve, with the regex each matches paths with."""
+    out = []
+    for r in app.routes:
+        methods = getattr(r, "methods", None)
+        if not methods or r.path in _NOT_SERVED or not hasattr(r, "path_regex"):
+            continue
+        out.append((EngineRoute(r.path.lstrip("/"), frozenset(methods) - {"HEAD"}), r.path_regex))
+    return out
+
+
+async def asgi_call(
+    app: Any, method: str, path: str, body: bytes, *, request_id: str
+) -> EngineReply:
+    """One request to an ASGI app in this process, its reply streamed as it comes."""
+    replies: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"x-request-id", request_id.encode()),  # vLLM's request id: logs line up
+        ],
+        "client": ("127.0.0.1", 0),
+        "server": ("127.0.0.1", 0),
+        "state": {},
+    }
+    sent = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await asyncio.Future()  # never: the app is cancelled when we are done with it
+
+    task = asyncio.ensure_future(app(scope, receive, replies.put))
+    task.add_done_callback(lambda t: replies.put_nowait({"type": "done"}))
+    try:
+        start = await replies.get()
+        if start["type"] != "http.response.start":
+            task.result()  # the app failed before answering: raise its error
+            raise RuntimeError(f"the ASGI app answered {start['type']!r} first")
+        headers = {k.decode().lower(): v.decode() for k, v in start.get("headers", ())}
+        content_type = headers.get("content-type", "application/json")
+        if content_type.startswith("text/event-stream"):
+            chunks = _body_chunks(replies, task)
+            return EngineReply(start["status"], content_type, chunks=chunks)
+        parts = []
+        async for part in _body_chunks(replies, task):
+            parts.append(part)
+        return EngineReply(start["status"], content_type, body=b"".join(parts))
+    except BaseException:
+        task.cancel()
+        raise
+
+
+async def _body_chunks(replies: asyncio.Queue, task: asyncio.Future) -> AsyncIterator[bytes]:
+    """The body messages' bytes until the last one; closing early cancels the app."""
+    try:
+        while True:
+            message = await replies.get()
+            if message["type"] == "done":
+                task.result()  # raises what ended the app early
+                return
+            if message.get("body"):
+                yield message["body"]
+            if not message.get("more_body", False):
+                return
+    finally:
+        task.cancel()
 
 
 def _from_vllm_exception(exc: Exception) -> Exception:

@@ -32,11 +32,11 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from tsvllm import drain
-from tsvllm.engine.base import StreamEvent
+from tsvllm.engine.base import EngineReply, StreamEvent
 from tsvllm.errors import BadRequest, EngineUnavailable, PayloadTooLarge, to_error_body
 from tsvllm.worker import routes, ts_worker
 from tsvllm.worker.adapters import Adapter, EngineRequest
-from tsvllm.worker.hooks import EndStream, RequestContext, final_chunk, overrides
+from tsvllm.worker.hooks import EndStream, RequestContext, closing_events, overrides
 
 if TYPE_CHECKING:
     from tsvllm.worker.handler import VLLMHandler
@@ -93,7 +93,7 @@ async def _serve(
     headers = ts_worker.request_headers(context)
     if handler.api_key is not None:
         record.key = handler.api_key.check(headers)
-    route = routes.resolve(ts_worker.request_header(context, "url_path"))
+    route = _resolve(handler, ts_worker.request_header(context, "url_path"))
     record.route = route.path
     if handler.draining:
         raise EngineUnavailable(
@@ -103,6 +103,9 @@ async def _serve(
     if route.probe is not None:
         return json_reply(context, await _answer_probe(handler, route.probe))
     handler.inflight.add(record)
+    deadline = asyncio.get_running_loop().time() + handler.request_timeout_s
+    if route.engine_route is not None:
+        return await _serve_engine_route(handler, route, request, context, record, deadline)
     adapter = route.adapter
     limit = adapter.max_body_bytes or handler.max_body_bytes
     body = decode_body(request, headers, limit=limit, limit_name=adapter.limit_name)
@@ -110,7 +113,7 @@ async def _serve(
     if handler.audit_content:
         record.requests = [call.body for call in calls]
     request_id = ts_worker.request_id(context)
-    contexts = [
+    contexts = record.contexts = [
         RequestContext(
             request_id=request_id if len(calls) == 1 else f"{request_id}-{i}",
             route=route.path,
@@ -120,22 +123,153 @@ async def _serve(
         )
         for i, call in enumerate(calls)
     ]
-    record.contexts = contexts
-    deadline = asyncio.get_running_loop().time() + handler.request_timeout_s
+
+    async def start() -> Any:
+        engine = await handler.ready_engine()
+        if contexts[0].stream:
+            return await _open_stream(handler, engine, calls[0], contexts[0])
+        return await _generate_all(handler, engine, adapter, calls, contexts, record)
+
+    result = await _under_deadline(handler, record, start, deadline=deadline)
+    if contexts[0].stream:
+        return await _stream(handler, result, contexts[0], context, record, deadline=deadline)
+    return json_reply(context, adapter.to_reply(result))
+
+
+def _resolve(handler: VLLMHandler, url_path: str | None) -> routes.Route:
+    """The route; a path only the engine may serve waits for it (503, or the start failure)."""
+    engine = handler.engine if handler.engine is not None and not handler.engine.dead else None
+    try:
+        return routes.resolve(url_path, engine=engine, hooked=handler.hooked)
+    except EngineUnavailable:
+        if handler.start_failed is not None:
+            raise handler.start_failed from None
+        raise
+
+
+async def _under_deadline(
+    handler: VLLMHandler, record: Record, work: Any, *, deadline: float
+) -> Any:
+    """``await work()`` before ``deadline``: past it, the work is cancelled (the engine
+    aborts its requests) and the request fails with :func:`_deadline_error`."""
     timer = record.timer = asyncio.timeout_at(deadline)
     try:
         async with timer:
-            engine = await handler.ready_engine()
-            if contexts[0].stream:
-                events = await _open_stream(handler, engine, calls[0], contexts[0])
-            else:
-                results = await _generate_all(handler, engine, adapter, calls, contexts, record)
-                return json_reply(context, adapter.to_reply(results))
+            return await work()
     except TimeoutError:
-        if timer.expired():  # cancelling the engine calls aborted their engine requests
+        if timer.expired():
             raise _deadline_error(handler, record) from None
         raise
-    return await _stream(handler, events, contexts[0], context, record, deadline=deadline)
+
+
+async def _serve_engine_route(
+    handler: VLLMHandler,
+    route: routes.Route,
+    request: dict[str, Any],
+    context: Any,
+    record: Record,
+    deadline: float,
+) -> bytes:
+    """A route the engine serves itself (:meth:`Engine.call`); hooks run where the route
+    has an API they understand (``route.api``: Responses, Messages)."""
+    headers = ts_worker.request_headers(context)
+    path = (ts_worker.request_header(context, "url_path") or "").split("?")[0].strip("/")
+    body = _engine_body(request, headers, limit=handler.max_body_bytes)
+    ctx = RequestContext(
+        request_id=ts_worker.request_id(context),
+        route=route.path,
+        api=route.api,
+        headers=headers,
+        stream=isinstance(body, dict) and bool(body.get("stream")),
+    )
+    record.contexts = [ctx]
+    if handler.audit_content and isinstance(body, dict):
+        record.requests = [body]
+
+    async def start() -> EngineReply:
+        engine = await handler.ready_engine()
+        payload = body
+        if route.api is not None:
+            payload = await handler.on_request(body, ctx)
+        raw = b"" if payload is None else json.dumps(payload, separators=(",", ":")).encode()
+        reply = await engine.call(route.engine_route, path, raw, request_id=ctx.request_id)
+        if route.api is not None and reply.chunks is None and reply.status == 200:
+            result = json.loads(reply.body)
+            record.usages.append(_usage(result))
+            result = await handler.on_response(result, ctx)
+            reply.body = json.dumps(result, separators=(",", ":")).encode()
+        return reply
+
+    reply = await _under_deadline(handler, record, start, deadline=deadline)
+    ts_worker.set_reply(context, status=reply.status, content_type=reply.content_type)
+    if reply.chunks is None:
+        return reply.body
+    if route.api is None or not overrides(handler, "on_chunk"):
+        return await _relay(handler, reply.chunks, context, record, deadline=deadline)
+    events = _sse_events(reply.chunks)
+    return await _stream(handler, events, ctx, context, record, deadline=deadline, done=b"")
+
+
+def _engine_body(
+    request: dict[str, Any], headers: dict[str, str], *, limit: int
+) -> dict[str, Any] | None:
+    """An engine route's JSON body, or None when the request has none (a GET)."""
+    raw = request.get("body")
+    if raw is None:
+        raw = request.get("data")
+    if raw is None or (isinstance(raw, (bytes, bytearray, str)) and not raw.strip()):
+        return None
+    return decode_body(request, headers, limit=limit, limit_name="handler.max_body_bytes")
+
+
+def _usage(result: dict[str, Any]) -> dict[str, Any]:
+    """Token counts of a Responses/Messages body in OpenAI's completion terms."""
+    usage = result.get("usage") or {}
+    return {
+        "prompt_tokens": usage.get("input_tokens", usage.get("prompt_tokens")),
+        "completion_tokens": usage.get("output_tokens", usage.get("completion_tokens")),
+    }
+
+
+async def _sse_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[StreamEvent]:
+    """The server-sent events in a stream of body chunks (closing it closes ``chunks``)."""
+    buffer = ""
+    try:
+        async for chunk in chunks:
+            buffer += chunk.decode()
+            *complete, buffer = buffer.split("\n\n")
+            for text in complete:
+                event = StreamEvent.parse(text)
+                if event is not None:
+                    yield event
+    finally:
+        await chunks.aclose()
+
+
+async def _relay(
+    handler: VLLMHandler,
+    chunks: AsyncIterator[bytes],
+    context: Any,
+    record: Record,
+    *,
+    deadline: float,
+) -> bytes:
+    """Pass a stream on as it comes (no hook looks at it); the empty return closes it."""
+    timer = record.timer = asyncio.timeout_at(deadline)
+    try:
+        async with timer:
+            async for chunk in chunks:
+                if record.ttft_ms is None:
+                    record.ttft_ms = (time.perf_counter() - record.start) * 1000
+                ts_worker.send_chunk(context, chunk)
+    except TimeoutError:
+        if not timer.expired():
+            raise
+        _, err = to_error_body(_deadline_error(handler, record))
+        return StreamEvent.from_payload(err).encode().encode()
+    finally:
+        await chunks.aclose()
+    return b""
 
 
 def _deadline_error(handler: VLLMHandler, record: Record) -> Exception:
@@ -225,8 +359,10 @@ async def _stream(
     record: Record,
     *,
     deadline: float,
+    done: bytes = DONE,
 ) -> bytes:
-    """Send each event as it comes; the returned bytes close the response."""
+    """Send each event as it comes; the returned bytes close the response (``done``
+    last: ``[DONE]`` for OpenAI's completion streams; Responses/Messages have none)."""
     ts_worker.set_reply(context, status=200, content_type=SSE)
     hooked = overrides(handler, "on_chunk")
     audited = handler.audit is not None
@@ -261,7 +397,7 @@ async def _stream(
                         record.finish_reasons.append(choice["finish_reason"])
     except EndStream as end:  # closing `events` below aborts the engine request
         record.finish_reasons.append(end.finish_reason)
-        tail = [final_chunk(ctx, finish_reason=end.finish_reason)]
+        tail = closing_events(ctx, finish_reason=end.finish_reason)
     except Exception as exc:  # mid-stream: the status is already 200
         if isinstance(exc, TimeoutError) and timer.expired():
             exc = _deadline_error(handler, record)  # closing `events` aborts the request
@@ -271,7 +407,7 @@ async def _stream(
         tail = [StreamEvent.from_payload(err)]
     finally:
         await events.aclose()
-    return b"".join(e.encode().encode() for e in tail) + DONE
+    return b"".join(e.encode().encode() for e in tail) + done
 
 
 def decode_body(

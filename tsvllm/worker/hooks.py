@@ -125,6 +125,34 @@ def final_chunk(ctx: RequestContext, *, finish_reason: str | None, **extra: Any)
     return StreamEvent.from_payload(payload)
 
 
+def closing_events(ctx: RequestContext, *, finish_reason: str) -> list[StreamEvent]:
+    """The events that end a stream early (``EndStream``), in the stream's own API."""
+    if ctx.api is Api.MESSAGES:
+        stop = "refusal" if finish_reason == "content_filter" else finish_reason
+        delta = {"type": "message_delta", "delta": {"stop_reason": stop}, "usage": {}}
+        return [
+            StreamEvent.from_payload(delta, event="message_delta"),
+            StreamEvent.from_payload({"type": "message_stop"}, event="message_stop"),
+        ]
+    if ctx.api is Api.RESPONSES:
+        last = ctx.last_chunk or {}
+        response = {
+            **(last.get("response") or {}),
+            "status": "incomplete",
+            "incomplete_details": {"reason": finish_reason},
+        }
+        payload = {"type": "response.incomplete", "response": response}
+        return [StreamEvent.from_payload(payload, event="response.incomplete")]
+    return [final_chunk(ctx, finish_reason=finish_reason)]
+
+
+def hooked(obj: object) -> bool:
+    """True when ``obj`` overrides any request hook (it may look at what it serves)."""
+    return any(
+        overrides(obj, name) for name in ("on_request", "on_response", "on_chunk", "on_stream_end")
+    )
+
+
 def overrides(obj: object, name: str) -> bool:
     """True when ``obj``'s class overrides hook ``name`` (lets the handler skip no-op hooks)."""
     return getattr(type(obj), name) is not getattr(Hooks, name)

@@ -1,9 +1,20 @@
 """The route table: which path is served how.
 
-A route is either a *generation* route (an adapter turns its body into engine requests,
-and every hook runs, see :class:`tsvllm.worker.hooks.Hooks`) or a *probe* (no body, no
-hooks, answered from the engine's state at once). :func:`resolve` is the only lookup;
-an unknown path is a 404 that lists what this model serves.
+Three kinds of route:
+
+* *generation* routes of our own (completions, chat, Vertex's envelope): an adapter turns
+  the body into engine requests on the typed fast path (:meth:`Engine.generate`), and every
+  hook runs (see :class:`tsvllm.worker.hooks.Hooks`);
+* *probes* (``v1/models``, ``health``): no body, no hooks, answered from the engine's state
+  at once;
+* *engine* routes: every other route the engine serves (vLLM's Responses and Messages APIs,
+  tokenize, pooling, ...), listed by the engine itself (:meth:`Engine.routes`), so a vLLM
+  upgrade that adds one needs no code here. Responses and Messages run the hooks
+  (:data:`HOOKED`); the others are served as they are, except those that generate text the
+  hooks could not see (:data:`GENERATE_UNHOOKED`), which a handler with hooks does not serve.
+
+:func:`resolve` is the only lookup; an unknown path is a 404 that lists what this model
+serves.
 """
 
 from __future__ import annotations
@@ -12,8 +23,8 @@ from dataclasses import dataclass
 from enum import Enum
 
 from tsvllm import urls
-from tsvllm.engine.base import Api
-from tsvllm.errors import NotFound
+from tsvllm.engine.base import Api, Engine, EngineRoute
+from tsvllm.errors import EngineUnavailable, NotFound
 from tsvllm.worker.adapters import OPENAI, VERTEX, Adapter
 
 
@@ -29,9 +40,11 @@ class Route:
     path: str
     #: the adapter translating a generation route's bodies (None for a probe)
     adapter: Adapter | None = None
-    #: the engine API the route's requests go to (None: the adapter decides per body)
+    #: the API hooks see (None: the adapter decides per body, or no hooks run)
     api: Api | None = None
     probe: Probe | None = None
+    #: an engine route (served by :meth:`Engine.call`)
+    engine_route: EngineRoute | None = None
 
 
 ROUTES: dict[str, Route] = {
@@ -46,13 +59,49 @@ ROUTES: dict[str, Route] = {
 }
 
 
-def resolve(url_path: str | None) -> Route:
-    """The route for TorchServe's ``url_path`` header (query string ignored)."""
+#: engine routes whose bodies the hooks understand, and the API they see
+HOOKED = {"v1/responses": Api.RESPONSES, "v1/messages": Api.MESSAGES}
+#: engine routes that generate text the hooks cannot inspect: not served by a handler
+#: that has hooks (they would bypass its guards)
+GENERATE_UNHOOKED = frozenset(
+    {
+        "v1/chat/completions/batch",
+        "inference/v1/generate",
+        "invocations",
+        "generative_scoring",
+        "v1/systemone",
+    }
+)
+
+
+def resolve(url_path: str | None, *, engine: Engine | None, hooked: bool) -> Route:
+    """The route for TorchServe's ``url_path`` header (query string ignored).
+
+    ``engine``: the serving engine, whose own routes are looked up after ours (None while
+    it starts: an engine path is then a 503, not a 404). ``hooked``: whether the handler
+    overrides a request hook (then :data:`GENERATE_UNHOOKED` routes are not served).
+    """
     path = (url_path or "").split("?")[0].strip("/")
     route = ROUTES.get(path)
-    if route is None:
-        raise NotFound(
-            f"unknown route {path or '(none)'!r}; this model serves "
-            + ", ".join(f"/{p}" for p in ROUTES)
-        )
-    return route
+    if route is not None:
+        return route
+    if engine is None:
+        raise EngineUnavailable(f"the engine is starting; /{path} may be served once it runs")
+    engine_route = engine.route_for(path)
+    if engine_route is not None and not (hooked and engine_route.template in GENERATE_UNHOOKED):
+        template = engine_route.template
+        return Route(template, api=HOOKED.get(template), engine_route=engine_route)
+    raise NotFound(
+        f"unknown route {path or '(none)'!r}; this model serves "
+        + ", ".join(f"/{p}" for p in served(engine, hooked=hooked))
+    )
+
+
+def served(engine: Engine, *, hooked: bool) -> list[str]:
+    """Every route this model serves (ours first), for 404s and docs."""
+    extra = [
+        r.template
+        for r in engine.routes()
+        if r.template not in ROUTES and not (hooked and r.template in GENERATE_UNHOOKED)
+    ]
+    return [*ROUTES, *extra]
