@@ -88,16 +88,15 @@ class ApiKeys:
     def check(self, headers: Mapping[str, str]) -> str:
         """The name of the key ``headers`` carry; raise :class:`Unauthorized` otherwise."""
         self._reload_if_changed()
-        value = next((v for k, v in headers.items() if k.lower() == "authorization"), "")
-        scheme, _, given = value.partition(" ")
-        if scheme.lower() != "bearer" or not given.strip():
+        given = _presented_key(headers)
+        if not given:
             raise Unauthorized(
-                "missing API key: send the header 'Authorization: Bearer <key>' "
-                "(the key is in the server's key_file.json)"
+                "missing API key: send the header 'Authorization: Bearer <key>' (or "
+                "'x-api-key: <key>') with the key from the server's key_file.json"
             )
         if self._broken is not None:
             raise Unauthorized(f"the server cannot read its keys file ({self._broken})")
-        given_bytes = given.strip().encode()
+        given_bytes = given.encode()
         found = None
         for name, key in self._keys.items():  # compare with every key: constant time
             if hmac.compare_digest(given_bytes, key):
@@ -121,6 +120,16 @@ class ApiKeys:
         except (OSError, ValueError) as exc:
             self._broken = type(exc).__name__
             logger.error("the keys file %s cannot be read: refusing every request", self._path)
+
+
+def _presented_key(headers: Mapping[str, str]) -> str:
+    """The key a request carries: ``Authorization: Bearer <key>`` (OpenAI's clients), else
+    ``x-api-key: <key>`` (Anthropic's clients); empty when neither."""
+    lower = {k.lower(): v for k, v in headers.items()}
+    scheme, _, given = lower.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and given.strip():
+        return given.strip()
+    return lower.get("x-api-key", "").strip()
 
 
 def _read_keys(path: Path) -> dict[str, str]:

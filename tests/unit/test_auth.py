@@ -118,3 +118,10 @@ def test_a_keys_file_that_cannot_work_is_refused_at_start(tmp_path, content, mes
     path.write_text(content)
     with pytest.raises(RuntimeError, match=message):
         ApiKeys.from_environ({KEY_FILE_ENV: str(path)})
+
+
+def test_anthropic_clients_x_api_key_header_is_accepted():
+    keys = ApiKeys({"team-a": "k-a"})
+    assert keys.check({"x-api-key": "k-a"}) == "team-a"
+    with pytest.raises(Unauthorized, match="incorrect"):
+        keys.check({"X-Api-Key": "k-b"})
