@@ -47,7 +47,7 @@ PROGRESS_S = 5.0
 #: thread and the frontend before ``torchserve --stop`` closes the connections
 FLUSH_S = 0.5
 #: a bound on TorchServe.stop after a drain (``torchserve --stop``, the frontend's exit, the
-#: engine processes'); measured 2-4 s with the tiny model on 2 cores (docs/DEPLOY.md)
+#: engine processes'); measured 6.7-8 s with the tiny model on 2 busy cores (docs/DEPLOY.md)
 STOP_S = 15
 EXIT_CLEAN = 0
 EXIT_FAILED = 1
