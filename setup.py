@@ -62,6 +62,7 @@ setup(
             "pytest-timeout>=2.3",
             "hypothesis>=6.100",
             "openai>=1.40",
+            "anthropic>=0.40",  # the Messages API e2e test uses Anthropic's own client
             "httpx>=0.27",
             "ruff>=0.6",
             "gguf>=0.10",

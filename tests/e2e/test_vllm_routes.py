@@ -1,0 +1,111 @@
+"""Every route `vllm serve` has, through TorchServe: Responses, Messages, tokenize, version,
+with the official clients (openai, anthropic) against the session server's tiny model, and
+vLLM's own benchmark client."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import archive, started
+from tsvllm.host.torchserve import TorchServe
+
+
+def url(server, path: str, model: str = "tiny") -> str:
+    return f"{server.inference_url}/predictions/{model}/1.0/{path}"
+
+
+def post(server, key, path: str, body: dict) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {key}"}
+    return httpx.post(url(server, path), json=body, headers=headers, timeout=120)
+
+
+def test_responses_api_with_the_openai_sdk(tiny):
+    response = tiny.responses.create(model="tiny", input="hello", max_output_tokens=8)
+    assert response.object == "response" and response.model == "tiny"
+    assert response.output_text  # noise from the tiny model, but text
+    assert response.usage.output_tokens == 8
+
+
+def test_responses_api_streams_with_the_openai_sdk(tiny):
+    events = list(tiny.responses.create(model="tiny", input="hi", max_output_tokens=6, stream=True))
+    kinds = [e.type for e in events]
+    assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
+    deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert deltas == events[-1].response.output_text
+    assert events[-1].response.usage.output_tokens == 6
+
+
+def test_messages_api_with_the_anthropic_sdk(server, key):
+    from anthropic import Anthropic
+
+    client = Anthropic(base_url=url(server, ""), api_key=key, max_retries=0)
+    message = client.messages.create(
+        model="tiny", max_tokens=8, messages=[{"role": "user", "content": "hello"}]
+    )
+    assert message.type == "message" and message.role == "assistant"
+    assert message.content[0].type == "text" and message.content[0].text
+    assert message.stop_reason == "max_tokens" and message.usage.output_tokens == 8
+    count = client.messages.count_tokens(
+        model="tiny", messages=[{"role": "user", "content": "hello"}]
+    )
+    assert count.input_tokens == message.usage.input_tokens
+
+
+def test_tokenize_and_detokenize_round_trip(server, key):
+    text = "The quick brown fox"
+    tokens = post(server, key, "tokenize", {"model": "tiny", "prompt": text})
+    assert tokens.status_code == 200, tokens.text
+    ids = tokens.json()["tokens"]
+    assert ids and tokens.json()["count"] == len(ids)
+    back = post(server, key, "detokenize", {"model": "tiny", "tokens": ids})
+    assert back.status_code == 200 and text in back.json()["prompt"]
+
+
+def test_version_and_an_unknown_route_that_lists_every_route(server, key):
+    headers = {"Authorization": f"Bearer {key}"}
+    assert httpx.get(url(server, "version"), headers=headers, timeout=30).json()["version"]
+    missing = httpx.get(url(server, "v1/nope"), headers=headers, timeout=30)
+    assert missing.status_code == 404
+    message = missing.json()["error"]["message"]
+    for route in ("/v1/responses", "/v1/messages", "/tokenize", "/detokenize", "/version"):
+        assert route in message
+
+
+@pytest.fixture(scope="module")
+def open_server(tmp_path_factory, tiny_model):
+    """A server without keys: vLLM's benchmark client sends none to /tokenize."""
+    root = tmp_path_factory.mktemp("bench-client")
+    store = root / "model_store"
+    archive("tiny-cpu.yaml", model=tiny_model, store=store, name="bench")
+    ts = TorchServe(workdir=root / "ts", model_store=store, models=["bench"], auth="off")
+    try:
+        yield started(ts, ["bench"])
+    finally:
+        ts.stop()
+
+
+def test_vllms_own_benchmark_client_finds_tokenize(open_server, tiny_model):
+    code = (
+        "import argparse, sys\n"
+        "from vllm.benchmarks.serve import add_cli_args, main\n"
+        "p = argparse.ArgumentParser(); add_cli_args(p)\n"
+        "main(p.parse_args(sys.argv[1:]))\n"
+    )
+    base = f"{open_server.inference_url}/predictions/bench/1.0"
+    out = subprocess.run(
+        [sys.executable, "-c", code, "--backend", "openai", "--base-url", base]
+        + ["--endpoint", "/v1/completions", "--model", "tiny", "--tokenizer", str(tiny_model)]
+        + ["--dataset-name", "random", "--random-input-len", "16", "--random-output-len", "8"]
+        + ["--num-prompts", "8", "--max-concurrency", "4", "--disable-tqdm"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, log[-3000:]
+    assert "/tokenize unavailable" not in log
+    assert "Successful requests:" in log and "Failed requests:                         0" in log
