@@ -29,6 +29,7 @@ class FakeEngine:
         self.aborted: list[str] = []
         self.closed_streams = 0
         self.dead = False
+        self.generates = True
         self.delay_s = 0.0  # per stream chunk, and before a full response
         self.shut_down = False
 

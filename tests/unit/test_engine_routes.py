@@ -109,3 +109,12 @@ def test_a_handler_with_hooks_does_not_serve_routes_its_hooks_cannot_see(engine,
     )
     status, _, _, _ = serve(handler, "v1/chat/completions/batch", {"messages": []})
     assert status == 200  # a handler without hooks serves it
+
+
+def test_a_pooling_model_serves_no_generation_route_and_says_what_it_serves(handler, engine):
+    engine.generates = False  # e.g. an embedding model: vLLM built no chat serving
+    status, _, reply, _ = serve(handler, "v1/chat/completions", {"messages": []})
+    message = json.loads(reply)["error"]["message"]
+    assert status == 404 and "/v1/chat/completions," not in message + ","
+    assert "/tokenize" in message and "/v1/models" in message
+    assert serve(handler, "tokenize", {"prompt": "x"})[0] == 200

@@ -170,6 +170,11 @@ class Engine(Protocol):
         ...
 
     @property
+    def generates(self) -> bool:
+        """Whether :meth:`generate` serves (False for a pooling model: only :meth:`call`)."""
+        ...
+
+    @property
     def dead(self) -> bool:
         """True once the engine has failed for good (e.g. its process died): build another."""
         ...

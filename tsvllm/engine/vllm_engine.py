@@ -188,9 +188,12 @@ class VllmEngine:
         except BaseException:
             await stack.aclose()
             raise
-        if getattr(app.state, "openai_serving_chat", None) is None:
+        if not _serves_anything(app.state):
             await stack.aclose()
-            raise EngineArgsError("the model does not support text generation (no chat serving)")
+            raise EngineArgsError(
+                f"vLLM serves this model for {', '.join(tasks) or 'no task'}, none of which "
+                "tsvllm serves (text generation, or pooling: embeddings, score, rerank, ...)"
+            )
         started = [p for p in me.children(recursive=True) if p.pid not in before]
         return cls(client=client, app=app, exit_stack=stack, processes=started)
 
@@ -309,6 +312,10 @@ class VllmEngine:
             raise EngineUnavailable(f"the engine is not healthy: {type(exc).__name__}") from exc
 
     @property
+    def generates(self) -> bool:
+        return getattr(self._state, "openai_serving_chat", None) is not None
+
+    @property
     def dead(self) -> bool:
         return bool(self._client.errored)
 
@@ -327,6 +334,12 @@ class VllmEngine:
                 with contextlib.suppress(Exception):
                     if proc.is_running():
                         proc.kill()
+
+
+def _serves_anything(state: Any) -> bool:
+    """Whether vLLM built serving objects we serve: generation, or any pooling API."""
+    names = ("openai_serving_chat", "serving_pooling", "serving_embedding", "serving_scores")
+    return any(getattr(state, name, None) is not None for name in names)
 
 
 #: vLLM routes never served through TorchServe: served by the handler itself (completions

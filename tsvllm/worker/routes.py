@@ -83,7 +83,7 @@ def resolve(url_path: str | None, *, engine: Engine | None, hooked: bool) -> Rou
     """
     path = (url_path or "").split("?")[0].strip("/")
     route = ROUTES.get(path)
-    if route is not None:
+    if route is not None and (route.adapter is None or engine is None or engine.generates):
         return route
     if engine is None:
         raise EngineUnavailable(f"the engine is starting; /{path} may be served once it runs")
@@ -99,9 +99,10 @@ def resolve(url_path: str | None, *, engine: Engine | None, hooked: bool) -> Rou
 
 def served(engine: Engine, *, hooked: bool) -> list[str]:
     """Every route this model serves (ours first), for 404s and docs."""
+    ours = [p for p, r in ROUTES.items() if r.adapter is None or engine.generates]
     extra = [
         r.template
         for r in engine.routes()
         if r.template not in ROUTES and not (hooked and r.template in GENERATE_UNHOOKED)
     ]
-    return [*ROUTES, *extra]
+    return [*ours, *extra]
