@@ -129,7 +129,12 @@ def _requests(count: int | None) -> str:
 
 
 def _wait_zero(
-    watch: _Watch, *, until: float, give_up: Callable[[], bool], interval: float
+    watch: _Watch,
+    *,
+    until: float,
+    give_up: Callable[[], bool],
+    interval: float,
+    label: str = "draining",
 ) -> int | None:
     """Poll until the count is 0 (not before SETTLE_S), ``until`` or ``give_up()``;
     returns the last count. Prints progress every PROGRESS_S."""
@@ -142,7 +147,7 @@ def _wait_zero(
             return count
         if count is not None and watch.elapsed() - shown >= PROGRESS_S:
             shown = watch.elapsed()
-            watch.say(f"draining: {_requests(count)} running")
+            watch.say(f"{label}: {_requests(count)} running")
         time.sleep(interval)
 
 
@@ -204,7 +209,9 @@ def drain(
     say(f"drain timeout: ending {_requests(count)}")
     protocol.request(directory, protocol.ABORT)
     aborted = time.monotonic()
-    left = _wait_zero(watch, until=aborted + abort_wait_s, give_up=give_up, interval=interval)
+    left = _wait_zero(
+        watch, until=aborted + abort_wait_s, give_up=give_up, interval=interval, label="ending"
+    )
     if left == 0:
         say(f"ended them in {time.monotonic() - aborted:.1f} s")
     else:
