@@ -464,6 +464,14 @@ class HandlerConfig(BaseModel):
             "this deadline is what frees the engine from a disconnected client."
         ),
     )
+    runtime_lora: bool = Field(
+        False,
+        description=(
+            "Serve v1/load_lora_adapter and v1/unload_lora_adapter (vLLM's runtime LoRA "
+            "switch), behind the API key. Any key holder can then load adapters from paths "
+            "on the server: leave off unless you need it. Needs enable_lora."
+        ),
+    )
     audit_log: AuditLogConfig | None = Field(
         None, description="One JSON line per request: who asked what, what it cost (off)."
     )
@@ -578,6 +586,11 @@ class HandlerConfig(BaseModel):
             raise ValueError(
                 "adapters need LoRA in the engine; set handler.vllm_engine_config.enable_lora: "
                 "true (or remove adapters)"
+            )
+        if self.runtime_lora and self.vllm_engine_config.get("enable_lora") is not True:
+            raise ValueError(
+                "runtime_lora needs LoRA in the engine; set handler.vllm_engine_config."
+                "enable_lora: true (and max_lora_rank for your adapters)"
             )
         clash = sorted(set(self.adapters) & set(self.served_model_name or ()))
         if clash:

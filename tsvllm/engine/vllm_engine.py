@@ -111,6 +111,14 @@ def _chat_template(value: str | None, resolve: Callable[[str], str]) -> str | No
         return value
 
 
+def engine_environ(handler: Any) -> dict[str, str]:
+    """The environment vLLM reads for a ``handler:`` config section's switches."""
+    env = {}
+    if handler.runtime_lora:  # vLLM then registers v1/load_lora_adapter, v1/unload_...
+        env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
+    return env
+
+
 def parse_engine_args(argv: Sequence[str]) -> argparse.Namespace:
     """Parse ``argv`` with vLLM's own ``vllm serve`` parser; raise EngineArgsError on error."""
     _require_vllm()
@@ -465,6 +473,7 @@ __all__ = [
     "EngineArgsError",
     "VllmEngine",
     "engine_argv",
+    "engine_environ",
     "handler_argv",
     "parse_engine_args",
 ]

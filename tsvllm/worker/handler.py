@@ -266,8 +266,14 @@ class VLLMHandler(Hooks):
 
     async def build_engine(self, *, model_dir: Path) -> Engine:
         """Start the vLLM engine described by ``handler:`` (override for another engine)."""
-        from tsvllm.engine.vllm_engine import VllmEngine, handler_argv, parse_engine_args
+        from tsvllm.engine.vllm_engine import (
+            VllmEngine,
+            engine_environ,
+            handler_argv,
+            parse_engine_args,
+        )
 
+        os.environ.update(engine_environ(self.config.handler))
         argv = handler_argv(self.config.handler, resolve=lambda p: _in_archive(p, model_dir))
         return await VllmEngine.start(parse_engine_args(argv))
 
