@@ -183,6 +183,10 @@ class Engine(Protocol):
         """Requests the engine has accepted and not finished yet."""
         ...
 
+    def metrics_text(self) -> str:
+        """The engine's Prometheus metrics text (what ``vllm serve`` shows on /metrics)."""
+        ...
+
     def shutdown(self) -> None:
         """Stop the engine and every process it started. Safe to call twice."""
         ...

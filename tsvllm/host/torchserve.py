@@ -23,11 +23,12 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from tsvllm.auth import KEY_FILE_ENV, write_key_file
 from tsvllm.drain import CONTROL_DIR_ENV
 from tsvllm.errors import ENGINE_START_FAILED
+from tsvllm.worker.engine_metrics import METRICS_DIR_ENV
 
 #: who checks the inference key: the handler (401, tsvllm.auth), TorchServe's frontend
 #: (its token auth, 400 on a bad key), or nobody
@@ -206,6 +207,7 @@ class TorchServe:
         self.process: subprocess.Popen | None = None
         self.log_path = self.workdir / "torchserve.out"
         self._tmp: str | None = None  # TorchServe's pid file lives here: one per server
+        self.metrics_proxy: Any = None  # tsvllm.host.metrics_proxy.MetricsProxy while running
 
     # -- paths and environment -------------------------------------------------------
 
@@ -224,6 +226,12 @@ class TorchServe:
         return self.workdir / "control"
 
     @property
+    def metrics_dir(self) -> Path:
+        """Where the workers write their engines' metrics (``TSVLLM_METRICS_DIR``), served
+        with TorchServe's own on the metrics port (:mod:`tsvllm.host.metrics_proxy`)."""
+        return self.workdir / "metrics"
+
+    @property
     def management_socket(self) -> Path | None:
         """The management API's Unix socket (``auth="key"``), else None (TCP port)."""
         return self.workdir / "management.sock" if self.auth == "key" else None
@@ -240,6 +248,7 @@ class TorchServe:
         # the venv's bin first, so the frontend's workers use this interpreter's packages
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         env[CONTROL_DIR_ENV] = str(self.control_dir)
+        env[METRICS_DIR_ENV] = str(self.metrics_dir)
         env.setdefault("LOG_LOCATION", str(self.workdir / "logs"))
         env.setdefault("METRICS_LOCATION", str(self.workdir / "logs"))
         return env
@@ -269,7 +278,7 @@ class TorchServe:
                 management_socket=self.management_socket,
                 initial_worker_port=random.randrange(10_000, 60_000, 100),
                 netty_threads=frontend_threads(),
-                extra=self.config_extra,
+                extra={**self.config_extra, **self._start_metrics_proxy()},
             )
         )
         cmd = [
@@ -299,6 +308,32 @@ class TorchServe:
             process_group=0,
         )
         log.close()
+
+    def _start_metrics_proxy(self) -> dict[str, str]:
+        """Serve the scrape endpoint on the metrics address (TorchServe's metrics plus every
+        engine's ``vllm:*`` series); TorchServe's own moves to a free loopback port. Returns
+        the config.properties key that moves it."""
+        from urllib.parse import urlsplit
+
+        from tsvllm.host.metrics_proxy import MetricsProxy
+
+        public = urlsplit(self.config_extra.get("metrics_address", ""))
+        internal = Ports.free().metrics
+        shutil.rmtree(self.metrics_dir, ignore_errors=True)  # no files of a last run
+        if self.metrics_proxy is not None:
+            self.metrics_proxy.stop()
+        self.metrics_proxy = MetricsProxy(
+            directory=self.metrics_dir,
+            upstream=f"http://127.0.0.1:{internal}/metrics",
+            host=public.hostname or "127.0.0.1",
+            port=public.port or self.ports.metrics,
+        )
+        try:
+            self.metrics_proxy.start()
+        except OSError as exc:
+            self.metrics_proxy = None
+            raise ServeError(f"the metrics port {self.ports.metrics} is not free: {exc}") from exc
+        return {"metrics_address": f"http://127.0.0.1:{internal}"}
 
     @property
     def key_file(self) -> Path:
@@ -419,6 +454,9 @@ class TorchServe:
             except psutil.NoSuchProcess:
                 pass
         self.process = None
+        if self.metrics_proxy is not None:
+            self.metrics_proxy.stop()
+            self.metrics_proxy = None
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
