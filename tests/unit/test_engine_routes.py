@@ -7,6 +7,7 @@ import asyncio
 import json
 
 from tests.unit.conftest import make_context
+from tsvllm.engine.base import Api
 from tsvllm.errors import ContentFiltered
 from tsvllm.worker.handler import VLLMHandler
 from tsvllm.worker.hooks import EndStream
@@ -48,6 +49,8 @@ def test_an_engine_path_while_the_engine_starts_is_503_not_404():
 
 class Guarded(VLLMHandler):
     """Refuses 'forbidden' on the way in, tags responses, ends streams on their 2nd event."""
+
+    hook_apis = frozenset(Api)
 
     async def on_request(self, body, ctx):
         if "forbidden" in json.dumps(body):
@@ -118,3 +121,16 @@ def test_a_pooling_model_serves_no_generation_route_and_says_what_it_serves(hand
     assert status == 404 and "/v1/chat/completions," not in message + ","
     assert "/tokenize" in message and "/v1/models" in message
     assert serve(handler, "tokenize", {"prompt": "x"})[0] == 200
+
+
+def test_hooks_that_do_not_declare_responses_do_not_serve_it(engine):
+    class ChatOnly(VLLMHandler):  # hook_apis left at its default: completions and chat
+        async def on_request(self, body, ctx):
+            return body
+
+    h = ChatOnly()
+    h.engine = engine
+    h.initialized = True
+    status, _, reply, _ = serve(h, "v1/responses", {"input": "hi"})
+    message = json.loads(reply)["error"]["message"]
+    assert status == 404 and "/v1/responses" not in message and "/tokenize" in message

@@ -21,6 +21,7 @@ class ScriptedEngine:
     """Answers every request with ``answer``; streams it in 3-character deltas."""
 
     dead = False
+    generates = True
 
     def __init__(self, answer: str):
         self.answer = answer

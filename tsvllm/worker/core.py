@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from tsvllm import drain
 from tsvllm.engine.base import EngineReply, StreamEvent
 from tsvllm.errors import BadRequest, EngineUnavailable, PayloadTooLarge, to_error_body
-from tsvllm.worker import routes, ts_worker
+from tsvllm.worker import hooks, routes, ts_worker
 from tsvllm.worker.adapters import Adapter, EngineRequest
 from tsvllm.worker.hooks import EndStream, RequestContext, closing_events, overrides
 
@@ -140,7 +140,7 @@ def _resolve(handler: VLLMHandler, url_path: str | None) -> routes.Route:
     """The route; a path only the engine may serve waits for it (503, or the start failure)."""
     engine = handler.engine if handler.engine is not None and not handler.engine.dead else None
     try:
-        return routes.resolve(url_path, engine=engine, hooked=handler.hooked)
+        return routes.resolve(url_path, engine=engine, hook_apis=hooks.hook_apis(handler))
     except EngineUnavailable:
         if handler.start_failed is not None:
             raise handler.start_failed from None

@@ -17,7 +17,7 @@ from tsvllm import drain
 from tsvllm.auth import ApiKeys
 from tsvllm.engine.base import Engine, EngineCannotStart
 from tsvllm.errors import EngineStartFailed, EngineUnavailable, RequestTimeout
-from tsvllm.worker import core, hooks, ts_worker
+from tsvllm.worker import core, ts_worker
 from tsvllm.worker.audit import AuditLog
 from tsvllm.worker.drain_watch import DrainWatch
 from tsvllm.worker.hooks import Hooks, check_torchserve_overrides
@@ -131,11 +131,6 @@ class VLLMHandler(Hooks):
             on_abort=lambda: core.end_inflight(self),
         )
         self._drain_task = loop.create_task(self.drain_watch.run())
-
-    @property
-    def hooked(self) -> bool:
-        """Whether this handler overrides a request hook (see :func:`routes.resolve`)."""
-        return hooks.hooked(self)
 
     @property
     def draining(self) -> bool:

@@ -79,11 +79,21 @@ class Hooks:
 
     Which routes run which hooks: ``v1/completions`` and ``v1/chat/completions`` run
     them all; ``vertex/predict`` runs ``on_request``/``on_response`` once per instance
-    (it never streams); ``v1/models`` and ``health`` run none. All of a request's hooks
+    (it never streams); ``v1/responses`` and ``v1/messages`` run them all with their own
+    bodies and events (``ctx.api`` RESPONSES / MESSAGES; only if :attr:`hook_apis` lists
+    them); ``v1/models``, ``health`` and vLLM's other routes (tokenize, pooling, ...) run
+    none, and routes that generate text no hook sees are not served by a handler whose
+    hooks are overridden. All of a request's hooks
     run under its deadline (``handler.request_timeout_s``). An exception other than
     ContentFiltered/EndStream in a request hook fails only its own request (HTTP 500,
     or an error event in a stream).
     """
+
+    #: the APIs (``ctx.api``) whose bodies these hooks understand. A handler that
+    #: overrides a request hook serves v1/responses and v1/messages only if their API is
+    #: listed here (its hooks would otherwise miss what they guard); widen it once your
+    #: hooks read those bodies. A handler that overrides no hook serves every route.
+    hook_apis: frozenset[Api] = frozenset({Api.COMPLETIONS, Api.CHAT})
 
     async def setup(self, *, engine: Engine, model_dir: Path) -> None:
         """After each engine start, before any request: prepare what the hooks use."""
@@ -146,11 +156,13 @@ def closing_events(ctx: RequestContext, *, finish_reason: str) -> list[StreamEve
     return [final_chunk(ctx, finish_reason=finish_reason)]
 
 
-def hooked(obj: object) -> bool:
-    """True when ``obj`` overrides any request hook (it may look at what it serves)."""
-    return any(
-        overrides(obj, name) for name in ("on_request", "on_response", "on_chunk", "on_stream_end")
-    )
+def hook_apis(obj: object) -> frozenset[Api] | None:
+    """The APIs ``obj``'s hooks understand, or None when it overrides no request hook (it
+    then serves every route; see :func:`tsvllm.worker.routes.resolve`)."""
+    names = ("on_request", "on_response", "on_chunk", "on_stream_end")
+    if not any(overrides(obj, name) for name in names):
+        return None
+    return frozenset(obj.hook_apis)
 
 
 def overrides(obj: object, name: str) -> bool:

@@ -10,8 +10,10 @@ Three kinds of route:
 * *engine* routes: every other route the engine serves (vLLM's Responses and Messages APIs,
   tokenize, pooling, ...), listed by the engine itself (:meth:`Engine.routes`), so a vLLM
   upgrade that adds one needs no code here. Responses and Messages run the hooks
-  (:data:`HOOKED`); the others are served as they are, except those that generate text the
-  hooks could not see (:data:`GENERATE_UNHOOKED`), which a handler with hooks does not serve.
+  (:data:`HOOKED`) and are served by a handler with hooks only if its hooks declare that
+  they understand them (``Hooks.hook_apis``); the others are served as they are, except
+  those that generate text hooks could not see (:data:`GENERATE_UNHOOKED`), which a
+  handler with hooks does not serve (they would bypass its guards).
 
 :func:`resolve` is the only lookup; an unknown path is a 404 that lists what this model
 serves.
@@ -74,12 +76,16 @@ GENERATE_UNHOOKED = frozenset(
 )
 
 
-def resolve(url_path: str | None, *, engine: Engine | None, hooked: bool) -> Route:
+def resolve(
+    url_path: str | None, *, engine: Engine | None, hook_apis: frozenset[Api] | None
+) -> Route:
     """The route for TorchServe's ``url_path`` header (query string ignored).
 
     ``engine``: the serving engine, whose own routes are looked up after ours (None while
-    it starts: an engine path is then a 503, not a 404). ``hooked``: whether the handler
-    overrides a request hook (then :data:`GENERATE_UNHOOKED` routes are not served).
+    it starts: an engine path is then a 503, not a 404). ``hook_apis``: the APIs whose
+    bodies the handler's hooks understand, or None when it overrides no hook (then every
+    route is served; else Responses/Messages only if listed, and no
+    :data:`GENERATE_UNHOOKED` route).
     """
     path = (url_path or "").split("?")[0].strip("/")
     route = ROUTES.get(path)
@@ -88,21 +94,29 @@ def resolve(url_path: str | None, *, engine: Engine | None, hooked: bool) -> Rou
     if engine is None:
         raise EngineUnavailable(f"the engine is starting; /{path} may be served once it runs")
     engine_route = engine.route_for(path)
-    if engine_route is not None and not (hooked and engine_route.template in GENERATE_UNHOOKED):
+    if engine_route is not None and _served(engine_route.template, hook_apis):
         template = engine_route.template
         return Route(template, api=HOOKED.get(template), engine_route=engine_route)
     raise NotFound(
         f"unknown route {path or '(none)'!r}; this model serves "
-        + ", ".join(f"/{p}" for p in served(engine, hooked=hooked))
+        + ", ".join(f"/{p}" for p in served(engine, hook_apis=hook_apis))
     )
 
 
-def served(engine: Engine, *, hooked: bool) -> list[str]:
+def _served(template: str, hook_apis: frozenset[Api] | None) -> bool:
+    if hook_apis is None:
+        return True
+    if template in HOOKED:
+        return HOOKED[template] in hook_apis
+    return template not in GENERATE_UNHOOKED
+
+
+def served(engine: Engine, *, hook_apis: frozenset[Api] | None) -> list[str]:
     """Every route this model serves (ours first), for 404s and docs."""
     ours = [p for p, r in ROUTES.items() if r.adapter is None or engine.generates]
     extra = [
         r.template
         for r in engine.routes()
-        if r.template not in ROUTES and not (hooked and r.template in GENERATE_UNHOOKED)
+        if r.template not in ROUTES and _served(r.template, hook_apis)
     ]
     return [*ours, *extra]
