@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import threading
@@ -27,6 +28,7 @@ from tsvllm.deploy.common import OPENAI_BASE
 
 STREAMS = 12
 TOKENS = 400
+LONG = 1500  # tokens: streams that last well over 10 s here
 STOP_MARGIN = 30  # abort wait + stop, on top of the drain timeout
 
 
@@ -160,7 +162,7 @@ def test_a_drain_timeout_ends_the_streams_cleanly_and_exits_3(launched):
     la = launched("--drain-timeout", "1")
     url = f"{la.url}/chat/completions"
     session = la.proc.pid
-    running = start_streams(url, model="launched", max_tokens=1500)  # far longer than 1 s
+    running = start_streams(url, model="launched", max_tokens=LONG)  # far longer than 1 s
     sent = time.monotonic()
     la.proc.send_signal(signal.SIGTERM)
     streams = join(running, timeout=120)
@@ -201,3 +203,36 @@ def test_the_entrypoint_drains_on_sigterm(tmp_path, tiny_model):
         assert alive == []
     finally:
         entry.stop()
+
+
+def test_tsvllm_drain_drains_one_model_of_a_running_server(launched):
+    """``tsvllm drain --model``: running streams finish, new requests get 503, the server
+    keeps running (the operator unregisters or scales down next)."""
+    import subprocess
+    import sys
+
+    la = launched()
+    url = f"{la.url}/chat/completions"
+    control = la.store / ".torchserve" / "control"
+    # long enough to outlast the CLI's start on 2 busy cores
+    running = start_streams(url, model="launched", max_tokens=LONG)
+    out = subprocess.run(
+        [sys.executable, "-m", "tsvllm.cli", "drain", "--control-dir", str(control)]
+        + ["--model", "launched", "--timeout", "120"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "drained in" in out.stdout and "models/launched" in out.stdout, out.stdout
+    assert re.search(r"draining: [1-9]\d* requests? running", out.stdout), out.stdout
+    streams = join(running, timeout=60)
+    for s in streams:
+        assert s.error is None and s.done and s.errors == [], (s.error, s.events[-2:])
+        assert s.usage["completion_tokens"] == LONG
+    late = request_after_sigterm(url, model="launched")
+    assert late.status_code == 503 and "Retry-After" in late.headers, late.text
+    assert la.proc.poll() is None  # still serving (503s) until the operator acts
+    print(out.stdout)
+    la.sigterm_and_check_nothing_left()
+    assert la.proc.returncode == 0
