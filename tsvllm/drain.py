@@ -13,7 +13,9 @@ environment):
   each worker ends what is still
   running (a stream gets an error event and ``[DONE]``, a plain request 503) and the
   engine aborts it;
-* the host waits until every worker reports ``running: 0``, then stops TorchServe.
+* the host waits until every worker reports ``running: 0``, then stops TorchServe, or
+  removes the ``drain`` file (:func:`cancel`) to let a worker that was not aborted take
+  requests again.
 
 Files, not signals: a worker polls one ``stat`` every :data:`POLL_S`, and the host can
 read every worker's state without asking through the frontend (which routes a request to
@@ -52,6 +54,12 @@ def request(directory: Path, what: str, *, model: str | None = None) -> None:
     """Host side: ask the workers (of ``model``, else all) to ``DRAIN`` or to ``ABORT``."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / _name(what, model)).touch()
+
+
+def cancel(directory: Path, *, model: str | None = None) -> None:
+    """Host side: end a drain that was not aborted (the workers take requests again),
+    e.g. after a scale-down that kept some of a model's workers."""
+    (directory / _name(DRAIN, model)).unlink(missing_ok=True)
 
 
 def requested(directory: Path, *, model: str) -> tuple[bool, bool]:

@@ -103,3 +103,30 @@ def test_abort_ends_streams_with_an_error_event_and_plain_requests_with_503(
     assert "ended this request" in json.loads(plain_reply[0])["error"]["message"]
     assert timeouts == []  # not counted as the requests' own deadline
     assert status(tmp_path)["running"] == 0 and not handler.inflight
+
+
+def test_a_cancelled_drain_takes_requests_again(handler, tmp_path):
+    watch = watch_for(handler, tmp_path)
+    drain.request(tmp_path, drain.DRAIN, model="tiny")
+    watch.poll()
+    assert watch.draining
+    drain.cancel(tmp_path, model="tiny")
+    watch.poll()
+    assert not watch.draining
+    ctx = make_context("v1/completions")
+    asyncio.run(handler.handle([{"body": {"prompt": "x"}}], ctx))
+    assert ctx.get_response_status(0)[0] == 200
+
+
+def test_an_aborted_drain_is_not_cancelled(handler, tmp_path):
+    watch = watch_for(handler, tmp_path)
+    drain.request(tmp_path, drain.DRAIN)
+    drain.request(tmp_path, drain.ABORT)
+
+    async def run():  # the abort ends requests on the event loop
+        watch.poll()
+        drain.cancel(tmp_path)
+        watch.poll()
+
+    asyncio.run(run())
+    assert watch.draining and watch.aborted

@@ -49,6 +49,9 @@ class DrainWatch:
         asked_drain, asked_abort = drain.requested(self.directory, model=self.model)
         if not (asked_drain or asked_abort or self.draining):
             return
+        if self.draining and not asked_drain and not self.aborted:
+            self.draining = False
+            logger.info("tsvllm: drain cancelled: taking requests again")
         if asked_drain and not self.draining:
             self.draining = True
             logger.info("tsvllm: draining: new requests get 503; %d running", self._running())
