@@ -170,7 +170,13 @@ def _check_engine_args(cfg, *, config_dir: Path) -> None:
 
 
 def _cmd_drain(args: argparse.Namespace) -> int:
+    from tsvllm import drain
     from tsvllm.host.shutdown import EXIT_CLEAN, drain_model, parse_drain_timeout
+
+    if args.cancel:
+        drain.cancel(Path(args.control_dir), model=args.model)
+        print(f"tsvllm drain: cancelled; {args.model or 'every model'} takes requests again")
+        return 0
 
     timeout_s = parse_drain_timeout(args.timeout, source="--timeout")
     code = drain_model(
@@ -195,8 +201,9 @@ def _after_drain(model: str | None, control_dir: Path) -> str:
         "&synchronous=true'\n"
         "  (tsvllm launch's management API is a Unix socket: curl --unix-socket "
         "DIR/management.sock http://localhost/models/...)\n"
-        f"  before registering or scaling up {name} again: rm {flag} (workers started "
-        "while it exists drain at once; a drained worker stays draining until it is removed)"
+        f"  to keep serving instead (e.g. after scaling down to fewer workers): tsvllm drain "
+        f"--control-dir {control_dir}{f' --model {model}' if model else ''} --cancel "
+        f"(removes {flag}; workers started while it exists drain at once)"
     )
 
 
@@ -232,6 +239,9 @@ def _add_drain(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", help="TorchServe model name (default: every model)")
     p.add_argument("--timeout", default="300", help="seconds to wait at most (default 300)")
+    p.add_argument(
+        "--cancel", action="store_true", help="end the drain: the workers take requests again"
+    )
     p.set_defaults(func=_cmd_drain)
 
 

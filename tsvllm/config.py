@@ -464,6 +464,15 @@ class HandlerConfig(BaseModel):
             "this deadline is what frees the engine from a disconnected client."
         ),
     )
+    drain_timeout_s: float | None = Field(
+        None,
+        ge=0,
+        description=(
+            "On SIGTERM (tsvllm launch, the container), how long running requests may "
+            "finish while new ones get 503; then they are ended cleanly. Unset: "
+            "TSVLLM_DRAIN_TIMEOUT_S, else 30. 0 ends them at once."
+        ),
+    )
     runtime_lora: bool = Field(
         False,
         description=(

@@ -191,6 +191,9 @@ def test_the_container_entrypoint_stops_torchserve_and_exits_non_zero(
     class Config:
         startupTimeout = 30
 
+        class handler:  # noqa: N801 - stands for ModelConfig.handler
+            drain_timeout_s = None
+
     monkeypatch.setattr(launcher.signal, "signal", lambda *args: None)
     ts = FakeTorchServe(tmp_path, frontend.port)
     monkeypatch.setattr(ep, "prepare", lambda env: (Config(), tmp_path / "model-config.yaml"))

@@ -356,7 +356,16 @@ def test_cli_drain_prints_what_to_do_next(tmp_path, workers, capsys):
     out = capsys.readouterr().out
     assert "tsvllm drain: drained in" in out
     assert "curl -X DELETE http://127.0.0.1:8081/models/a" in out
-    assert f"rm {tmp_path / 'drain@a'}" in out
+    assert f"--control-dir {tmp_path} --model a --cancel" in out
+
+
+def test_cli_drain_cancel_lets_the_workers_take_requests_again(tmp_path, capsys):
+    from tsvllm.cli import main as cli
+
+    protocol.request(tmp_path, protocol.DRAIN, model="a")
+    assert cli(["drain", "--control-dir", str(tmp_path), "--model", "a", "--cancel"]) == 0
+    assert not (tmp_path / "drain@a").exists()
+    assert "takes requests again" in capsys.readouterr().out
 
 
 def test_cli_drain_rejects_a_bad_timeout_and_a_missing_dir(tmp_path, capsys):
@@ -366,3 +375,11 @@ def test_cli_drain_rejects_a_bad_timeout_and_a_missing_dir(tmp_path, capsys):
     assert "--timeout='x'" in capsys.readouterr().err
     assert cli(["drain", "--control-dir", str(tmp_path / "no")]) == 2
     assert "no such control directory" in capsys.readouterr().err
+
+
+def test_the_drain_timeout_comes_from_the_flag_then_the_env_then_the_config():
+    env = {shutdown.DRAIN_TIMEOUT_ENV: "12"}
+    assert shutdown.drain_timeout(env, flag="3", configured=40) == 3
+    assert shutdown.drain_timeout(env, configured=40) == 12
+    assert shutdown.drain_timeout({}, configured=40) == 40
+    assert shutdown.drain_timeout({}) == shutdown.DEFAULT_DRAIN_TIMEOUT_S

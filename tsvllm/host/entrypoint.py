@@ -511,8 +511,9 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
     if args.probe:
         return probe(args.probe, env)
     try:
-        drain_s = drain_timeout(env)
+        drain_timeout(env)  # a bad TSVLLM_DRAIN_TIMEOUT_S fails before any download
         cfg, _ = prepare(env)
+        drain_s = drain_timeout(env, configured=cfg.handler.drain_timeout_s)
         ts = _server(env, models=[MODEL_NAME])
     except (EntrypointError, ArchiveError, ValueError, OSError) as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)

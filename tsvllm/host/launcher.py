@@ -269,18 +269,21 @@ def prepare(args: argparse.Namespace, *, gpus: int | None = None) -> tuple[Path,
 
 
 def main(argv: list[str] | None = None) -> int:
+    from tsvllm.config import load_model_config
     from tsvllm.host.shutdown import drain_timeout
     from tsvllm.host.torchserve import TorchServe
 
     args = parse_args(argv)
     try:
-        drain_s = drain_timeout(os.environ, flag=args.drain_timeout)
+        drain_timeout(os.environ, flag=args.drain_timeout)  # a bad value fails first
         if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
             raise LaunchError("Java not found: TorchServe needs Java 11+ (JDK 17 tested)")
         ports = ports_for(args.port)
         for port in (ports.inference, ports.management, ports.metrics):
             check_port_free(port)
         config_path, _ = prepare(args)
+        configured = load_model_config(config_path).handler.drain_timeout_s
+        drain_s = drain_timeout(os.environ, flag=args.drain_timeout, configured=configured)
     except (LaunchError, ValueError) as exc:
         print(f"tsvllm launch: {exc}", file=sys.stderr)
         return 2

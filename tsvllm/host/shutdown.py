@@ -74,14 +74,17 @@ def parse_drain_timeout(raw: str, *, source: str) -> float:
     return value
 
 
-def drain_timeout(env: Mapping[str, str], *, flag: str | None = None) -> float:
-    """``--drain-timeout`` if given, else ``TSVLLM_DRAIN_TIMEOUT_S``, else the default."""
+def drain_timeout(
+    env: Mapping[str, str], *, flag: str | None = None, configured: float | None = None
+) -> float:
+    """``--drain-timeout`` if given, else ``TSVLLM_DRAIN_TIMEOUT_S``, else the model
+    config's ``handler.drain_timeout_s`` (``configured``), else the default."""
     if flag is not None:
         return parse_drain_timeout(flag, source="--drain-timeout")
     raw = env.get(DRAIN_TIMEOUT_ENV, "").strip()
-    if not raw:
-        return DEFAULT_DRAIN_TIMEOUT_S
-    return parse_drain_timeout(raw, source=DRAIN_TIMEOUT_ENV)
+    if raw:
+        return parse_drain_timeout(raw, source=DRAIN_TIMEOUT_ENV)
+    return DEFAULT_DRAIN_TIMEOUT_S if configured is None else configured
 
 
 def shutdown_bound(drain_timeout_s: float) -> int:
