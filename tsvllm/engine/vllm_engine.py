@@ -330,6 +330,13 @@ class VllmEngine:
     def running_requests(self) -> int:
         return self._client.get_num_unfinished_requests()
 
+    def metrics_text(self) -> str:
+        from prometheus_client import generate_latest
+        from vllm.v1.metrics.prometheus import get_prometheus_registry
+
+        # the registry vLLM's /metrics route serves: its stat loggers run in this process
+        return generate_latest(get_prometheus_registry()).decode()
+
     def shutdown(self) -> None:
         if self._closed:
             return

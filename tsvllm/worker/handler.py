@@ -17,7 +17,7 @@ from tsvllm import drain
 from tsvllm.auth import ApiKeys
 from tsvllm.engine.base import Engine, EngineCannotStart
 from tsvllm.errors import EngineStartFailed, EngineUnavailable, RequestTimeout
-from tsvllm.worker import core, ts_worker
+from tsvllm.worker import core, engine_metrics, ts_worker
 from tsvllm.worker.audit import AuditLog
 from tsvllm.worker.drain_watch import DrainWatch
 from tsvllm.worker.hooks import Hooks, check_torchserve_overrides
@@ -109,6 +109,7 @@ class VLLMHandler(Hooks):
         loop = asyncio.get_event_loop()
         self._starting = loop.create_task(self._start_engine())
         self._watch_drain(loop, model=context.model_name)
+        engine_metrics.start(self, context)  # vllm:* series for the host's scrape endpoint
         self.initialized = True
 
     def _open_audit_log(self, cfg: Any) -> None:
