@@ -131,7 +131,16 @@ def _validate_assets(folder: str) -> int:
 def _cmd_deploy(args: argparse.Namespace) -> int:
     from tsvllm.deploy import DeployOptions, generate
 
-    only = {"private": "azureml", "disable_token_auth": "k8s", "artifact_uri": "vertex"}
+    only = {
+        "private": "azureml",
+        "disable_token_auth": "k8s",
+        "artifact_uri": "vertex",
+        "max_replicas": "k8s",
+        "waiting_per_replica": "k8s",
+        "prometheus_url": "k8s",
+    }
+    if args.autoscaling != "none" and args.platform != "k8s":
+        raise ValueError("--autoscaling applies to k8s only")
     for option, platform in only.items():
         if getattr(args, option) and args.platform != platform:
             flag = "--" + option.replace("_", "-")
@@ -147,6 +156,13 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
         artifact_uri=args.artifact_uri,
         storage_gi=args.storage_gi,
         weights=args.weights,
+        autoscaling=args.autoscaling,
+        max_replicas=args.max_replicas,
+        **{
+            k: getattr(args, k)
+            for k in ("waiting_per_replica", "prometheus_url")
+            if getattr(args, k)
+        },
     )
     for path in generate(args.platform, args.config, out=args.out, options=options):
         print(path)
@@ -362,6 +378,22 @@ def _add_deploy(sub: argparse._SubParsersAction) -> None:
         help="k8s: only behind a gateway that authenticates",
     )
     p.add_argument("--artifact-uri", help="vertex: gs:// folder holding the weights")
+    p.add_argument(
+        "--autoscaling",
+        choices=["none", "keda", "hpa"],
+        default="none",
+        help="k8s: scale on vllm:num_requests_waiting with a KEDA ScaledObject, or an HPA "
+        "through prometheus-adapter",
+    )
+    p.add_argument(
+        "--max-replicas", type=int, help="k8s autoscaling: most replicas (4 x --replicas)"
+    )
+    p.add_argument(
+        "--waiting-per-replica",
+        type=float,
+        help="k8s autoscaling: queued requests per replica to aim at (default 4)",
+    )
+    p.add_argument("--prometheus-url", help="k8s, keda: the Prometheus server KEDA queries")
     p.set_defaults(func=_cmd_deploy)
 
 

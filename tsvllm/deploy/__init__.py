@@ -43,6 +43,10 @@ def generate(
             gpus_per_node=options.gpus_per_node,
             token_auth=not options.disable_token_auth,
             storage_gi=options.storage_gi,
+            autoscaling=options.autoscaling,
+            max_replicas=options.max_replicas,
+            waiting_per_replica=options.waiting_per_replica,
+            prometheus_url=options.prometheus_url,
         )
     elif platform == "vertex":
         files = vertex.generate(target, artifact_uri=options.artifact_uri)

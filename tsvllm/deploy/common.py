@@ -103,6 +103,23 @@ class DeployOptions(BaseModel):
     storage_gi: int | None = Field(
         None, ge=1, description="Kubernetes: size of the weights volume. Default: 80 Gi per GPU."
     )
+    autoscaling: Literal["none", "keda", "hpa"] = Field(
+        "none",
+        description=(
+            "Kubernetes: scale on vllm:num_requests_waiting with a KEDA ScaledObject (keda) or "
+            "an autoscaling/v2 HPA through prometheus-adapter (hpa)."
+        ),
+    )
+    max_replicas: int | None = Field(
+        None, ge=1, description="Kubernetes autoscaling: most replicas. Default: 4 x replicas."
+    )
+    waiting_per_replica: float = Field(
+        4.0, gt=0, description="Kubernetes autoscaling: queued requests per replica to aim at."
+    )
+    prometheus_url: str = Field(
+        "http://prometheus-operated.monitoring.svc:9090",
+        description="Kubernetes, KEDA: the Prometheus server the ScaledObject queries.",
+    )
 
 
 @dataclass(frozen=True)

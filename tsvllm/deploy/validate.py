@@ -35,6 +35,7 @@ from typing import Any
 
 import yaml
 
+from tsvllm.deploy.autoscaling import is_dashboard
 from tsvllm.deploy.common import AZURE_MAX_REQUEST_TIMEOUT_MS, grace_period_s
 from tsvllm.host.shutdown import ABORT_WAIT_S, DRAIN_TIMEOUT_ENV, STOP_S, drain_timeout
 
@@ -105,6 +106,8 @@ def validate_file(file: Path) -> list[Problem]:
             problems += check_k8s(name, doc)
         elif isinstance(doc, dict) and "containerSpec" in doc:
             problems += check_vertex(name, doc)
+        elif is_dashboard(doc):
+            problems += check_dashboard(name, doc)
         else:
             problems.append(Problem(name, "", "not an Azure ML, Kubernetes or Vertex AI asset"))
     if not docs:
@@ -294,10 +297,14 @@ def check_k8s(file: str, doc: dict[str, Any]) -> list[Problem]:
     where = f"{kind}/{_get(doc, 'metadata', 'name')}"
     if kind == "LeaderWorkerSet":
         problems = _check_lws(file, doc)
+    elif kind == "ScaledObject":
+        problems = _check_scaled_object(file, doc)
     else:
         problems = _kubernetes_validate(file, doc, prefix="")
     for field, pod in _pod_specs(doc):
         problems += _check_pod(file, field, pod)
+    if kind == "HorizontalPodAutoscaler":
+        problems += _check_replica_bounds(file, doc, "minReplicas", "maxReplicas")
     if kind == "Service":
         for i, port in enumerate(_get(doc, "spec", "ports") or []):
             problems += _port(file, f"spec.ports[{i}].port", _get(port, "port"))
@@ -349,6 +356,56 @@ def _check_lws(file: str, doc: dict[str, Any]) -> list[Problem]:
                 field = p.field.replace("template", f"spec.leaderWorkerTemplate.{role}", 1)
                 problems.append(Problem(p.file, field, p.message))
     return problems
+
+
+@cache
+def keda_schema() -> dict[str, Any]:
+    path = Path(__file__).parent / "schemas" / "keda-scaledobject-v1alpha1.yaml"
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def _check_scaled_object(file: str, doc: dict[str, Any]) -> list[Problem]:
+    """A KEDA ScaledObject: its vendored schema, then what KEDA checks at admission."""
+    jsonschema = _need("jsonschema", "jsonschema")
+    validator = jsonschema.Draft202012Validator(keda_schema())
+    problems = [
+        Problem(file, _dotted(err.absolute_path), f"ScaledObject schema: {err.message}")
+        for err in sorted(validator.iter_errors(doc), key=lambda e: list(map(str, e.path)))
+    ]
+    if problems:
+        return problems
+    problems += _check_replica_bounds(file, doc, "minReplicaCount", "maxReplicaCount")
+    for i, trigger in enumerate(_get(doc, "spec", "triggers") or []):
+        if trigger.get("type") != "prometheus":
+            continue
+        meta = trigger.get("metadata") or {}
+        at = f"spec.triggers[{i}].metadata"
+        for key in ("serverAddress", "query", "threshold"):
+            if not str(meta.get(key) or "").strip():
+                problems.append(
+                    Problem(file, f"{at}.{key}", "required by KEDA's prometheus scaler")
+                )
+        for key in ("threshold", "activationThreshold"):
+            if key in meta:
+                try:
+                    ok = float(meta[key]) > 0 or key == "activationThreshold"
+                except ValueError:
+                    ok = False
+                if not ok:
+                    problems.append(
+                        Problem(file, f"{at}.{key}", f"{meta[key]!r} is not a positive number")
+                    )
+        url = str(meta.get("serverAddress") or "")
+        if url and not url.startswith(("http://", "https://")):
+            problems.append(Problem(file, f"{at}.serverAddress", f"{url!r} is not an http(s) URL"))
+    return problems
+
+
+def _check_replica_bounds(file: str, doc: dict[str, Any], low: str, high: str) -> list[Problem]:
+    lo, hi = _get(doc, "spec", low), _get(doc, "spec", high)
+    if isinstance(lo, int) and isinstance(hi, int) and lo > hi:
+        return [Problem(file, f"spec.{high}", f"{hi} is below spec.{low} ({lo})")]
+    return []
 
 
 def _pod_specs(doc: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -495,6 +552,28 @@ def check_vertex(file: str, data: dict[str, Any]) -> list[Problem]:
         if str(_get(var, "name") or "").startswith("AIP_"):
             why = f"{var['name']}: AIP_ variables are Vertex AI's own; rename it"
             problems.append(Problem(file, f"containerSpec.env[{i}].name", why))
+    return problems
+
+
+# -- Grafana ----------------------------------------------------------------------------
+
+
+def check_dashboard(file: str, data: dict[str, Any]) -> list[Problem]:
+    """A Grafana dashboard: every panel has a query, and every ``vllm:*`` series it names is
+    one vLLM 0.32 emits (:data:`tsvllm.deploy.autoscaling.VLLM_SERIES`)."""
+    from tsvllm.deploy.autoscaling import dashboard_exprs, unknown_series
+
+    problems = []
+    for i, panel in enumerate(data.get("panels") or []):
+        if not isinstance(panel, dict) or not panel.get("targets"):
+            problems.append(Problem(file, f"panels[{i}]", "a panel without queries (targets)"))
+    for title, expr in dashboard_exprs(data):
+        if not expr.strip():
+            problems.append(Problem(file, f"panel {title!r}", "a target without expr"))
+        for name in unknown_series(expr):
+            problems.append(
+                Problem(file, f"panel {title!r}", f"{name}: not a series vLLM 0.32 emits")
+            )
     return problems
 
 
