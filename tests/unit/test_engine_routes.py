@@ -134,3 +134,13 @@ def test_hooks_that_do_not_declare_responses_do_not_serve_it(engine):
     status, _, reply, _ = serve(h, "v1/responses", {"input": "hi"})
     message = json.loads(reply)["error"]["message"]
     assert status == 404 and "/v1/responses" not in message and "/tokenize" in message
+
+
+def test_a_request_without_a_route_is_routed_by_its_body(handler, engine):
+    """TorchServe's default-version URL (/predictions/<model>) carries no sub-path."""
+    status, _, reply, _ = serve(handler, "", {"model": "tiny", "messages": []})
+    assert status == 200 and json.loads(reply)["object"] == "chat.completion"
+    status, _, reply, _ = serve(handler, None, {"model": "tiny", "prompt": "x"})
+    assert status == 200 and json.loads(reply)["object"] == "text_completion"
+    status, _, reply, _ = serve(handler, "", {"what": "?"})
+    assert status == 404 and "(none)" in json.loads(reply)["error"]["message"]

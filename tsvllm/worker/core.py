@@ -93,7 +93,10 @@ async def _serve(
     headers = ts_worker.request_headers(context)
     if handler.api_key is not None:
         record.key = handler.api_key.check(headers)
-    route = _resolve(handler, ts_worker.request_header(context, "url_path"))
+    url_path = ts_worker.request_header(context, "url_path")
+    if not (url_path or "").strip("/"):  # TorchServe's default-version URL has no sub-path
+        url_path = routes.implied_path(request.get("body")) or url_path
+    route = _resolve(handler, url_path)
     record.route = route.path
     if handler.draining:
         raise EngineUnavailable(

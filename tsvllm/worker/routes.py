@@ -103,6 +103,21 @@ def resolve(
     )
 
 
+def implied_path(body: object) -> str | None:
+    """The route a request without one means, from its body: TorchServe's default-version
+    URL (``/predictions/<model>``, after ``set-default``) can carry no sub-path."""
+    if not isinstance(body, dict):
+        return None
+    for key, path in (
+        ("messages", urls.CHAT_COMPLETIONS),
+        ("prompt", urls.COMPLETIONS),
+        ("instances", urls.VERTEX_PREDICT),
+    ):
+        if key in body:
+            return path
+    return None
+
+
 def _served(template: str, hook_apis: frozenset[Api] | None) -> bool:
     if hook_apis is None:
         return True
