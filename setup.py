@@ -31,7 +31,7 @@ setup(
     package_dir={"tsvllm.handler_files": "handlers"},
     package_data={
         "tsvllm.host": ["log4j2.xml"],
-        "tsvllm.deploy": ["schemas/*.yaml"],
+        "tsvllm.deploy": ["schemas/*.yaml", "dashboards/*.json"],
         "tsvllm.handler_files": ["*.py"],
     },
     install_requires=[
