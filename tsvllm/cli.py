@@ -316,7 +316,9 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--shapes",
         default="64x16x32,256x64x64",
-        help="load shapes REQUESTSxCONCURRENCYxTOKENS, comma-separated",
+        help="load shapes [API:]REQUESTSxCONCURRENCYxTOKENS, comma-separated; API is "
+        "completions (the default), chat or embeddings (TOKENS: texts per request; not "
+        "streamed; use a pooling model, e.g. --config model_configs/minilm-embeddings-cpu.yaml)",
     )
     p.add_argument(
         "--sides",

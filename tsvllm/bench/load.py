@@ -1,11 +1,15 @@
 """Load generator for ``tsvllm bench serve``: runs in its own process, prints JSON.
 
     python -m tsvllm.bench.load --base-url URL/v1 --model NAME --requests 64 \\
-        --concurrency 16 --max-tokens 32 [--stream] [--api-key KEY]
+        --concurrency 16 --max-tokens 32 [--api completions|chat|embeddings] [--stream] \\
+        [--api-key KEY]
 
-Sends the same fixed prompts with ``ignore_eos`` (so every request makes exactly
-``max_tokens`` tokens), counts tokens from ``usage`` (never from chunks: vLLM
+Completions and chat: sends the same fixed prompts with ``ignore_eos`` (so every request
+makes exactly ``max_tokens`` tokens), counts tokens from ``usage`` (never from chunks: vLLM
 coalesces deltas), and measures latency, time to first token and inter-token latency.
+Embeddings (``v1/embeddings``, never streamed): each request embeds ``--max-tokens`` texts
+(the load shape's third number is the batch), and the tokens counted are the input tokens
+(``usage.prompt_tokens``): tok/s is input tokens embedded per second.
 """
 
 from __future__ import annotations
@@ -25,6 +29,26 @@ PROMPTS = [
     "List some facts about the moon.",
     "Describe a busy market in the morning.",
 ]
+#: the APIs a load can drive, and each one's path under the base URL
+APIS = {"completions": "completions", "chat": "chat/completions", "embeddings": "embeddings"}
+
+
+def body_for(api: str, model: str, i: int, *, max_tokens: int) -> dict[str, Any]:
+    """Request ``i``'s body: the same prompts for every side (``max_tokens`` is the batch of
+    texts for embeddings; the texts differ from request to request, never from side to side)."""
+    prompt = PROMPTS[i % len(PROMPTS)]
+    if api == "embeddings":
+        texts = [f"{PROMPTS[(i + k) % len(PROMPTS)]} (text {i}.{k})" for k in range(max_tokens)]
+        return {"model": model, "input": texts}
+    body: dict[str, Any] = {
+        "model": model,
+        "max_tokens": max_tokens,
+        "ignore_eos": True,
+        "temperature": 0,
+    }
+    if api == "chat":
+        return {**body, "messages": [{"role": "user", "content": prompt}]}
+    return {**body, "prompt": prompt}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -64,9 +88,11 @@ async def _one(client: Any, url: str, body: dict[str, Any], *, stream: bool) -> 
         if not stream:
             resp = await client.post(url, json=body)
             resp.raise_for_status()
+            usage = resp.json()["usage"]
             return {
                 "latency_s": time.perf_counter() - start,
-                "tokens": resp.json()["usage"]["completion_tokens"],
+                # embeddings generate nothing: their work is the input tokens
+                "tokens": usage.get("completion_tokens") or usage["prompt_tokens"],
             }
         first = last = None
         tokens = 0
@@ -105,24 +131,23 @@ async def run(
     max_tokens: int,
     stream: bool,
     api_key: str | None = None,
+    api: str = "completions",
 ) -> dict[str, Any]:
     import httpx
 
+    if api not in APIS:
+        raise ValueError(f"unknown api {api!r}; choose from {', '.join(APIS)}")
+    if stream and api == "embeddings":
+        raise ValueError("embeddings are not streamed")
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     gate = asyncio.Semaphore(concurrency)
-    url = f"{base_url}/completions"
+    url = f"{base_url}/{APIS[api]}"
 
     async with httpx.AsyncClient(headers=headers, timeout=600, limits=limits) as client:
 
         async def go(i: int) -> dict[str, Any]:
-            body = {
-                "model": model,
-                "prompt": PROMPTS[i % len(PROMPTS)],
-                "max_tokens": max_tokens,
-                "ignore_eos": True,
-                "temperature": 0,
-            }
+            body = body_for(api, model, i, max_tokens=max_tokens)
             async with gate:
                 return await _one(client, url, body, stream=stream)
 
@@ -144,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--stream", action="store_true")
+    p.add_argument("--api", choices=list(APIS), default="completions")
     p.add_argument("--api-key")
     a = p.parse_args(argv)
     report = asyncio.run(
@@ -155,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             max_tokens=a.max_tokens,
             stream=a.stream,
             api_key=a.api_key,
+            api=a.api,
         )
     )
     json.dump(report, sys.stdout)

@@ -8,8 +8,21 @@ stay up together. For each load shape (``--shapes``: requests x concurrency x to
 same load (``tsvllm.bench.load``, a separate client process, ``ignore_eos``) goes to each
 side, non-streaming then streaming, in alternating side order round by round to cancel
 drift. Reported per side: tok/s, req/s, TTFT p50/p99, inter-token latency, latency
-p50/p99, peak RSS of the whole process tree and cold start (start command to first token);
-then every side's ratios to a. Everything started is stopped at the end, also on Ctrl-C.
+p50/p99, CPU milliseconds per request, peak RSS of the whole process tree and cold start
+(start command to first reply); then every side's ratios to a. Everything started is
+stopped at the end, also on Ctrl-C.
+
+A load shape may name its API: ``chat:64x16x32`` drives ``v1/chat/completions``,
+``embeddings:256x16x8`` drives ``v1/embeddings`` with 8 texts per request (never streamed;
+tok/s counts input tokens), a bare ``64x16x32`` drives ``v1/completions``.
+
+**CPU per request** (:class:`CpuMeter`): the CPU time (user + system, psutil) each side's
+process tree used during a load, divided by the requests served, split by role: the
+*engine* (vLLM's ``VLLM::EngineCore`` and ``VLLM::Worker`` processes, the same on every
+side), the *frontend* (TorchServe's Java process) and the *server* (vLLM's API server
+process on a; our worker and TorchServe's launcher on b and c). ``serving`` = frontend +
+server: what the HTTP/OpenAI layer costs, which the client and the machine's noise do not
+change as much as they change throughput.
 """
 
 from __future__ import annotations
@@ -36,20 +49,28 @@ def first_token_s(
     proc: subprocess.Popen,
     timeout: float = 900,
     api_key: str | None = None,
+    api: str = "completions",
 ) -> float:
-    """Seconds from ``start`` until one completion token came back (polls until it does).
+    """Seconds from ``start`` until one completion token (for ``api="embeddings"``: one
+    embedding) came back (polls until it does).
 
     Raises RuntimeError if the server process exits or ``timeout`` passes first.
     """
     import httpx
 
+    from tsvllm.bench.load import APIS
+
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    body = {"model": model, "prompt": "hi", "max_tokens": 1}
+    if api == "embeddings":
+        body: dict[str, Any] = {"model": model, "input": ["hi"]}
+    else:
+        body = {"model": model, "prompt": "hi", "max_tokens": 1}
+        api = "completions"
     while time.monotonic() - start < timeout:
         if proc.poll() is not None:
             raise RuntimeError(f"the server exited with status {proc.returncode}; see its log")
         try:
-            resp = httpx.post(f"{base_url}/completions", json=body, headers=headers, timeout=30)
+            resp = httpx.post(f"{base_url}/{APIS[api]}", json=body, headers=headers, timeout=30)
             if resp.status_code == 200:
                 return time.monotonic() - start
         except httpx.HTTPError:
@@ -87,6 +108,91 @@ class PeakRss:
         self._thread.join()
 
 
+#: CPU roles of a side's processes (see the module doc)
+ROLES = ("server", "frontend", "engine")
+
+
+def process_role(proc: Any) -> str:
+    """``engine`` for vLLM's engine processes (``VLLM::EngineCore``, ``VLLM::Worker``...,
+    which retitle themselves), ``frontend`` for TorchServe's Java process, else ``server``."""
+    name = proc.name()
+    if name.startswith("VLLM::"):
+        return "engine"
+    argv = proc.cmdline()
+    if argv and argv[0].startswith("VLLM::"):
+        return "engine"
+    if name == "java":
+        return "frontend"
+    return "server"
+
+
+def process_tree(pid: int) -> list[Any]:
+    """The process ``pid`` and all its descendants (psutil processes; [] once it is gone)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def cpu_snapshot(procs: list[Any]) -> dict[tuple[int, float], tuple[str, float]]:
+    """``{(pid, create_time): (role, user + system seconds)}``; processes that vanish while
+    read are left out. (pid, create_time) tells a new process from a reused pid.
+    Children's times are not added: an engine's children are in ``procs`` themselves."""
+    import psutil
+
+    out = {}
+    for proc in procs:
+        try:
+            times = proc.cpu_times()
+            out[(proc.pid, proc.create_time())] = (process_role(proc), times.user + times.system)
+        except psutil.Error:
+            continue
+    return out
+
+
+def cpu_used(
+    before: dict[tuple[int, float], tuple[str, float]],
+    after: dict[tuple[int, float], tuple[str, float]],
+) -> dict[str, float]:
+    """CPU seconds each role used between two snapshots. A process started in between
+    counts from zero; one that ended in between is not counted (its last interval is lost:
+    the servers start no processes per request)."""
+    used = dict.fromkeys(ROLES, 0.0)
+    for key, (role, seconds) in after.items():
+        used[role] += max(0.0, seconds - before.get(key, (role, 0.0))[1])
+    return used
+
+
+def cpu_ms_per_request(used: dict[str, float], requests: int) -> dict[str, float]:
+    """``cpu_ms_per_req_<role>`` and ``cpu_ms_per_req_serving`` (frontend + server)."""
+    if requests <= 0:
+        return {}
+    out = {f"cpu_ms_per_req_{role}": round(used[role] * 1000 / requests, 3) for role in ROLES}
+    serving = used["server"] + used["frontend"]
+    out["cpu_ms_per_req_serving"] = round(serving * 1000 / requests, 3)
+    return out
+
+
+class CpuMeter:
+    """CPU seconds per role that the process tree of ``pid`` used inside the ``with``
+    block (:func:`cpu_used`); the tree is listed again at the end, so processes started
+    meanwhile count too."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.used: dict[str, float] = dict.fromkeys(ROLES, 0.0)
+
+    def __enter__(self) -> CpuMeter:
+        self._before = cpu_snapshot(process_tree(self.pid))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.used = cpu_used(self._before, cpu_snapshot(process_tree(self.pid)))
+
+
 def load(
     base_url: str,
     model: str,
@@ -96,6 +202,7 @@ def load(
     concurrency: int,
     max_tokens: int,
     api_key: str | None = None,
+    api: str = "completions",
 ) -> dict[str, Any]:
     cmd = [
         sys.executable,
@@ -111,6 +218,8 @@ def load(
         str(concurrency),
         "--max-tokens",
         str(max_tokens),
+        "--api",
+        api,
     ]
     if stream:
         cmd.append("--stream")
@@ -138,6 +247,10 @@ def ratios(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     for mode in ("non_stream", "stream"):
         if mode in a and mode in b and a[mode]["tok_per_s"]:
             out[f"{mode}_tok_per_s"] = round(b[mode]["tok_per_s"] / a[mode]["tok_per_s"], 3)
+        cpu_a = a.get(mode, {}).get("cpu_ms_per_req_serving")
+        cpu_b = b.get(mode, {}).get("cpu_ms_per_req_serving")
+        if cpu_a is not None and cpu_b is not None:
+            out[f"{mode}_serving_cpu_ms_per_req_delta"] = round(cpu_b - cpu_a, 2)
     if a.get("stream", {}).get("ttft_p50_ms") is not None:
         out["stream_ttft_p50_overhead_ms"] = round(
             b["stream"]["ttft_p50_ms"] - a["stream"]["ttft_p50_ms"], 1
@@ -206,6 +319,22 @@ RAG_GUARDS = {
         "deny": {"terms": ["zorblax self-destruct code"], "mode": "block"},
     },
 }
+
+
+def parse_load(text: str) -> tuple[str, tuple[int, int, int]]:
+    """``"chat:64x16x32"`` → ("chat", (64, 16, 32)); no ``API:`` prefix means completions."""
+    from tsvllm.bench.load import APIS
+
+    api, sep, shape = text.rpartition(":")
+    api = api if sep else "completions"
+    if api not in APIS:
+        raise ValueError(f"load shape {text!r}: unknown API {api!r}; use {', '.join(APIS)}")
+    return api, parse_shape(shape)
+
+
+def modes_for(api: str) -> tuple[bool, ...]:
+    """Streaming or not, in the order run: embeddings are never streamed."""
+    return (False,) if api == "embeddings" else (False, True)
 
 
 def parse_shape(text: str) -> tuple[int, int, int]:
@@ -311,7 +440,10 @@ def run(
     unknown = sorted(set(sides) - set(SIDES))
     if unknown:
         raise ValueError(f"unknown side(s) {', '.join(unknown)}; choose from {', '.join(SIDES)}")
-    parsed = {shape: parse_shape(shape) for shape in shapes}
+    parsed = {shape: parse_load(shape) for shape in shapes}
+    # cold start: the first reply of the API the loads use (a pooling model has no completions)
+    embeds_only = all(api == "embeddings" for api, _ in parsed.values())
+    probe_api = "embeddings" if embeds_only else "completions"
     cfg, served = _bench_config(config, model_dir=model_dir)
     workdir.mkdir(parents=True, exist_ok=True)
     report: dict[str, dict[str, Any]] = {s: {"shapes": {}} for s in sides}
@@ -322,7 +454,7 @@ def run(
             start = time.monotonic()
             side = _start_side(name, cfg, workdir=workdir)
             running[name] = side
-            cold = first_token_s(side.url, served, start=start, proc=side.proc)
+            cold = first_token_s(side.url, served, start=start, proc=side.proc, api=probe_api)
             report[name]["cold_start_s"] = round(cold, 2)
 
         runs, peaks = _rounds(
@@ -376,14 +508,15 @@ def _rounds(
     *,
     sides: list[str],
     served: str,
-    shapes: dict[str, tuple[int, int, int]],
+    shapes: dict[str, tuple[str, tuple[int, int, int]]],
     rounds: int,
     warmup: int,
     progress: Any,
 ) -> tuple[dict[tuple[str, str, str], list[dict[str, Any]]], dict[str, float]]:
     """Every load shape at every side, non-streaming then streaming, round by round.
 
-    The warm-up rounds come first and are not kept; the side order alternates. Returns
+    The warm-up rounds come first and are not kept; the side order alternates. Each load's
+    result gets the CPU per request of the side's processes (:class:`CpuMeter`). Returns
     the load results per ``(side, shape, mode)`` and each side's peak RSS in MB.
     """
     runs: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
@@ -391,11 +524,12 @@ def _rounds(
     for r in range(-warmup, rounds):
         order = sides if r % 2 == 0 else sides[::-1]
         label = "warm-up" if r < 0 else f"round {r + 1}/{rounds}"
-        for shape, (requests, concurrency, tokens) in shapes.items():
-            for stream in (False, True):
+        for shape, (api, (requests, concurrency, tokens)) in shapes.items():
+            for stream in modes_for(api):
                 mode = "stream" if stream else "non_stream"
                 for name in order:
-                    with PeakRss(running[name].proc.pid) as rss:
+                    pid = running[name].proc.pid
+                    with PeakRss(pid) as rss, CpuMeter(pid) as cpu:
                         result = load(
                             running[name].url,
                             served,
@@ -403,13 +537,17 @@ def _rounds(
                             requests=requests,
                             concurrency=concurrency,
                             max_tokens=tokens,
+                            api=api,
                         )
+                    ok = result.get("requests", requests) - result.get("errors", 0)
+                    result.update(cpu_ms_per_request(cpu.used, ok))
                     peaks[name] = max(peaks[name], rss.peak)
                     if r >= 0:
                         runs.setdefault((name, shape, mode), []).append(result)
                     progress(
                         f"bench: {label} {shape:10s} {mode:10s} side {name:3s}"
-                        f"{result['tok_per_s']:9.1f} tok/s  errors {result['errors']}"
+                        f"{result['tok_per_s']:9.1f} tok/s  errors {result['errors']}  "
+                        f"serving CPU {result.get('cpu_ms_per_req_serving', 0):.2f} ms/req"
                     )
     return runs, peaks
 
@@ -438,11 +576,13 @@ def _summary(
 
 
 def render(report: dict[str, Any]) -> str:
-    """A plain table: one line per side, shape and mode; then the ratios."""
+    """A plain table: one line per side, shape and mode; then the ratios. ``srv ms/req``:
+    CPU ms per request of the serving processes (frontend + server), ``eng ms/req``: of
+    vLLM's engine processes (:class:`CpuMeter`)."""
     lines = [
-        f"{'side':4s} {'shape':12s} {'mode':10s} {'tok/s':>9s} {'req/s':>7s} "
+        f"{'side':4s} {'shape':20s} {'mode':10s} {'tok/s':>9s} {'req/s':>7s} "
         f"{'TTFT p50':>9s} {'TTFT p99':>9s} {'ITL p50':>8s} {'lat p50':>8s} "
-        f"{'lat p99':>8s}"
+        f"{'lat p99':>8s} {'srv ms/req':>10s} {'eng ms/req':>10s}"
     ]
 
     def cell(value: float | None, width: int, digits: int) -> str:
@@ -452,10 +592,12 @@ def render(report: dict[str, Any]) -> str:
         for shape, modes in side["shapes"].items():
             for mode, m in modes.items():
                 lines.append(
-                    f"{name:4s} {shape:12s} {mode:10s} {m['tok_per_s']:9.1f} {m['req_per_s']:7.2f} "
+                    f"{name:4s} {shape:20s} {mode:10s} {m['tok_per_s']:9.1f} {m['req_per_s']:7.2f} "
                     f"{cell(m.get('ttft_p50_ms'), 9, 1)} {cell(m.get('ttft_p99_ms'), 9, 1)} "
                     f"{cell(m.get('itl_p50_ms'), 8, 2)} "
-                    f"{m['latency_p50_ms']:8.1f} {m['latency_p99_ms']:8.1f}"
+                    f"{m['latency_p50_ms']:8.1f} {m['latency_p99_ms']:8.1f} "
+                    f"{cell(m.get('cpu_ms_per_req_serving'), 10, 2)} "
+                    f"{cell(m.get('cpu_ms_per_req_engine'), 10, 2)}"
                 )
         lines.append(
             f"{name:4s} cold start {side['cold_start_s']} s, peak RSS {side['peak_rss_mb']:.0f} MB"
