@@ -182,6 +182,7 @@ class VllmEngine:
 
         me = psutil.Process()
         before = {p.pid for p in me.children(recursive=True)}
+        root_level = logging.getLogger().level
         stack = contextlib.AsyncExitStack()
         try:
             client = await stack.enter_async_context(
@@ -196,6 +197,10 @@ class VllmEngine:
         except BaseException:
             await stack.aclose()
             raise
+        finally:
+            # vLLM's set-up raises the root logger to ERROR: in a TorchServe worker that
+            # drops the handler's [METRICS] lines (hook metrics) and every INFO log line
+            logging.getLogger().setLevel(root_level)
         if not _serves_anything(app.state):
             await stack.aclose()
             raise EngineArgsError(
