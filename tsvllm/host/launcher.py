@@ -3,7 +3,10 @@
 ``tsvllm launch --model_id DIR_OR_HF_ID`` (also ``python -m tsvllm.host.launcher``) takes
 ts.llm_launcher's flags with the same meaning, writes a validated model config, builds
 the archive, starts TorchServe, waits until the model answers, prints the OpenAI base
-URL, an example ``curl`` and where the auth key is, and stays in the foreground.
+URL, an example ``curl`` and where the auth key is, and stays in the foreground. The example
+fits the model: a chat request for a model that generates, an embeddings request for a
+pooling model (e.g. a sentence-embedding folder; vLLM decides, or ``runner: pooling`` in the
+config's ``vllm_engine_config``), with the routes it serves.
 
 SIGTERM (or Ctrl-C) drains first (:mod:`tsvllm.host.shutdown`): new requests get 503 with
 ``Retry-After`` while the running ones finish, for at most ``--drain-timeout`` seconds
@@ -20,6 +23,7 @@ that are visible (``CUDA_VISIBLE_DEVICES`` honoured) and falls back to CPU;
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -391,12 +395,53 @@ def _drain(ts: Any, *, signals: list[int], timeout_s: float, prog: str) -> int:
     return result.exit_code
 
 
+#: a route no model serves: its 404 lists the routes the model does serve
+_NO_ROUTE = "tsvllm-routes"
+_SERVES = "this model serves "
+
+
+def served_routes(ts: Any, model: str, *, version: str = "1.0") -> list[str] | None:
+    """The routes ``model`` serves (``/v1/embeddings``, ...), from the 404 its handler answers
+    for a route that does not exist (it lists them); None when the answer says nothing."""
+    url = f"{ts.inference_url}/predictions/{model}/{version}/{_NO_ROUTE}"
+    try:
+        status, body = ts._get(url, key=ts.keys().get("inference"))
+        message = json.loads(body)["error"]["message"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if status != 404 or _SERVES not in message:
+        return None
+    return [r.strip() for r in message.split(_SERVES, 1)[1].split(",") if r.strip()]
+
+
+def example_request(routes: list[str] | None, served: str) -> tuple[str, dict[str, Any]]:
+    """``(route under v1/, body)`` of the example request for a model serving ``routes``:
+    chat for a model that generates (or when the routes are unknown), else embeddings."""
+    if routes is not None and "/v1/chat/completions" not in routes:
+        if "/v1/embeddings" in routes:
+            return "embeddings", {"model": served, "input": ["Hello", "Bonjour"]}
+        if "/v1/score" in routes:
+            return "score", {"model": served, "text_1": "Hello", "text_2": ["Hi", "Bye"]}
+    return "chat/completions", {"model": served, "messages": [{"role": "user", "content": "Hello"}]}
+
+
 def _announce(ts: Any, model: str, config_path: Path) -> None:
     url = f"{ts.inference_url}/predictions/{model}/1.0/v1"
     keys = ts.keys()
     auth = f' -H "Authorization: Bearer {keys["inference"]}"' if keys else ""
     handler = yaml.safe_load(config_path.read_text())["handler"]
     served = (handler.get("served_model_name") or [handler["model_path"]])[0]
+    routes = served_routes(ts, model)
+    route, body = example_request(routes, served)
+    example = (
+        f"  curl {url}/{route}{auth} -H 'Content-Type: application/json' -d '{json.dumps(body)}'\n"
+    )
+    if routes is not None and "/v1/chat/completions" not in routes:
+        base = url.removesuffix("/v1")
+        example += (
+            f"  a pooling model (no completions or chat); its routes under {base}: "
+            f"{', '.join(routes)}\n"
+        )
     print(
         f"tsvllm launch: ready. OpenAI base URL: {url}\n"
         + (
@@ -406,9 +451,8 @@ def _announce(ts: Any, model: str, config_path: Path) -> None:
             if keys
             else "  auth: token auth is off\n"
         )
-        + f"  curl {url}/chat/completions{auth} -H 'Content-Type: application/json' "
-        f'-d \'{{"model": "{served}", "messages": [{{"role": "user", "content": "Hello"}}]}}\'\n'
-        "  Ctrl-C or SIGTERM drains (running requests finish, new ones get 503), then stops "
+        + example
+        + "  Ctrl-C or SIGTERM drains (running requests finish, new ones get 503), then stops "
         "TorchServe and every engine process; a second Ctrl-C stops at once.\n"
         f"  drain one model before unregistering it: tsvllm drain --control-dir {ts.control_dir} "
         f"--model {model}",
