@@ -4,6 +4,7 @@ management API over TCP, and the vLLM processes under a worker."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -180,9 +181,10 @@ def wait_probe(ts: TorchServe, model: str, version: str, timeout: float = 900) -
 def stream_outcome(url: str, body: dict, progress: dict, index: int) -> dict:
     """Stream ``body``; record what the client saw: status, content chunks, [DONE],
     the exception if any, and the tail of the body."""
-    seen = {"status": None, "chunks": 0, "done": False, "error": None, "tail": ""}
+    seen = {"status": None, "chunks": 0, "done": False, "error": None, "tail": "", "runs": 0}
     progress[index] = seen
     text = ""
+    started: set[str] = set()  # each chunk's "created": one value per generation run
     try:
         with httpx.stream("POST", url, json=body, timeout=300) as reply:
             seen["status"] = reply.status_code
@@ -192,6 +194,10 @@ def stream_outcome(url: str, body: dict, progress: dict, index: int) -> dict:
                     seen["done"] = True
                 elif line.startswith("data: "):
                     seen["chunks"] += 1
+                    created = re.search(r'"created":(\d+)', line)
+                    if created:
+                        started.add(created.group(1))
+                        seen["runs"] = len(started)
     except Exception as exc:  # a reset or a protocol error is an outcome too
         seen["error"] = f"{type(exc).__name__}: {exc}"
     seen["tail"] = text[-400:]
