@@ -9,6 +9,10 @@ each hook does (call order in :mod:`tsvllm.worker.hooks`):
   prompt, so the system prompt stays first and vLLM's prefix cache keeps hitting.
 * ``on_response``: guards on each answer (redact, or replace it with the refusal text
   and ``finish_reason: "content_filter"``); citations in the body (``"citations"``).
+* the same on ``v1/responses`` and ``v1/messages`` (their bodies and events, through
+  :mod:`tsvllm.worker.api_texts`): context goes into ``instructions`` / ``system``; a
+  blocked answer becomes ``status: incomplete`` / ``stop_reason: refusal``; in a stream the
+  events that repeat a whole text carry exactly what the guards let through.
 * ``on_chunk``/``on_stream_end``: a sliding-window scanner per choice holds back the last
   few characters until checked, redacts, or ends the stream with ``content_filter``
   (the engine request is aborted); citations in a final chunk.
@@ -26,6 +30,7 @@ from typing import Any
 
 from tsvllm.engine.base import Api, Engine, StreamEvent
 from tsvllm.errors import ContentFiltered
+from tsvllm.worker import api_texts
 from tsvllm.worker.handler import VLLMHandler
 from tsvllm.worker.hooks import EndStream, RequestContext
 
@@ -36,6 +41,8 @@ class RagGuardHandler(VLLMHandler):
     """VLLMHandler with retrieval-augmented generation and guards, configured from YAML."""
 
     features = frozenset({"rag", "guards"})
+    #: its hooks read completions, chat, Responses and Messages bodies (tsvllm.worker.api_texts)
+    hook_apis = frozenset(Api)
 
     def __init__(self) -> None:
         super().__init__()
@@ -71,8 +78,9 @@ class RagGuardHandler(VLLMHandler):
         from tsvllm.guards import Stage
 
         if self.guards is not None:
-            ctx.metadata["prompt"] = _query(body, ctx.api)  # what the judge sees as the user turn
-            for get, put in _user_texts(body, ctx.api):
+            # what the judge sees as the user turn
+            ctx.metadata["prompt"] = api_texts.last_user_text(body, ctx.api)
+            for get, put in api_texts.user_texts(body, ctx.api):
                 text = get()
                 decision = await self._check(text, Stage.INPUT, ctx)
                 if decision.blocked:
@@ -90,7 +98,7 @@ class RagGuardHandler(VLLMHandler):
         from tsvllm.guards import Stage
 
         rag = self.config.handler.rag
-        query = _query(body, ctx.api)
+        query = api_texts.last_user_text(body, ctx.api)
         if not query:
             return body
         start = time.perf_counter()
@@ -124,25 +132,16 @@ class RagGuardHandler(VLLMHandler):
                 f"[{i}] (source: {c.source})\n{text}" for i, (c, text) in enumerate(used, 1)
             )
         )
-        body = dict(body)
-        if ctx.api is Api.CHAT:
-            messages = list(body["messages"])  # a list: _query found a user message in it
-            first = messages[0] if messages else None
-            first_system = isinstance(first, dict) and first.get("role") in ("system", "developer")
-            messages.insert(1 if first_system else 0, {"role": "system", "content": block})
-            body["messages"] = messages
-        elif isinstance(body["prompt"], str):
-            body["prompt"] = block + "\n\n" + body["prompt"]
-        else:  # a batch of prompts: each gets the context of the last one's query
-            body["prompt"] = [block + "\n\n" + p for p in body["prompt"]]
-        return body
+        return api_texts.with_context(body, ctx.api, block)
 
     # -- after the engine ------------------------------------------------------------
 
     async def on_response(self, body: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
         from tsvllm.guards import Stage
 
-        if self.guards is not None:
+        if self.guards is not None and ctx.api in (Api.RESPONSES, Api.MESSAGES):
+            await self._guard_outputs(body, ctx)
+        elif self.guards is not None:
             for choice in body.get("choices", []):
                 text = _text(choice, ctx.api)
                 if not text:
@@ -157,20 +156,32 @@ class RagGuardHandler(VLLMHandler):
             body["citations"] = ctx.metadata["citations"]
         return body
 
+    async def _guard_outputs(self, body: dict[str, Any], ctx: RequestContext) -> None:
+        """Responses/Messages: each output text checked, redacted or replaced."""
+        from tsvllm.guards import Stage
+
+        for get, put in api_texts.output_texts(body, ctx.api):
+            text = get()
+            if not text:
+                continue
+            decision = await self._check(text, Stage.OUTPUT, ctx)
+            if decision.blocked:
+                put(self.config.handler.guards.refusal)
+                api_texts.mark_filtered(body, ctx.api)
+            elif decision.text is not None and decision.text != text:
+                put(decision.text)
+
     async def on_chunk(self, event: StreamEvent, ctx: RequestContext) -> Sequence[StreamEvent]:
         if self.guards is None:
             return (event,)
+        if ctx.api in (Api.RESPONSES, Api.MESSAGES):
+            return await self._on_api_event(event, ctx)
         scanners = ctx.metadata.setdefault("scanners", {})
         payload = event.payload
         keep = []
         for choice in payload.get("choices", []):
             index = choice.get("index", 0)
-            scanner = scanners.get(index)
-            if scanner is None:
-                g = self.config.handler.guards
-                scanner = scanners[index] = self.guards.stream_scanner(
-                    window=g.stream_window, hold=g.stream_hold, ctx=ctx.metadata
-                )
+            scanner = self._scanner(scanners, index, ctx)
             verdict = await scanner.push(_text(choice, ctx.api, part="delta") or "")
             emit = verdict.emit
             if not verdict.decision.blocked and choice.get("finish_reason") is not None:
@@ -190,9 +201,60 @@ class RagGuardHandler(VLLMHandler):
         event.payload = payload
         return (event,)
 
-    async def on_stream_end(self, ctx: RequestContext) -> Sequence[StreamEvent]:
-        from tsvllm.worker.hooks import final_chunk
+    async def _on_api_event(self, event: StreamEvent, ctx: RequestContext) -> Sequence[StreamEvent]:
+        """Responses/Messages streams: text deltas through a scanner per text; the events
+        that close a text first send what the scanner still held, and every event that
+        repeats a whole text gets exactly the text the guards let through."""
+        payload, api = event.payload, ctx.api
+        scanners = ctx.metadata.setdefault("scanners", {})
+        passed = ctx.metadata.setdefault("passed", {})
+        delta = api_texts.stream_delta(payload, api)
+        if delta is not None:
+            key, get, put = delta
+            verdict = await self._scanner(scanners, key, ctx).push(get())
+            self._end_if_blocked(verdict.decision, ctx)
+            if not verdict.emit:
+                return ()  # held back
+            put(verdict.emit)
+            passed[key] = passed.get(key, "") + verdict.emit
+            event.payload = payload
+            return (event,)
+        out = []
+        key = api_texts.stream_text_ends(payload, api)
+        if key in scanners:
+            final = await scanners.pop(key).finish()
+            self._end_if_blocked(final.decision, ctx)
+            if final.emit:
+                passed[key] = passed.get(key, "") + final.emit
+                out.append(api_texts.delta_event(api, key, final.emit, like=payload))
+        for key, put in api_texts.stream_full_texts(payload, api):
+            put(passed.get(key, ""))
+        event.payload = payload
+        return [*out, event]
 
+    def _scanner(self, scanners: dict[Any, Any], key: Any, ctx: RequestContext) -> Any:
+        if key not in scanners:
+            g = self.config.handler.guards
+            scanners[key] = self.guards.stream_scanner(
+                window=g.stream_window, hold=g.stream_hold, ctx=ctx.metadata
+            )
+        return scanners[key]
+
+    def _end_if_blocked(self, decision: Any, ctx: RequestContext) -> None:
+        self._record(decision, ctx)
+        if decision.blocked:
+            raise EndStream("content_filter", detail=", ".join(decision.categories))
+
+    async def on_stream_end(self, ctx: RequestContext) -> Sequence[StreamEvent]:
+        from tsvllm.worker.hooks import closing_events, final_chunk
+
+        if ctx.api in (Api.RESPONSES, Api.MESSAGES):  # their texts closed in on_chunk
+            for scanner in ctx.metadata.get("scanners", {}).values():
+                verdict = await scanner.finish()
+                self._record(verdict.decision, ctx)
+                if verdict.decision.blocked:
+                    return closing_events(ctx, finish_reason="content_filter")
+            return ()
         out: list[StreamEvent] = []
         for index, scanner in sorted(ctx.metadata.get("scanners", {}).items()):
             verdict = await scanner.finish()  # a stream that ended without finish_reason
@@ -293,50 +355,6 @@ def build_guard_chain(guards: Any, *, engine: Engine, served_name: str) -> Any:
 
 
 # -- reading and writing OpenAI bodies ------------------------------------------------
-
-
-def _user_texts(body: dict[str, Any], api: Api) -> list[tuple[Any, Any]]:
-    """(get, put) pairs for every user-written text in the request."""
-    pairs = []
-    if api is Api.CHAT:
-        for message in body.get("messages") or []:
-            if not isinstance(message, dict) or message.get("role") != "user":
-                continue
-            content = message.get("content")
-            if isinstance(content, str):
-                pairs.append((lambda m=message: m["content"], _setter(message, "content")))
-            elif isinstance(content, list):
-                for part in content:
-                    if isinstance(part, dict) and isinstance(part.get("text"), str):
-                        pairs.append((lambda p=part: p["text"], _setter(part, "text")))
-    else:
-        prompt = body.get("prompt")
-        if isinstance(prompt, str):
-            pairs.append((lambda: body["prompt"], _setter(body, "prompt")))
-        elif isinstance(prompt, list) and all(isinstance(p, str) for p in prompt):
-            for i in range(len(prompt)):
-                pairs.append((lambda i=i: body["prompt"][i], _item_setter(prompt, i)))
-    return pairs
-
-
-def _setter(obj: dict[str, Any], key: str) -> Any:
-    def put(value: str) -> None:
-        obj[key] = value
-
-    return put
-
-
-def _item_setter(items: list[Any], index: int) -> Any:
-    def put(value: str) -> None:
-        items[index] = value
-
-    return put
-
-
-def _query(body: dict[str, Any], api: Api) -> str:
-    """The retrieval query: the last user message, or the prompt."""
-    texts = [get() for get, _ in _user_texts(body, api)]
-    return texts[-1] if texts else ""
 
 
 def _text(choice: dict[str, Any], api: Api, *, part: str = "message") -> str | None:
