@@ -109,3 +109,16 @@ def test_vllms_own_benchmark_client_finds_tokenize(open_server, tiny_model):
     assert out.returncode == 0, log[-3000:]
     assert "/tokenize unavailable" not in log
     assert "Successful requests:" in log and "Failed requests:                         0" in log
+
+
+def test_guards_apply_on_the_responses_api(rag):
+    """The rag model's output guard denies "Paris": on v1/responses too, full and streamed."""
+    ask = {"model": "smollm2", "input": "What is the capital of France?", "temperature": 0}
+    response = rag.responses.create(max_output_tokens=24, **ask)
+    assert response.status == "incomplete"
+    assert response.incomplete_details.reason == "content_filter"
+    assert "Paris" not in response.output_text
+    events = list(rag.responses.create(max_output_tokens=24, stream=True, **ask))
+    assert events[-1].type == "response.incomplete"
+    streamed = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert "Paris" not in streamed
