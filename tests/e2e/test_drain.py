@@ -10,7 +10,6 @@ and the exit status says the drain was not clean (3).
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import signal
@@ -23,7 +22,7 @@ import psutil
 import pytest
 
 from tests.e2e.test_entrypoint import Entrypoint
-from tests.e2e.test_launch import GONE_WITHIN, Launch
+from tests.e2e.test_launch import GONE_WITHIN, Launch, session_left
 from tsvllm.deploy.common import OPENAI_BASE
 
 STREAMS = 12
@@ -103,19 +102,6 @@ def join(running: list[tuple], *, timeout: float) -> list[Stream]:
 def request_after_sigterm(url: str, *, model: str) -> httpx.Response:
     body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
     return httpx.post(url, json=body, timeout=60)
-
-
-def session_left(session: int) -> list[psutil.Process]:
-    """Processes of the launcher's session (it leads it: start_new_session) still alive."""
-    procs = []
-    for p in psutil.process_iter():
-        try:
-            if os.getsid(p.pid) == session:
-                procs.append(p)
-        except (ProcessLookupError, psutil.NoSuchProcess):
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=GONE_WITHIN)
-    return alive
 
 
 @pytest.fixture

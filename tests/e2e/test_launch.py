@@ -36,6 +36,20 @@ def free_port_block(size: int = 5) -> int:
     raise RuntimeError("no free port block")
 
 
+def session_left(session: int) -> list[psutil.Process]:
+    """Processes of the launcher's session (it leads it: start_new_session) still alive
+    after GONE_WITHIN seconds."""
+    procs = []
+    for p in psutil.process_iter():
+        try:
+            if os.getsid(p.pid) == session:
+                procs.append(p)
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=GONE_WITHIN)
+    return alive
+
+
 class Launch:
     """The launcher as a user runs it, in the foreground, read line by line."""
 
@@ -190,15 +204,5 @@ def test_an_engine_that_can_never_start_stops_the_launcher_at_once_with_the_reas
     assert "the engine cannot start" in out and "max_model_len" in out, out
     assert "100000" in out, out
 
-    def in_session() -> list[psutil.Process]:
-        procs = []
-        for p in psutil.process_iter():
-            try:
-                if os.getsid(p.pid) == session:
-                    procs.append(p)
-            except (ProcessLookupError, psutil.NoSuchProcess):
-                pass
-        return procs
-
-    _, alive = psutil.wait_procs(in_session(), timeout=GONE_WITHIN)
+    alive = session_left(session)
     assert alive == [], [" ".join(p.cmdline()) for p in alive]
