@@ -38,10 +38,18 @@ def model_config_yaml(model: Path, served_name: str, *, path: Path, **engine) ->
 
 
 def cli_archive(
-    config: Path, *, name: str, version: str, fmt: str, export: Path, cwd: Path
+    config: Path,
+    *,
+    name: str,
+    version: str,
+    fmt: str,
+    export: Path,
+    cwd: Path,
+    extra_files: list[Path] = (),
 ) -> Path:
     """Run the torch-model-archiver CLI with TorchServe's own flags; return the artifact."""
     export.mkdir(parents=True, exist_ok=True)
+    extra = ["--extra-files", ",".join(map(str, extra_files))] if extra_files else []
     subprocess.run(
         [
             str(ARCHIVER),
@@ -57,6 +65,7 @@ def cli_archive(
             fmt,
             "--export-path",
             str(export),
+            *extra,
         ],
         cwd=cwd,
         check=True,
