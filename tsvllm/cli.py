@@ -240,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_validate(sub)
     _add_deploy(sub)
     _add_drain(sub)
+    from tsvllm.host.worker_node import add_parser as _add_worker_node
+
+    _add_worker_node(sub)
     return parser
 
 

