@@ -58,7 +58,6 @@ def test_follower_args_are_the_leaders_with_rank_and_headless():
 
 
 def test_follower_args_parse_with_vllm():
-    pytest.importorskip("vllm")
     from tsvllm.engine.vllm_engine import parse_engine_args
 
     args = parse_engine_args(follower_argv(_cfg(), node_rank=1))
