@@ -108,7 +108,10 @@ async def _serve(
     handler.inflight.add(record)
     deadline = asyncio.get_running_loop().time() + handler.request_timeout_s
     if route.engine_route is not None:
-        return await _serve_engine_route(handler, route, request, context, record, deadline)
+        path = (url_path or "").split("?")[0].strip("/")
+        return await _serve_engine_route(
+            handler, route, path, request, headers, context, record, deadline
+        )
     adapter = route.adapter
     limit = adapter.max_body_bytes or handler.max_body_bytes
     body = decode_body(request, headers, limit=limit, limit_name=adapter.limit_name)
@@ -168,15 +171,15 @@ async def _under_deadline(
 async def _serve_engine_route(
     handler: VLLMHandler,
     route: routes.Route,
+    path: str,
     request: dict[str, Any],
+    headers: dict[str, str],
     context: Any,
     record: Record,
     deadline: float,
 ) -> bytes:
-    """A route the engine serves itself (:meth:`Engine.call`); hooks run where the route
-    has an API they understand (``route.api``: Responses, Messages)."""
-    headers = ts_worker.request_headers(context)
-    path = (ts_worker.request_header(context, "url_path") or "").split("?")[0].strip("/")
+    """A route the engine serves itself (:meth:`Engine.call`) at ``path``; hooks run where
+    the route has an API they understand (``route.api``: Responses, Messages)."""
     body = _engine_body(request, headers, limit=handler.max_body_bytes)
     ctx = RequestContext(
         request_id=ts_worker.request_id(context),
