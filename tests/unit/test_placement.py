@@ -20,19 +20,21 @@ from tsvllm.worker import placement as pl
 from tsvllm.worker.placement import GpuView, parse_ids, place, torchserve_gpus
 
 
-def config(*, tp=1, pp=1, workers=1, max_workers=None, custom=None, device_ids=None, env=None):
+def config(
+    *, tp=1, pp=1, workers=1, max_workers=None, custom=None, device_ids=None, env=None, nnodes=1
+):
+    engine = {"tensor_parallel_size": tp, "pipeline_parallel_size": pp}
+    if nnodes > 1:  # the leader of an engine across nnodes hosts
+        engine.update(nnodes=nnodes, master_addr="10.0.0.1", master_port=29500)
     data = {
         "minWorkers": workers,
         "maxWorkers": max_workers or workers,
         "deviceType": "gpu",
         "asyncCommunication": True,
-        "handler": {
-            "model_path": "org/model",
-            "vllm_engine_config": {"tensor_parallel_size": tp, "pipeline_parallel_size": pp},
-        },
+        "handler": {"model_path": "org/model", "vllm_engine_config": engine},
     }
     if custom:
-        data.update(parallelType="custom", parallelLevel=tp * pp)
+        data.update(parallelType="custom", parallelLevel=tp * pp // nnodes)
     if device_ids is not None:
         data["deviceIds"] = device_ids
     if env:
@@ -249,6 +251,51 @@ def test_parallel_level_mismatch_is_refused():
     cfg = config(tp=2, custom=True).model_copy(update={"parallelLevel": 4})
     with pytest.raises(ConfigError, match="parallelLevel 4 does not match"):
         place(cfg, GpuView(0, "0,1,2,3", None, True, (0, 1, 2, 3)))
+
+
+def test_a_multinode_leader_takes_its_share_per_node():
+    # TP 8 over 2 nodes: this (leader) node runs 4 of the 8 ranks, on its own 4 GPUs
+    cfg = config(tp=8, nnodes=2, custom=True)
+    assert cfg.parallelLevel == 4
+    (view,) = views(cfg, count=4)
+    placed = place(cfg, view)
+    assert placed.devices == ("0", "1", "2", "3") and placed.warnings == ()
+
+
+def test_a_multinode_leader_under_a_restricted_frontend_gets_physical_ids():
+    cfg = config(tp=8, nnodes=2, custom=True, workers=2)
+    placed = [
+        place(cfg, view).visible
+        for view in views(cfg, count=8, frontend_visible="8,9,10,11,12,13,14,15", smi=range(16))
+    ]
+    assert placed == ["8,9,10,11", "12,13,14,15"]
+
+
+def test_a_multinode_parallel_level_of_all_nodes_is_refused_per_node():
+    # the config refuses it already (ModelConfig._gpu_problems); place() refuses it too
+    with pytest.raises(ConfigError, match="set parallelLevel: 4"):
+        validate_model_config(
+            {
+                **config(tp=8, nnodes=2, custom=True).model_dump(exclude_unset=True),
+                "parallelLevel": 8,
+            }
+        )
+    cfg = config(tp=8, nnodes=2, custom=True).model_copy(update={"parallelLevel": 8})
+    with pytest.raises(ConfigError) as err:
+        place(cfg, GpuView(0, "0,1,2,3,4,5,6,7", None, True, tuple(range(8))))
+    message = str(err.value)
+    assert "parallelLevel 8 does not match" in message
+    assert "/ nnodes 2 (4 GPU(s) per node)" in message and "set parallelLevel: 4" in message
+
+
+def test_a_multinode_leader_without_parallel_type_takes_the_first_per_node():
+    cfg = config(tp=4, nnodes=2)  # one worker: the first 2 GPUs of this node
+    assert place(cfg, GpuView(1, None, None, True, (0, 1, 2, 3))).visible == "0,1"
+    with pytest.raises(ConfigError) as err:  # this node has 1 GPU, the engine needs 2 here
+        place(cfg, GpuView(0, None, None, True, (0,)))
+    message = str(err.value)
+    assert "2 GPU(s) per worker per node" in message and "/ nnodes 2" in message
+    assert "use at most 1 GPU(s) per worker per node" in message
 
 
 def test_number_of_gpu_caps_the_pool():

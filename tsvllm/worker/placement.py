@@ -73,6 +73,7 @@ class Placement:
     """The devices of one worker's engine."""
 
     #: physical ids for CUDA_VISIBLE_DEVICES, tensor_parallel × pipeline_parallel of them
+    #: (divided by nnodes for an engine that spans several nodes: this node's share)
     devices: tuple[str, ...]
     #: the same devices as TorchServe's logical ids
     logical: tuple[int, ...]
@@ -128,15 +129,23 @@ def _span(ids: Sequence[int]) -> str:
 
 def place(config: ModelConfig, view: GpuView, *, source: str = "model-config.yaml") -> Placement:
     """This worker's physical devices, or :class:`ConfigError` when the assignment cannot
-    work (two engines would share a GPU, a GPU that TorchServe does not see, ...)."""
+    work (two engines would share a GPU, a GPU that TorchServe does not see, ...).
+
+    For the leader of an engine that spans ``nnodes`` hosts, the worker's GPUs on this
+    host are TP × PP / nnodes (the other nodes' workers run under ``tsvllm worker-node``).
+    """
     problems: list[str] = []
     warnings: list[str] = []
     h = config.handler
-    n = h.parallel_size
+    n = h.parallel_per_node  # this node's GPUs per worker (all of them on one node)
     sizes = (
         f"tensor_parallel_size {h.tensor_parallel_size} × "
         f"pipeline_parallel_size {h.pipeline_parallel_size}"
     )
+    per_node = ""
+    if h.nnodes > 1:
+        sizes += f" / nnodes {h.nnodes}"
+        per_node = " per node"
     if ENV in h.env:
         problems.append(
             f"handler.env.{ENV}: do not set it: it would give every worker the same GPUs; "
@@ -189,7 +198,10 @@ def place(config: ModelConfig, view: GpuView, *, source: str = "model-config.yam
     if custom:
         level = config.parallelLevel or 0
         if level != n:
-            problems.append(f"parallelLevel {level} does not match {sizes}; set parallelLevel: {n}")
+            problems.append(
+                f"parallelLevel {level} does not match {sizes} ({n} GPU(s){per_node}); "
+                f"set parallelLevel: {n}"
+            )
         logical = parse_ids(view.worker_visible)
         if not logical:
             problems.append(
@@ -212,8 +224,8 @@ def place(config: ModelConfig, view: GpuView, *, source: str = "model-config.yam
         if config.minWorkers > 1:
             problems.append(
                 f"parallelType is not set, so TorchServe gives each worker one GPU id and "
-                f"{config.minWorkers} workers of {n} GPUs ({sizes}) would share GPUs; set "
-                f"parallelType: custom and parallelLevel: {n}"
+                f"{config.minWorkers} workers of {n} GPUs{per_node} ({sizes}) would share "
+                f"GPUs; set parallelType: custom and parallelLevel: {n}"
             )
         if config.maxWorkers > 1:
             warnings.append(
@@ -229,24 +241,24 @@ def place(config: ModelConfig, view: GpuView, *, source: str = "model-config.yam
         if custom and need > pool and fit:
             # ModelManager.updateModel caps min/maxWorkers at GPUs // parallelLevel on gpu
             warnings.append(
-                f"minWorkers {config.minWorkers} × {per_worker} GPU(s) = {need} GPUs, but "
-                f"{of} are available ({where}): TorchServe runs only {fit} worker(s); set "
+                f"minWorkers {config.minWorkers} × {per_worker} GPU(s){per_node} = {need} GPUs, "
+                f"but {of} are available ({where}): TorchServe runs only {fit} worker(s); set "
                 f"minWorkers and maxWorkers to {fit} to say so"
             )
         elif need > pool:
             fix = (
                 f"lower minWorkers and maxWorkers to {fit}"
                 if fit
-                else f"use at most {pool} GPU(s) per worker ({sizes})"
+                else f"use at most {pool} GPU(s) per worker{per_node} ({sizes})"
             )
             problems.append(
-                f"minWorkers: {config.minWorkers} worker(s) × {per_worker} GPU(s) per worker "
-                f"({sizes}) = {need} GPUs, but {of} are available ({where}); {fix}, or run "
-                "on more GPUs"
+                f"minWorkers: {config.minWorkers} worker(s) × {per_worker} GPU(s) per worker"
+                f"{per_node} ({sizes}) = {need} GPUs, but {of} are available ({where}); {fix}, "
+                "or run on more GPUs"
             )
         elif not custom and config.maxWorkers * per_worker > pool:
             warnings.append(
-                f"maxWorkers {config.maxWorkers} × {per_worker} GPU(s) = "
+                f"maxWorkers {config.maxWorkers} × {per_worker} GPU(s){per_node} = "
                 f"{config.maxWorkers * per_worker} > {pool}: scaling beyond {fit} worker(s) "
                 "would put two engines on one GPU"
             )
