@@ -1,19 +1,31 @@
-"""The host gives up at once when the worker says its engine can never start.
+"""Engine start failures: the host gives up at once when the worker says its engine can
+never start, and a start that runs past its bound (``startupTimeout``) is ended, reported
+and retried.
 
 A tiny HTTP server on 127.0.0.1 stands in for TorchServe's frontend: it answers the
 readiness probe (``GET /predictions/<model>/<version>/v1/models``) with a fixed status and
 body. TorchServe's process is a fake whose ``poll()`` says it is still running.
+
+The bounded start: vLLM's own wait for its engine is a synchronous loop that returns only
+when an engine process it watches exits; here a fake of it spawns a real child (``sleep``)
+and blocks the event loop in ``wait()`` on it, so only the watchdog can end the start.
 """
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import contextlib
 import json
+import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tsvllm.errors import ENGINE_START_FAILED
@@ -196,7 +208,7 @@ def test_the_container_entrypoint_stops_torchserve_and_exits_non_zero(
 
     monkeypatch.setattr(launcher.signal, "signal", lambda *args: None)
     ts = FakeTorchServe(tmp_path, frontend.port)
-    monkeypatch.setattr(ep, "prepare", lambda env: (Config(), tmp_path / "model-config.yaml"))
+    monkeypatch.setattr(ep, "prepare", lambda env, **kw: (Config(), tmp_path / "model-config.yaml"))
     monkeypatch.setattr(ep, "_server", lambda env, models: ts)
     frontend_model = "/predictions/vllm/1.0/v1/models"
     code = ep.main([], env={"TSVLLM_WORKDIR": str(tmp_path)})
@@ -212,3 +224,263 @@ def test_the_container_ready_probe_fails_with_the_reason(frontend, tmp_path, cap
     assert REASON in capsys.readouterr().err
     frontend.status, frontend.body = 200, "{}"
     assert ep.main(["--probe", "ready"], env=env) == 0
+
+
+# -- a bounded engine start ------------------------------------------------------------------
+
+ENGINE_2_NODES = {
+    "enforce_eager": True,
+    "tensor_parallel_size": 2,
+    "nnodes": 2,
+    "master_addr": "10.0.0.1",
+    "master_port": 29500,
+}
+
+
+def _model_config(startup_timeout: int, **engine: object):
+    from tsvllm.config import validate_model_config
+
+    return validate_model_config(
+        {
+            "deviceType": "cpu",
+            "asyncCommunication": True,
+            "startupTimeout": startup_timeout,
+            "handler": {
+                "model_path": "/models/tiny",
+                "served_model_name": ["tiny"],
+                "vllm_engine_config": {**ENGINE_2_NODES, **engine},
+            },
+        }
+    )
+
+
+def _args(**over: object) -> argparse.Namespace:
+    return argparse.Namespace(**{**ENGINE_2_NODES, **over})
+
+
+def _new_children(before: set[int]) -> list[psutil.Process]:
+    me = psutil.Process()
+    return [p for p in me.children(recursive=True) if p.pid not in before and _alive(p)]
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+@pytest.fixture
+def blocking_vllm(monkeypatch):
+    """vLLM's engine client builder, faked: it starts an "engine process" (a real child
+    ``sleep``) and blocks the event loop until that process exits, then raises as vLLM's
+    ``wait_for_engine_startup`` does (the child exits by itself after 60 s, so a broken
+    watchdog fails the test instead of hanging it). Yields the children it started."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.entrypoints.launchers.api_server import entry
+
+    started: list[subprocess.Popen] = []
+
+    @contextlib.asynccontextmanager
+    async def build(engine_args):
+        proc = subprocess.Popen(["sleep", "60"])  # a broken watchdog: a failure, not a hang
+        started.append(proc)
+        proc.wait()  # synchronous, like vLLM's zmq poll: the event loop is blocked
+        raise RuntimeError(f"Engine core initialization failed. Failed core proc(s): {proc.pid}")
+        yield  # never reached
+
+    monkeypatch.setattr(entry, "build_async_engine_client_from_engine_args", build)
+    monkeypatch.setattr(AsyncEngineArgs, "from_cli_args", classmethod(lambda cls, args: args))
+    yield started
+    for proc in started:  # only if a test failed: never leave a sleep behind
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_start_timeout_message_names_the_worker_nodes_and_the_fix():
+    from tsvllm.engine.vllm_engine import start_timeout_message
+
+    two = start_timeout_message(_args(), 150)
+    assert "did not start within startupTimeout 150 s" in two
+    assert "nnodes 2" in two and "10.0.0.1:29500" in two
+    assert "tsvllm worker-node --config model-config.yaml --node-rank 1`" in two
+    four = start_timeout_message(_args(nnodes=4, tensor_parallel_size=4), 60)
+    assert "--node-rank 1..3" in four
+    one = start_timeout_message(_args(nnodes=1), 60)
+    assert "worker node" not in one and "did not start within startupTimeout 60 s" in one
+
+
+def test_the_watchdog_ends_the_processes_a_start_created_past_its_bound():
+    from tsvllm.engine.vllm_engine import StartWatchdog
+
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    t0 = time.monotonic()
+    watchdog = StartWatchdog(0.5, before=before)
+    try:
+        proc = subprocess.Popen(["sleep", "600"])  # the start's engine process
+        proc.wait(timeout=60)  # what vLLM's wait does: returns only when it exits
+    finally:
+        watchdog.stop()
+    assert watchdog.fired
+    assert proc.returncode == -signal.SIGKILL
+    assert 0.4 < time.monotonic() - t0 < 30  # ended by the bound, not the 600 s sleep
+    assert _new_children(before) == []
+
+
+def test_a_watchdog_stopped_in_time_ends_nothing():
+    from tsvllm.engine.vllm_engine import StartWatchdog
+
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    watchdog = StartWatchdog(30, before=before)
+    proc = subprocess.Popen(["sleep", "600"])  # a started engine's process: it must live
+    try:
+        watchdog.stop()
+        assert not watchdog.fired and watchdog.killed == []
+        assert proc.poll() is None
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_start_past_its_bound_raises_the_timeout_and_leaves_nothing(blocking_vllm):
+    from tsvllm.engine.base import EngineStartTimeout
+    from tsvllm.engine.vllm_engine import VllmEngine
+
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    t0 = time.monotonic()
+    with pytest.raises(EngineStartTimeout) as info:
+        asyncio.run(VllmEngine.start(_args(), timeout_s=1))
+    took = time.monotonic() - t0
+    assert 0.9 < took < 50  # ended by the bound, not by the "engine" exiting after 60 s
+    assert info.value.timeout_s == 1
+    message = str(info.value)
+    assert "startupTimeout 1 s" in message and "10.0.0.1:29500" in message
+    assert "worker-node" in message
+    assert isinstance(info.value.__cause__, RuntimeError)  # vLLM's own failure, chained
+    assert [p.returncode for p in blocking_vllm] == [-signal.SIGKILL]
+    assert _new_children(before) == []
+
+
+def test_a_start_failure_within_the_bound_is_not_called_a_timeout(monkeypatch):
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.entrypoints.launchers.api_server import entry
+
+    from tsvllm.engine.vllm_engine import VllmEngine
+
+    @contextlib.asynccontextmanager
+    async def build(engine_args):
+        raise RuntimeError("Engine core initialization failed: out of memory")
+        yield
+
+    monkeypatch.setattr(entry, "build_async_engine_client_from_engine_args", build)
+    monkeypatch.setattr(AsyncEngineArgs, "from_cli_args", classmethod(lambda cls, args: args))
+    with pytest.raises(RuntimeError, match="out of memory"):
+        asyncio.run(VllmEngine.start(_args(), timeout_s=30))
+
+
+def _call(handler, route: str, body=None):
+    from tests.unit.conftest import make_context
+
+    async def run():
+        ctx = make_context(route)
+        reply = await handler.handle([{"body": body}], ctx)
+        return ctx.get_response_status(0)[0], json.loads(reply[0])
+
+    return run()
+
+
+def test_a_timed_out_start_is_503_with_its_reason_then_retried(blocking_vllm, monkeypatch):
+    """The handler's own build_engine passes startupTimeout; the first start blocks past it
+    (the worker node is missing), the retry starts (the worker node is back)."""
+    from tests.unit.conftest import FakeEngine
+    from tsvllm.engine import vllm_engine
+    from tsvllm.engine.base import EngineCannotStart, EngineStartTimeout
+    from tsvllm.worker import handler as handler_module
+    from tsvllm.worker.handler import VLLMHandler
+
+    monkeypatch.setattr(handler_module, "FIRST_RETRY_DELAY_S", 1.0)
+    monkeypatch.setattr(vllm_engine, "parse_engine_args", lambda argv: _args())
+    real_start = vllm_engine.VllmEngine.start.__func__
+    engine = FakeEngine()
+    timeouts: list[float | None] = []
+
+    async def start(cls, args, *, timeout_s=None):
+        timeouts.append(timeout_s)
+        if len(timeouts) == 1:
+            return await real_start(cls, args, timeout_s=timeout_s)
+        return engine
+
+    monkeypatch.setattr(vllm_engine.VllmEngine, "start", classmethod(start))
+    handler = VLLMHandler()
+    handler.config = _model_config(startup_timeout=1)
+    handler.request_timeout_s = 60
+
+    async def run():
+        handler._starting = asyncio.ensure_future(handler._start_engine())
+        # a request that came during the first attempt waits for that attempt only
+        waited = await asyncio.wait_for(_call(handler, "v1/completions", {"prompt": "x"}), 30)
+        between = await _call(handler, "v1/models")  # a probe during the back-off
+        await asyncio.wait_for(handler._starting, 30)
+        return waited, between, await _call(handler, "v1/completions", {"prompt": "x"})
+
+    (status, body), (probe, probe_body), (later, _) = asyncio.run(run())
+    assert timeouts == [1, 1]  # startupTimeout, for each attempt
+    assert handler.start_error is None  # cleared by the successful retry
+    for code, answer in ((status, body), (probe, probe_body)):
+        message = answer["error"]["message"]
+        assert code == 503, answer
+        assert "EngineStartTimeout" in message and "retrying" in message
+        assert "startupTimeout 1 s" in message and "nnodes 2" in message
+        assert "worker-node" in message and "10.0.0.1:29500" in message
+    assert later == 200
+    assert [p.returncode for p in blocking_vllm] == [-signal.SIGKILL]
+    assert not issubclass(EngineStartTimeout, EngineCannotStart)  # transient
+
+
+def test_timed_out_starts_give_up_after_the_last_attempt_with_the_reason(monkeypatch):
+    from tests.unit.test_engine_lifecycle import make
+    from tsvllm.engine.base import EngineStartTimeout
+    from tsvllm.engine.vllm_engine import start_timeout_message
+    from tsvllm.worker import handler as handler_module
+
+    monkeypatch.setattr(handler_module, "FIRST_RETRY_DELAY_S", 0.001)
+    failures = [EngineStartTimeout(start_timeout_message(_args(), 5), timeout_s=5)] * 10
+    handler = make(None, failures=failures)
+
+    async def run():
+        handler._starting = asyncio.ensure_future(handler._start_engine())
+        await asyncio.wait_for(handler._starting, 10)
+        return await _call(handler, "v1/completions", {"prompt": "x"})
+
+    status, body = asyncio.run(run())
+    assert type(handler).attempts == handler_module.START_ATTEMPTS
+    assert status == 500 and body["error"]["code"] == ENGINE_START_FAILED
+    message = body["error"]["message"]
+    assert "EngineStartTimeout" in message and "10.0.0.1:29500" in message
+    assert f"gave up after {handler_module.START_ATTEMPTS} attempts" in message
+
+
+def test_a_dead_multinode_engine_says_a_worker_node_may_have_gone():
+    from tests.unit.conftest import FakeEngine
+    from tests.unit.test_engine_lifecycle import make
+
+    replacement = FakeEngine()
+    handler = make(replacement)
+    handler.config = _model_config(startup_timeout=150)
+    dead = FakeEngine()
+    dead.dead = True
+    handler.engine = dead
+    handler._starting = object()  # initialized
+
+    async def run():
+        answer = await _call(handler, "v1/completions", {"prompt": "x"})
+        await asyncio.wait_for(handler._starting, 10)  # the restart
+        return answer
+
+    status, body = asyncio.run(run())
+    message = body["error"]["message"]
+    assert status == 503
+    assert "nnodes 2" in message and "worker node may have gone" in message
+    assert "startupTimeout 150 s" in message
+    assert dead.shut_down and handler.engine is replacement

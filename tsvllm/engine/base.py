@@ -116,6 +116,16 @@ class EngineCannotStart(Exception):
     are taken as transient."""
 
 
+class EngineStartTimeout(Exception):
+    """The engine did not start within its bound (``startupTimeout``) and what the start
+    had launched was ended. Transient: a retry may succeed (e.g. once a missing worker node
+    of a multi-node engine is back). The message says what the engine waited for."""
+
+    def __init__(self, message: str, *, timeout_s: float):
+        super().__init__(message)
+        self.timeout_s = timeout_s
+
+
 #: ``generate`` returns the full body, or the stream of events.
 GenerateResult = dict[str, Any] | AsyncIterator[StreamEvent]
 

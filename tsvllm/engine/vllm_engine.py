@@ -17,6 +17,7 @@ import contextlib
 import io
 import json
 import logging
+import threading
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
@@ -25,6 +26,7 @@ from tsvllm.engine.base import (
     EngineCannotStart,
     EngineReply,
     EngineRoute,
+    EngineStartTimeout,
     GenerateResult,
     StreamEvent,
 )
@@ -154,6 +156,101 @@ def run_headless_node(argv: Sequence[str]) -> None:
     run_headless(args)
 
 
+def start_timeout_message(args: Any, timeout_s: float) -> str:
+    """Why a start ran past ``timeout_s``, and the fix when the engine spans nodes."""
+    message = f"the engine did not start within startupTimeout {timeout_s:g} s"
+    nnodes = getattr(args, "nnodes", 1) or 1
+    if nnodes <= 1:
+        return message + "; see the worker log for where it stopped"
+    where = f"{getattr(args, 'master_addr', '?')}:{getattr(args, 'master_port', '?')}"
+    ranks = "1" if nnodes == 2 else f"1..{nnodes - 1}"
+    return (
+        f"{message}: it spans nnodes {nnodes} and waits for every worker node to join at "
+        f"master_addr:master_port {where}, and at least one did not; start `tsvllm worker-node "
+        f"--config model-config.yaml --node-rank {ranks}` on each worker host (one rank each) "
+        f"and check they reach {where}"
+    )
+
+
+class StartWatchdog:
+    """Ends the processes a start created when the start runs past ``timeout_s``.
+
+    A thread, because the start may block the event loop. Once fired it ends every new
+    descendant of this process (not in ``before``), and again each second for any started
+    later, until :meth:`stop`; :meth:`stop` ends and reaps what is left after a firing, and
+    otherwise only cancels the watchdog.
+    """
+
+    #: seconds between two sweeps once fired
+    SWEEP_S = 1.0
+
+    def __init__(self, timeout_s: float, *, before: set[int], me: Any = None):
+        import psutil
+
+        self.timeout_s = timeout_s
+        self._before = set(before)
+        self._me = me if me is not None else psutil.Process()
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+        self.fired = False
+        #: the processes the watchdog ended
+        self.killed: list[Any] = []
+        self._thread = threading.Thread(target=self._run, name="tsvllm-start-watchdog", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        if self._done.wait(self.timeout_s):
+            return
+        with self._lock:
+            if self._done.is_set():
+                return
+            self.fired = True
+        logger.error(
+            "tsvllm: the engine did not start within %gs; ending the processes it started",
+            self.timeout_s,
+        )
+        while True:
+            self._sweep()
+            if self._done.wait(self.SWEEP_S):
+                return
+
+    def _new_processes(self) -> list[Any]:
+        import psutil
+
+        try:
+            children = self._me.children(recursive=True)
+        except psutil.Error:
+            return []
+        return [p for p in children if p.pid not in self._before]
+
+    def _sweep(self) -> list[Any]:
+        import psutil
+
+        procs = self._new_processes()
+        for proc in procs:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+                if proc not in self.killed:
+                    self.killed.append(proc)
+        return procs
+
+    def timeout_error(self, args: Any) -> EngineStartTimeout:
+        """What the start raises once the watchdog has fired."""
+        return EngineStartTimeout(
+            start_timeout_message(args, self.timeout_s), timeout_s=self.timeout_s
+        )
+
+    def stop(self) -> None:
+        """The start has finished, either way: cancel, or end and reap what is left."""
+        import psutil
+
+        with self._lock:
+            self._done.set()
+        self._thread.join()
+        if self.fired:
+            psutil.wait_procs(self._sweep(), timeout=10)
+
+
 class VllmEngine:
     """:class:`tsvllm.engine.base.Engine` on vLLM's ``AsyncLLM`` and OpenAI serving layer.
 
@@ -183,8 +280,16 @@ class VllmEngine:
         self._closed = False
 
     @classmethod
-    async def start(cls, args: argparse.Namespace) -> VllmEngine:
-        """Start AsyncLLM and build vLLM's serving objects from parsed ``args``."""
+    async def start(cls, args: argparse.Namespace, *, timeout_s: float | None = None) -> VllmEngine:
+        """Start AsyncLLM and build vLLM's serving objects from parsed ``args``.
+
+        ``timeout_s`` bounds the whole start. vLLM waits for its EngineCore's READY in a
+        synchronous poll loop with no timeout (``wait_for_engine_startup``), which blocks
+        this event loop; a multi-node engine whose worker node never joins waits there for
+        ever. So a watchdog thread ends the processes this start created once the bound has
+        passed, vLLM's wait then fails, and this raises :class:`EngineStartTimeout` saying
+        what the engine waited for. Nothing the start created is left running.
+        """
         import psutil
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.entrypoints.launchers.api_server.app_state import init_app_state
@@ -197,23 +302,32 @@ class VllmEngine:
         before = {p.pid for p in me.children(recursive=True)}
         root_level = logging.getLogger().level
         stack = contextlib.AsyncExitStack()
+        watchdog = StartWatchdog(timeout_s, before=before) if timeout_s is not None else None
         try:
-            client = await stack.enter_async_context(
-                build_async_engine_client_from_engine_args(AsyncEngineArgs.from_cli_args(args))
-            )
-            tasks = await client.get_supported_tasks()
-            app = build_app(args, tasks, client.model_config)
-            await init_app_state(client, app.state, args, tasks)
-        except (ValueError, TypeError) as exc:  # vLLM's config checks: no retry fixes them
-            await stack.aclose()
-            raise EngineArgsError(f"vLLM rejected the configuration: {exc}") from exc
-        except BaseException:
-            await stack.aclose()
-            raise
+            try:
+                client = await stack.enter_async_context(
+                    build_async_engine_client_from_engine_args(AsyncEngineArgs.from_cli_args(args))
+                )
+                tasks = await client.get_supported_tasks()
+                app = build_app(args, tasks, client.model_config)
+                await init_app_state(client, app.state, args, tasks)
+            except BaseException as exc:
+                await stack.aclose()
+                if watchdog is not None and watchdog.fired:  # vLLM failed as we ended it
+                    raise watchdog.timeout_error(args) from exc
+                if isinstance(exc, (ValueError, TypeError)):  # vLLM's config checks
+                    raise EngineArgsError(f"vLLM rejected the configuration: {exc}") from exc
+                raise
+            finally:
+                # vLLM's set-up raises the root logger to ERROR: in a TorchServe worker that
+                # drops the handler's [METRICS] lines (hook metrics) and every INFO log line
+                logging.getLogger().setLevel(root_level)
+            if watchdog is not None and watchdog.fired:  # done just as the bound passed
+                await stack.aclose()
+                raise watchdog.timeout_error(args)
         finally:
-            # vLLM's set-up raises the root logger to ERROR: in a TorchServe worker that
-            # drops the handler's [METRICS] lines (hook metrics) and every INFO log line
-            logging.getLogger().setLevel(root_level)
+            if watchdog is not None:
+                watchdog.stop()  # after it fired: ends and reaps whatever is still left
         if not _serves_anything(app.state):
             await stack.aclose()
             raise EngineArgsError(
@@ -496,6 +610,7 @@ def _from_vllm_exception(exc: Exception) -> Exception:
 
 __all__ = [
     "EngineArgsError",
+    "StartWatchdog",
     "VllmEngine",
     "engine_argv",
     "engine_environ",

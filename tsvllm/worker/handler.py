@@ -45,7 +45,13 @@ class VLLMHandler(Hooks):
     ``initialize`` could never recover under traffic.) A start failure that no retry can
     fix (:class:`~tsvllm.engine.base.EngineCannotStart`, an invalid config) is final:
     every request then gets HTTP 500 with code ``engine_start_failed`` and the reason.
-    Other failures are retried :data:`START_ATTEMPTS` times with back-off.
+    Other failures are retried :data:`START_ATTEMPTS` times with back-off. Each start
+    attempt is bounded by the model config's ``startupTimeout`` (seconds): an engine that
+    has not started by then (e.g. one spanning several nodes whose worker node is gone) is
+    ended and the attempt fails with
+    :class:`~tsvllm.engine.base.EngineStartTimeout`, a transient failure. A generation
+    request that arrives during a start waits for that attempt only; meanwhile, and between
+    attempts, requests get 503 with the reason of the last failure.
     """
 
     #: optional ``handler:`` sections this class runs (subclasses add "rag", "guards")
@@ -61,6 +67,8 @@ class VLLMHandler(Hooks):
         #: the key every request must carry (``TSVLLM_API_KEY_FILE``), see tsvllm.auth
         self.api_key: ApiKeys | None = None
         self._starting: asyncio.Task | None = None
+        #: resolved when the running start attempt ends (requests wait for it, see ready_engine)
+        self._attempt_end: asyncio.Future | None = None
         #: why the last engine start failed (None once it runs)
         self.start_error: Exception | None = None
         #: set when the engine can never start; every request gets it
@@ -167,11 +175,13 @@ class VLLMHandler(Hooks):
                 self.engine = await self._start_once()
             except (EngineCannotStart, ConfigError) as exc:
                 self._give_up(exc)
+                self._attempt_ended()
                 return None
             except Exception as exc:
                 self.start_error = exc
                 if attempt == START_ATTEMPTS:
                     self._give_up(exc, attempts=attempt)
+                    self._attempt_ended()
                     return None
                 logger.exception(
                     "tsvllm: the engine failed to start (attempt %d of %d); retrying in %.0fs",
@@ -179,13 +189,21 @@ class VLLMHandler(Hooks):
                     START_ATTEMPTS,
                     delay,
                 )
+                self._attempt_ended()  # requests waiting for it get 503 with the reason
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_RETRY_DELAY_S)
                 continue
             self.start_error = None
+            self._attempt_ended()
             logger.info("tsvllm: engine ready")
             return self.engine
         return None
+
+    def _attempt_ended(self) -> None:
+        """Wake the requests waiting for the start attempt that just ended."""
+        end, self._attempt_end = self._attempt_end, None
+        if end is not None and not end.done():
+            end.set_result(None)
 
     async def _start_once(self) -> Engine:
         """One engine plus the handler's set-up; a failure leaves nothing running."""
@@ -210,13 +228,23 @@ class VLLMHandler(Hooks):
 
     async def ready_engine(self) -> Engine:
         """The engine, once started: generation requests that arrive during start-up wait
-        here (within their deadline)."""
-        engine = self._engine_now()
-        if engine is None:
-            engine = await asyncio.shield(self._starting)
-        if engine is None:  # the start gave up while we waited
-            raise self.start_failed or EngineUnavailable("the engine did not start")
-        return engine
+        here (within their deadline) for the running start attempt, not for the retries:
+        when that attempt fails they get 503 with its reason (or the final failure)."""
+        while True:
+            engine = self._engine_now()  # raises when the last attempt failed
+            if engine is not None:
+                return engine
+            starting = self._starting
+            if starting.done():  # the start ended without an engine
+                if not starting.cancelled() and starting.exception() is not None:
+                    raise EngineUnavailable(
+                        f"the engine did not start ({_reason(starting.exception())})"
+                    )
+                raise self.start_failed or EngineUnavailable("the engine did not start")
+            if self._attempt_end is None or self._attempt_end.done():
+                self._attempt_end = asyncio.get_running_loop().create_future()
+            # neither is cancelled when this request is
+            await asyncio.wait({self._attempt_end, starting}, return_when=asyncio.FIRST_COMPLETED)
 
     def serving_engine(self) -> Engine:
         """The engine if it serves now; else raise at once (503, or the start failure)."""
@@ -242,7 +270,7 @@ class VLLMHandler(Hooks):
             raise EngineUnavailable("the handler is not initialized")
         if self.start_error is not None:
             raise EngineUnavailable(
-                f"the engine failed to start ({type(self.start_error).__name__}) and is "
+                f"the engine failed to start ({_reason(self.start_error)}) and is "
                 "retrying; see the worker log"
             )
         return None
@@ -258,7 +286,15 @@ class VLLMHandler(Hooks):
             return await self._start_engine()
 
         self._starting = asyncio.get_running_loop().create_task(restart())
-        raise EngineUnavailable("the engine died and is restarting; retry shortly")
+        message = "the engine died and is restarting; retry shortly"
+        nnodes = _nnodes(self.config)
+        if nnodes > 1:
+            message += (
+                f". The engine spans nnodes {nnodes} hosts: a worker node may have gone "
+                f"(check `tsvllm worker-node` on each worker host); the restart waits up to "
+                f"startupTimeout {self.config.startupTimeout} s for every worker node to join"
+            )
+        raise EngineUnavailable(message)
 
     async def build_engine(self, *, model_dir: Path) -> Engine:
         """Start the vLLM engine described by ``handler:`` (override for another engine)."""
@@ -271,7 +307,7 @@ class VLLMHandler(Hooks):
 
         os.environ.update(engine_environ(self.config.handler))
         argv = handler_argv(self.config.handler, resolve=lambda p: _in_archive(p, model_dir))
-        return await VllmEngine.start(parse_engine_args(argv))
+        return await VllmEngine.start(parse_engine_args(argv), timeout_s=self.config.startupTimeout)
 
     # -- requests ----------------------------------------------------------------------
 
@@ -284,6 +320,20 @@ class VLLMHandler(Hooks):
             f"the request ran past the server's limit of {self.request_timeout_s:g}s "
             "(handler.request_timeout_s) and was stopped"
         )
+
+
+def _reason(exc: BaseException) -> str:
+    """``Name: message`` (or the name alone when there is no message)."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _nnodes(config: Any) -> int:
+    """The hosts the engine spans (``vllm_engine_config.nnodes``); 1 when unknown."""
+    try:
+        return int(config.handler.nnodes)
+    except (AttributeError, TypeError, ValueError):
+        return 1
 
 
 def _in_archive(path: str, model_dir: Path) -> str:
