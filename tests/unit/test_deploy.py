@@ -7,7 +7,6 @@ LeaderWorkerSet schema, google-cloud-aiplatform, hadolint) plus ours; they run o
 from __future__ import annotations
 
 import json
-import math
 import re
 import shutil
 from collections.abc import Callable
@@ -129,21 +128,6 @@ def test_k8s_without_token_auth_uses_http_probes(tmp_path):
     ]["spec"]["containers"][0]
     assert c["readinessProbe"]["httpGet"]["path"] == READINESS_ROUTE
     assert c["livenessProbe"]["httpGet"]["path"] == LIVENESS_ROUTE
-
-
-def test_k8s_beyond_one_node_is_a_leader_worker_set_on_ray(tmp_path):
-    out = assets(tmp_path, "k8s", "llama-3.1-405b-instruct-fp8-tp8", gpus_per_node=4)
-    assert not (out / "deployment.yaml").exists()
-    lws = load(out / "leaderworkerset.yaml")
-    lwt = lws["spec"]["leaderWorkerTemplate"]
-    assert lwt["size"] == math.ceil(8 / 4)
-    leader = lwt["leaderTemplate"]["spec"]["containers"][0]
-    worker = lwt["workerTemplate"]["spec"]["containers"][0]
-    assert "ray start --head" in leader["command"][-1]
-    assert "LWS_LEADER_ADDRESS" in worker["command"][-1]
-    args = {e["name"]: e.get("value") for e in leader["env"]}["VLLM_ARGS"]
-    assert "--distributed-executor-backend ray" in args
-    assert load(out / "service.yaml")["spec"]["selector"]["role"] == "leader"
 
 
 def test_vertex_spec_routes_and_env(tmp_path):

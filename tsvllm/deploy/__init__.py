@@ -28,6 +28,12 @@ def generate(
 
     options = options or DeployOptions()
     target = target_for(load_model_config(config), source=str(config), options=options)
+    nnodes = target.config.handler.nnodes
+    if nnodes > 1 and platform != "k8s":
+        raise DeployError(
+            f"vllm_engine_config.nnodes {nnodes}: {platform} runs one engine per machine; an "
+            "engine over several nodes needs Kubernetes (tsvllm deploy k8s, a LeaderWorkerSet)"
+        )
     files: dict[str, Any]
     if platform == "azureml":
         files = azureml.generate(

@@ -173,13 +173,16 @@ def target_for(cfg: ModelConfig, *, source: str, options: DeployOptions) -> Targ
     )
 
 
+#: engine args that do not go into ``VLLM_ARGS``: TENSOR_PARALLEL_SIZE has the first; the
+#: leader's address is each pod's own flag (a LeaderWorkerSet knows it only at run time)
+_NOT_IN_VLLM_ARGS = ("tensor_parallel_size", "master_addr", "node_rank")
+
+
 def vllm_args(cfg: ModelConfig) -> str:
-    """``VLLM_ARGS`` for the config's engine args (tensor parallel size goes separately)."""
+    """``VLLM_ARGS`` for the config's engine args."""
     from tsvllm.engine.vllm_engine import engine_argv
 
-    engine = {
-        k: v for k, v in cfg.handler.vllm_engine_config.items() if k != "tensor_parallel_size"
-    }
+    engine = {k: v for k, v in cfg.handler.vllm_engine_config.items() if k not in _NOT_IN_VLLM_ARGS}
     argv = engine_argv(
         model="-",
         engine_args=engine,
@@ -295,3 +298,15 @@ def readme_notes(target: Target) -> list[str]:
             + "); mount them there (the environment passes them in VLLM_ARGS)."
         )
     return notes
+
+
+def plain_env(container: Any) -> dict[str, str]:
+    """A Kubernetes container's ``env`` entries that have a literal value."""
+    if not isinstance(container, dict):
+        return {}
+    items = container.get("env") or []
+    return {
+        str(e["name"]): str(e["value"])
+        for e in items
+        if isinstance(e, dict) and "name" in e and e.get("value") is not None
+    }

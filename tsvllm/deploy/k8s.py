@@ -1,5 +1,12 @@
 """``tsvllm deploy k8s``: a Deployment (or a LeaderWorkerSet beyond one node) and its Service.
 
+One engine over several nodes (``handler.vllm_engine_config.nnodes``, or more GPUs than
+``--gpus-per-node``) is a LeaderWorkerSet group on vLLM's own multi-node runtime: every pod
+gets the same environment (``VLLM_ARGS`` with ``--nnodes``); the leader runs TorchServe with
+``--master-addr $(LWS_LEADER_ADDRESS)``, the others ``worker-node`` with their
+``$(LWS_WORKER_INDEX)`` (:func:`leader_args`, :func:`worker_args`: the commands the two-host
+test runs, from :func:`tsvllm.host.worker_node.follower_command`).
+
 Weights live on a PersistentVolumeClaim (Hugging Face downloads are cached there too), the
 HF token comes from a Secret at run time, /dev/shm is a memory emptyDir, and a startup
 probe gives the model ``startupTimeout`` seconds to load. Token auth stays on (a cluster
@@ -16,7 +23,6 @@ readiness probe; running ones get ``TSVLLM_DRAIN_TIMEOUT_S``), and
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from tsvllm.deploy import autoscaling as autoscale
@@ -37,11 +43,18 @@ from tsvllm.deploy.common import (
     readme_notes,
     shm_mb,
 )
+from tsvllm.deploy.multinode import (
+    POD_IP,
+    POD_WORKDIR,
+    leader_args,
+    node_count,
+    spanning,
+    worker_args,
+)
 
 GPU = "nvidia.com/gpu"
 WEIGHTS_MOUNT = "/models"
 HF_SECRET = "hf-token"
-RAY_PORT = 6379
 LWS_API = "leaderworkerset.x-k8s.io/v1"
 
 
@@ -120,7 +133,7 @@ def container(
     gpus: int,
     token_auth: bool,
     env: dict[str, str] | None = None,
-    command: list[str] | None = None,
+    args: list[str] | None = None,
     serve: bool = True,
 ) -> dict[str, Any]:
     c: dict[str, Any] = {
@@ -128,8 +141,8 @@ def container(
         "image": target.image,
         "imagePullPolicy": "IfNotPresent",
     }
-    if command:
-        c["command"] = command
+    if args:  # after the image's ENTRYPOINT (tini -- python3 -m tsvllm.host.entrypoint)
+        c["args"] = args
     c["env"] = env_list(target, token_auth=token_auth, extra=env or {})
     if serve:
         c["ports"] = [
@@ -202,25 +215,19 @@ def deployment(target: Target, *, replicas: int, token_auth: bool) -> dict[str, 
     }
 
 
-def leader_worker_set(
-    target: Target, *, replicas: int, gpus_per_node: int, token_auth: bool
-) -> dict[str, Any]:
-    """TP × PP over several nodes: vLLM's Ray backend, one Ray cluster per group."""
-    nodes = math.ceil(target.gpus / gpus_per_node)
+def leader_worker_set(target: Target, *, replicas: int, token_auth: bool) -> dict[str, Any]:
+    """One engine over ``nnodes`` pods (``target`` from :func:`spanning`), on vLLM's own
+    multi-node runtime: the leader serves, the workers run vLLM's headless workers."""
+    nodes = target.config.handler.nnodes
+    per_node = target.gpus // nodes
     labels = _labels(target)
-    ray = {"VLLM_ARGS": _with_ray(target)}
-    leader_cmd = [
-        "/bin/sh",
-        "-c",
-        f"ray start --head --port={RAY_PORT} && exec python3 -m tsvllm.host.entrypoint",
-    ]
-    worker_cmd = ["/bin/sh", "-c", f"ray start --address=$(LWS_LEADER_ADDRESS):{RAY_PORT} --block"]
-    leader = container(
-        target, gpus=gpus_per_node, token_auth=token_auth, env=ray, command=leader_cmd
-    )
+    env = {"TSVLLM_WORKDIR": POD_WORKDIR}  # worker_args() names a file under it
+    leader = container(target, gpus=per_node, token_auth=token_auth, env=env, args=leader_args())
     worker = container(
-        target, gpus=gpus_per_node, token_auth=token_auth, env=ray, command=worker_cmd, serve=False
+        target, gpus=per_node, token_auth=token_auth, env=env, args=worker_args(), serve=False
     )
+    for c in (leader, worker):
+        c["env"].append(dict(POD_IP))
     return {
         "apiVersion": LWS_API,
         "kind": "LeaderWorkerSet",
@@ -230,6 +237,7 @@ def leader_worker_set(
             "startupPolicy": "LeaderCreated",
             "leaderWorkerTemplate": {
                 "size": nodes,
+                # vLLM's runtime cannot take a node back: a lost pod restarts the group
                 "restartPolicy": "RecreateGroupOnPodRestart",
                 "leaderTemplate": {
                     "metadata": {
@@ -245,12 +253,6 @@ def leader_worker_set(
             },
         },
     }
-
-
-def _with_ray(target: Target) -> str:
-    from tsvllm.deploy.common import vllm_args
-
-    return (vllm_args(target.config) + " --distributed-executor-backend ray").strip()
 
 
 def service(target: Target, *, multi_node: bool) -> dict[str, Any]:
@@ -289,10 +291,10 @@ def pvc(target: Target, *, storage_gi: int | None, shared: bool) -> dict[str, An
 
 
 #: where each pod's TorchServe writes its keys (the entrypoint's work directory)
-_KEY_FILE = "/tmp/tsvllm/ts/key_file.json"
+_KEY_FILE = f"{POD_WORKDIR}/ts/key_file.json"
 
 
-def readme(target: Target, *, multi_node: bool, token_auth: bool, gpus_per_node: int) -> str:
+def readme(target: Target, *, multi_node: bool, token_auth: bool) -> str:
     name = target.name
     lines = [
         f"# Kubernetes: {name}",
@@ -314,17 +316,29 @@ def readme(target: Target, *, multi_node: bool, token_auth: bool, gpus_per_node:
             "copy the model folder there first (e.g. with a helper pod).",
         ]
     if multi_node:
-        lines += [
-            "",
-            f"{target.gpus} GPUs do not fit one node: a LeaderWorkerSet runs groups of "
-            f"{math.ceil(target.gpus / gpus_per_node)} pods of {gpus_per_node} GPUs joined by Ray "
-            "(`--distributed-executor-backend ray`); they share the weights volume, "
-            "so it is ReadWriteMany (pick a storage class that offers it).",
-        ]
+        lines += ["", _multi_node_note(target)]
     lines += ["", _shutdown_note(target)]
     for note in readme_notes(target):
         lines += ["", note]
     return "\n".join(lines) + "\n"
+
+
+def _multi_node_note(target: Target) -> str:
+    """The README's paragraph on a group of pods running one engine."""
+    nodes = target.config.handler.nnodes
+    share = f"{target.gpus // nodes} GPUs" if target.gpu else "its CPUs"
+    return (
+        f"One engine spans {nodes} pods (a LeaderWorkerSet group; needs its controller), each "
+        f"with {share}, on vLLM's own multi-node runtime (`--nnodes {nodes}` in VLLM_ARGS): "
+        "the leader (`--master-addr $(LWS_LEADER_ADDRESS)`) serves through TorchServe, the "
+        "others run `worker-node --node-rank $(LWS_WORKER_INDEX)`; every pod fetches the "
+        "model and writes the same config from the same environment. The pods must reach "
+        "each other on any port (no NetworkPolicy in between), and they share the weights "
+        "volume, so it is ReadWriteMany (pick a storage class that offers it). vLLM cannot "
+        "take a lost node back: the group is recreated when a pod restarts, and meanwhile "
+        "the leader answers 503 (its engine start waits up to startupTimeout for the "
+        "others). See docs/DEPLOY.md, Multi-node."
+    )
 
 
 def _shutdown_note(target: Target) -> str:
@@ -406,16 +420,17 @@ def generate(
     prometheus_url: str = autoscale.DEFAULT_PROMETHEUS_URL,
 ) -> dict[str, str]:
     """File name → text of every Kubernetes asset (``autoscaling``: none, keda or hpa)."""
-    multi_node = target.gpus > gpus_per_node
+    nodes = node_count(target, gpus_per_node=gpus_per_node)
+    multi_node = nodes > 1
+    if multi_node:
+        target = spanning(target, nodes)
     auth = "on (exec probes read the key)" if token_auth else "off (a gateway authenticates)"
     header = f"Generated by tsvllm deploy k8s. Token auth {auth}."
     volume = pvc(target, storage_gi=storage_gi, shared=multi_node or replicas > 1)
     files = {"pvc.yaml": dump_yaml(volume, header=header)}
     if multi_node:
         files["leaderworkerset.yaml"] = dump_yaml(
-            leader_worker_set(
-                target, replicas=replicas, gpus_per_node=gpus_per_node, token_auth=token_auth
-            ),
+            leader_worker_set(target, replicas=replicas, token_auth=token_auth),
             header=header,
         )
     else:
@@ -442,7 +457,7 @@ def generate(
         raise DeployError(f"autoscaling {autoscaling!r}: use none, keda or hpa")
     files[autoscale.DASHBOARD_FILE] = autoscale.dump_dashboard()
     files["README.md"] = (
-        readme(target, multi_node=multi_node, token_auth=token_auth, gpus_per_node=gpus_per_node)
+        readme(target, multi_node=multi_node, token_auth=token_auth)
         + "\n"
         + autoscale.readme_section(
             autoscaling=autoscaling,

@@ -16,8 +16,10 @@ Vertex AI ``model.json``     google-cloud-aiplatform's ``Model`` proto, strict p
 plus our checks for what those miss: ports in 1–65535, routes starting with ``/``, Azure's
 ``request_timeout_ms`` ≤ 180000, an absolute ``model_mount_path``, distinct liveness and
 readiness routes, GPU request = limit, an image set, no ``AIP_`` variables (Vertex's own),
-and a Kubernetes ``terminationGracePeriodSeconds`` that covers the preStop sleep, the drain
-(``TSVLLM_DRAIN_TIMEOUT_S``) and TorchServe's stop (:func:`tsvllm.deploy.common.grace_period_s`).
+a Kubernetes ``terminationGracePeriodSeconds`` that covers the preStop sleep, the drain
+(``TSVLLM_DRAIN_TIMEOUT_S``) and TorchServe's stop (:func:`tsvllm.deploy.common.grace_period_s`),
+and a LeaderWorkerSet group that can run as one engine (size = ``--nnodes``, TP × PP split
+over the pods, the same engine on each: :func:`tsvllm.deploy.multinode.group_problems`).
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ from typing import Any
 import yaml
 
 from tsvllm.deploy.autoscaling import is_dashboard
-from tsvllm.deploy.common import AZURE_MAX_REQUEST_TIMEOUT_MS, grace_period_s
+from tsvllm.deploy.common import AZURE_MAX_REQUEST_TIMEOUT_MS, grace_period_s, plain_env
+from tsvllm.deploy.multinode import group_problems
 from tsvllm.host.shutdown import ABORT_WAIT_S, DRAIN_TIMEOUT_ENV, STOP_S, drain_timeout
 
 EXTRA = "pip install 'tsvllm[deploy]'"
@@ -343,6 +346,11 @@ def _check_lws(file: str, doc: dict[str, Any]) -> list[Problem]:
         for err in sorted(validator.iter_errors(doc), key=lambda e: list(map(str, e.path)))
     ]
     lwt = _get(doc, "spec", "leaderWorkerTemplate") or {}
+    if not problems and isinstance(lwt, dict):  # one engine over the group's pods
+        problems += [
+            Problem(file, f"spec.leaderWorkerTemplate.{field}", message)
+            for field, message in group_problems(lwt)
+        ]
     for role in ("leaderTemplate", "workerTemplate"):
         template = lwt.get(role) if isinstance(lwt, dict) else None
         if isinstance(template, dict):
@@ -471,7 +479,7 @@ def _check_grace(file: str, field: str, pod: dict[str, Any]) -> list[Problem]:
     grace = pod.get("terminationGracePeriodSeconds", K8S_DEFAULT_GRACE_S)
     problems: list[Problem] = []
     for i, c in enumerate(pod.get("containers") or []):
-        env = _plain_env(c)
+        env = plain_env(c)
         if not any(k.startswith("TSVLLM_") for k in env) or "readinessProbe" not in c:
             continue
         try:
@@ -494,18 +502,6 @@ def _check_grace(file: str, field: str, pod: dict[str, Any]) -> list[Problem]:
             )
         )
     return problems
-
-
-def _plain_env(container: Any) -> dict[str, str]:
-    """A container's ``env`` entries that have a literal value."""
-    if not isinstance(container, dict):
-        return {}
-    items = container.get("env") or []
-    return {
-        str(e["name"]): str(e["value"])
-        for e in items
-        if isinstance(e, dict) and "name" in e and e.get("value") is not None
-    }
 
 
 def _prestop_sleep(container: dict[str, Any]) -> float:

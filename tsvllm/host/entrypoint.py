@@ -10,6 +10,13 @@ requests had to be ended, 1 on failure, 2 for a bad variable). ``--probe ready|a
 an exec probe for platforms where token auth stays on (the probe reads the key TorchServe
 wrote).
 
+One engine over several nodes (a Kubernetes LeaderWorkerSet, :mod:`tsvllm.deploy.k8s`): every
+pod gets the same environment, whose ``VLLM_ARGS`` has ``--nnodes N``. The leader runs
+``... entrypoint --master-addr ADDR`` (TorchServe, as above, its engine rank 0); each other
+node runs ``... entrypoint worker-node --config C --node-rank K --master-addr ADDR``: the flags
+of ``tsvllm worker-node`` (:mod:`tsvllm.host.worker_node`), after the model is fetched and the
+model config is written to ``C`` from the same environment, so the two cannot disagree.
+
 The model comes from the first of these that is set:
 
 =====================  ===============================================================
@@ -302,12 +309,21 @@ def parse_vllm_args(text: str) -> dict[str, Any]:
     return out
 
 
-def model_config(env: Mapping[str, str], *, model: str, gpus: int | None = None) -> Any:
-    """The model config the environment describes, for ``model`` (folder or hub id)."""
+def model_config(
+    env: Mapping[str, str],
+    *,
+    model: str,
+    gpus: int | None = None,
+    master_addr: str | None = None,
+) -> Any:
+    """The model config the environment describes, for ``model`` (folder or hub id);
+    ``master_addr``: the leader's address of an engine over several nodes."""
     from tsvllm.config import validate_model_config
     from tsvllm.host.launcher import model_config_from_flags
 
     engine = parse_vllm_args(env.get("VLLM_ARGS", ""))
+    if master_addr:
+        engine["master_addr"] = master_addr
     adapters = _lora_adapters(engine)
     chat_template = engine.pop("chat_template", None)
     names = [n.strip() for n in env.get("SERVED_MODEL_NAME", "").split(",") if n.strip()]
@@ -374,15 +390,17 @@ def _placement(
     """Device and tensor parallelism from ``TSVLLM_DEVICE``/``TENSOR_PARALLEL_SIZE``."""
     from tsvllm.host.launcher import LaunchError, Placement, count_gpus, place
 
-    if engine.get("distributed_executor_backend") == "ray":
-        # multi-node (LeaderWorkerSet): the GPUs are on several nodes, not all visible
-        return Placement("gpu", _int_var(env, "TENSOR_PARALLEL_SIZE", 1))
+    device = env.get("TSVLLM_DEVICE", "auto").strip() or "auto"
+    gpus = count_gpus(env) if gpus is None else gpus
+    nnodes = engine.get("nnodes") or 1
+    if nnodes != 1 or engine.get("distributed_executor_backend") == "ray":
+        # one engine over several nodes: this node holds only its share of the devices
+        # (TP x PP / nnodes, checked by the model config and the worker's GPU placement)
+        if device == "auto":
+            device = "gpu" if gpus else "cpu"
+        return Placement(device, _int_var(env, "TENSOR_PARALLEL_SIZE", 1))
     try:
-        return place(
-            device=env.get("TSVLLM_DEVICE", "auto").strip() or "auto",
-            tensor_parallel_size=tp or "auto",
-            gpus=count_gpus(env) if gpus is None else gpus,
-        )
+        return place(device=device, tensor_parallel_size=tp or "auto", gpus=gpus)
     except LaunchError as exc:  # it names the launcher's flags: name our variables
         msg = str(exc).replace("--tensor-parallel-size", "TENSOR_PARALLEL_SIZE")
         raise EntrypointError(msg.replace("--device", "TSVLLM_DEVICE")) from None
@@ -475,27 +493,48 @@ def _server(env: Mapping[str, str], *, models: list[str]) -> Any:
 # -- running --------------------------------------------------------------------------
 
 
-def prepare(env: Mapping[str, str]) -> tuple[Any, Path]:
+def prepare(env: Mapping[str, str], *, master_addr: str | None = None) -> tuple[Any, Path]:
     """Check the environment, get the model, write the config and build the archive."""
-    from tsvllm.config import dump_model_config
     from tsvllm.deploy.common import MODEL_NAME
     from tsvllm.host.archive import DEFAULT_HANDLER, build_archive
 
     check_vertex_routes(env)
     torchserve_settings(env)  # port and number checks before any download
     root = workdir(env)
-    cache = Path(env.get("TSVLLM_MODEL_CACHE", "").strip() or root / "models")
-    model = resolve_model(env, cache=cache)
-    cfg = model_config(env, model=model)
-    check_engine_args(cfg)
+    cfg, config_path = write_config(env, root / "model-config.yaml", master_addr=master_addr)
     handler = env.get("TSVLLM_HANDLER", "").strip() or str(DEFAULT_HANDLER)
     if (cfg.handler.rag or cfg.handler.guards) and not env.get("TSVLLM_HANDLER"):
         handler = str(Path(handler).parent / "rag_guard_handler.py")
-    config_path = dump_model_config(cfg, root / "model-config.yaml")
     build_archive(
         config_path, name=MODEL_NAME, export_path=root / "model_store", handler=handler, force=True
     )
     return cfg, config_path
+
+
+def write_config(
+    env: Mapping[str, str], path: Path, *, master_addr: str | None = None
+) -> tuple[Any, Path]:
+    """Get the model and write the model config the environment describes to ``path``."""
+    from tsvllm.config import dump_model_config
+
+    root = workdir(env)
+    cache = Path(env.get("TSVLLM_MODEL_CACHE", "").strip() or root / "models")
+    model = resolve_model(env, cache=cache)
+    cfg = model_config(env, model=model, master_addr=master_addr)
+    check_engine_args(cfg)
+    return cfg, dump_model_config(cfg, path)
+
+
+def run_worker_node(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    """``worker-node``: fetch the model, write the config, run vLLM's headless workers."""
+    from tsvllm.host import worker_node
+
+    try:
+        _, config = write_config(env, Path(args.config), master_addr=args.master_addr)
+        return worker_node.run(str(config), node_rank=args.node_rank, master_addr=args.master_addr)
+    except (EntrypointError, ValueError, OSError) as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 2
 
 
 def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> int:
@@ -504,15 +543,15 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
     from tsvllm.host.launcher import serve_foreground
     from tsvllm.host.shutdown import drain_timeout
 
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    p.add_argument("--probe", choices=["ready", "alive"], help="exec probe: exit 0 if OK")
-    args = p.parse_args(argv)
+    args = _parser().parse_args(argv)
     env = os.environ if env is None else env
+    if args.mode == "worker-node":
+        return run_worker_node(args, env)
     if args.probe:
         return probe(args.probe, env)
     try:
         drain_timeout(env)  # a bad TSVLLM_DRAIN_TIMEOUT_S fails before any download
-        cfg, _ = prepare(env)
+        cfg, _ = prepare(env, master_addr=args.master_addr)
         drain_s = drain_timeout(env, configured=cfg.handler.drain_timeout_s)
         ts = _server(env, models=[MODEL_NAME])
     except (EntrypointError, ArchiveError, ValueError, OSError) as exc:
@@ -537,6 +576,25 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
         prog=PROG,
         drain_timeout_s=drain_s,
     )
+
+
+def _parser() -> argparse.ArgumentParser:
+    from tsvllm.host import worker_node
+
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    p.add_argument("--probe", choices=["ready", "alive"], help="exec probe: exit 0 if OK")
+    p.add_argument(
+        "--master-addr",
+        help="the leader of an engine over several nodes (VLLM_ARGS has --nnodes): the "
+        "address the other nodes reach it at (Kubernetes: $(LWS_LEADER_ADDRESS))",
+    )
+    modes = p.add_subparsers(dest="mode")
+    node = worker_node.add_parser(modes)
+    node.description += (
+        " In the container the model is fetched and the config written to --config from "
+        "the environment first, as the leader does."
+    )
+    return p
 
 
 def _announce_routes(ts: Any, env: Mapping[str, str]) -> None:

@@ -128,16 +128,22 @@ def model_config_from_flags(
         "asyncCommunication": True,
         "handler": {"model_path": model_path, "served_model_name": [model_name]},
     }
+    tp = placement.tensor_parallel_size
     if placement.device == "cpu":
         data["handler"]["env"] = {
             "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "4")
         }
         engine_args.setdefault("enforce_eager", True)
+        if tp > 1:  # one engine over several nodes (the config checks it has nnodes)
+            engine_args["tensor_parallel_size"] = tp
     else:
-        engine_args["tensor_parallel_size"] = placement.tensor_parallel_size
-        if placement.tensor_parallel_size > 1:
+        engine_args["tensor_parallel_size"] = tp
+        # the GPUs of this node: all of TP x PP, or their share when the engine spans nodes
+        pp = int(engine_args.get("pipeline_parallel_size", 1))
+        per_node = tp * pp // int(engine_args.get("nnodes") or 1)
+        if per_node > 1:
             data["parallelType"] = "custom"
-            data["parallelLevel"] = placement.tensor_parallel_size
+            data["parallelLevel"] = per_node
     data["handler"]["vllm_engine_config"] = engine_args
     if rag_index:
         data["handler"]["rag"] = {"index": rag_index}

@@ -96,8 +96,9 @@ def run(config: str, *, node_rank: int, master_addr: str | None = None) -> int:
     return 0
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    """``tsvllm worker-node``"""
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """``tsvllm worker-node`` (the container entrypoint's ``worker-node`` mode has the same
+    flags: :mod:`tsvllm.host.entrypoint`)"""
     p = sub.add_parser(
         "worker-node",
         help="run a follower host of a multi-node engine (vLLM's headless workers)",
@@ -114,3 +115,4 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(
         func=lambda args: run(args.config, node_rank=args.node_rank, master_addr=args.master_addr)
     )
+    return p
