@@ -243,7 +243,7 @@ def test_a_gpu_node_holds_its_share_of_the_engine():
     assert cfg.handler.parallel_per_node == 4
 
 
-def test_worker_node_mode_writes_the_config_then_runs_the_follower(tmp_path, monkeypatch):
+def test_worker_node_mode_writes_the_config_then_runs_the_follower(tmp_path, monkeypatch, capsys):
     from tsvllm.host import worker_node
 
     model = tmp_path / "tiny"
@@ -263,8 +263,11 @@ def test_worker_node_mode_writes_the_config_then_runs_the_follower(tmp_path, mon
     assert ep.main(argv, env) == 0
     assert (ran["config"], ran["node_rank"], ran["master_addr"]) == (str(config), 1, "l")
     assert ran["cfg"].handler.nnodes == 2 and ran["cfg"].handler.model_path == str(model)
-    # a bad environment stops the worker pod with the reason, before vLLM starts
+    # a bad environment or rank stops the worker pod with the reason, before vLLM starts
     assert ep.main(argv, {**env, "VLLM_ARGS": "--nnodes 2 --headless"}) == 2
+    monkeypatch.undo()
+    assert ep.main([*argv[:4], "2", *argv[5:]], env) == 2  # rank 2 of nnodes 2
+    assert "node rank 2 is outside 1..1" in capsys.readouterr().err
 
 
 def test_worker_node_mode_needs_a_reachable_leader_address(tmp_path, capsys):

@@ -527,12 +527,17 @@ def write_config(
 
 def run_worker_node(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     """``worker-node``: fetch the model, write the config, run vLLM's headless workers."""
+    from tsvllm.config import ConfigError
     from tsvllm.host import worker_node
 
     try:
         _, config = write_config(env, Path(args.config), master_addr=args.master_addr)
-        return worker_node.run(str(config), node_rank=args.node_rank, master_addr=args.master_addr)
     except (EntrypointError, ValueError, OSError) as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return worker_node.run(str(config), node_rank=args.node_rank, master_addr=args.master_addr)
+    except ConfigError as exc:  # e.g. a node rank outside 1..nnodes-1: before vLLM starts
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
 
