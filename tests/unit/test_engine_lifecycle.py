@@ -176,3 +176,142 @@ def test_a_cancelled_request_is_a_503_not_a_timeout(handler, engine):
     status, body = asyncio.run(run())
     assert status == 503
     assert "cancelled" in body["error"]["message"] and body["error"]["code"] == 503
+
+
+# -- the event loop is free during a start: probes say what it does, waits are bounded ------
+
+MULTINODE = {"nnodes": 2, "tensor_parallel_size": 2, "master_addr": "10.0.0.1"}
+
+
+def model_config(startup_timeout: int = 150, **engine_config):
+    from tsvllm.config import validate_model_config
+
+    return validate_model_config(
+        {
+            "deviceType": "cpu",
+            "asyncCommunication": True,
+            "startupTimeout": startup_timeout,
+            "handler": {
+                "model_path": "/models/tiny",
+                "served_model_name": ["tiny"],
+                "vllm_engine_config": {"max_model_len": 512, **engine_config},
+            },
+        }
+    )
+
+
+def gated(engine: FakeEngine, *, config=None, failures: list[Exception] = ()):
+    """A handler whose engine start waits for ``Handler.go`` (an asyncio.Event), as a real
+    start waits for its engine (in a thread: the event loop runs); the first starts raise
+    ``failures`` in turn once let go."""
+
+    class Handler(VLLMHandler):
+        attempts = 0
+        go: asyncio.Event
+
+        async def build_engine(self, *, model_dir):
+            Handler.attempts += 1
+            await Handler.go.wait()
+            if Handler.attempts <= len(failures):
+                Handler.go.clear()  # the next attempt waits again
+                raise failures[Handler.attempts - 1]
+            return engine
+
+    handler = Handler()
+    handler.config = config if config is not None else model_config()
+    return handler
+
+
+async def _timed(work) -> tuple[float, tuple[int, dict]]:
+    t0 = asyncio.get_running_loop().time()
+    answer = await work
+    return asyncio.get_running_loop().time() - t0, answer
+
+
+@pytest.mark.parametrize("route", ["v1/models", "health"])
+def test_a_probe_during_a_start_is_503_at_once_with_the_start_status(engine, route):
+    handler = gated(engine)
+
+    async def run():
+        type(handler).go = asyncio.Event()
+        start(handler)
+        await asyncio.sleep(0.01)  # the attempt runs
+        took, answer = await _timed(asyncio.wait_for(call(handler, route), 1))
+        type(handler).go.set()
+        await asyncio.wait_for(handler._starting, 5)
+        return took, answer, await call(handler, route)
+
+    took, (status, body), (later, _) = asyncio.run(run())
+    message = body["error"]["message"]
+    assert took < 0.1 and status == 503, body
+    assert body["error"]["type"] == "ServiceUnavailableError"
+    assert message == "the engine is starting (0 s of startupTimeout 150 s)"
+    assert later == 200
+
+
+def test_a_multinode_start_says_it_waits_for_every_worker_node(engine):
+    handler = gated(engine, config=model_config(startup_timeout=90, **MULTINODE, master_port=29600))
+
+    async def run():
+        type(handler).go = asyncio.Event()
+        start(handler)
+        await asyncio.sleep(0.01)
+        answer = await asyncio.wait_for(call(handler, "v1/models"), 1)
+        type(handler).go.set()
+        await asyncio.wait_for(handler._starting, 5)
+        return answer
+
+    status, body = asyncio.run(run())
+    message = body["error"]["message"]
+    assert status == 503
+    assert message.startswith("the engine is starting (0 s of startupTimeout 90 s); ")
+    assert "nnodes 2" in message and "every worker node" in message
+    assert "master_addr:master_port 10.0.0.1:29600" in message
+    assert "`tsvllm worker-node --config model-config.yaml --node-rank 1`" in message
+
+
+def test_a_request_whose_deadline_passes_while_the_engine_starts_is_503_not_504(engine):
+    handler = gated(engine, config=model_config(**MULTINODE))
+    handler.request_timeout_s = 0.2
+
+    async def run():
+        type(handler).go = asyncio.Event()
+        start(handler)
+        took, answer = await _timed(call(handler, "v1/completions", {"prompt": "x"}))
+        type(handler).go.set()
+        await asyncio.wait_for(handler._starting, 5)
+        return took, answer, await call(handler, "v1/completions", {"prompt": "x"})
+
+    took, (status, body), (later, _) = asyncio.run(run())
+    message = body["error"]["message"]
+    assert 0.15 < took < 1  # its own deadline, not the start's
+    assert status == 503 and body["error"]["code"] == 503, body  # it never ran: not a 504
+    assert message.startswith("the engine is starting (0 s of startupTimeout 150 s)")
+    assert "nnodes 2" in message and "10.0.0.1:29501" in message  # vLLM's default port
+    assert later == 200
+
+
+def test_a_request_during_a_retry_waits_for_it_and_the_probe_names_the_attempt(engine, monkeypatch):
+    monkeypatch.setattr(handler_module, "FIRST_RETRY_DELAY_S", 0.01)
+    handler = gated(engine, failures=[RuntimeError("engine core died")])
+
+    async def run():
+        go = type(handler).go = asyncio.Event()
+        start(handler)
+        await asyncio.sleep(0.01)
+        go.set()  # the first attempt fails
+        while type(handler).attempts < 2:
+            await asyncio.sleep(0.01)
+        probe = await call(handler, "v1/models")
+        waiting = asyncio.ensure_future(call(handler, "v1/completions", {"prompt": "x"}))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()  # it waits for the running attempt
+        go.set()
+        return probe, await asyncio.wait_for(waiting, 5)
+
+    (status, body), (served, _) = asyncio.run(run())
+    assert status == 503
+    assert body["error"]["message"] == (
+        "the engine is starting (0 s of startupTimeout 150 s, attempt 2 of 5 after RuntimeError)"
+    )
+    assert served == 200

@@ -7,8 +7,9 @@ readiness probe (``GET /predictions/<model>/<version>/v1/models``) with a fixed 
 body. TorchServe's process is a fake whose ``poll()`` says it is still running.
 
 The bounded start: vLLM's own wait for its engine is a synchronous loop that returns only
-when an engine process it watches exits; here a fake of it spawns a real child (``sleep``)
-and blocks the event loop in ``wait()`` on it, so only the watchdog can end the start.
+when an engine process it watches exits; here a fake of ``AsyncLLM.from_vllm_config`` spawns
+a real child (``sleep``) and blocks in ``wait()`` on it (in the thread the start builds
+AsyncLLM in), so only the watchdog can end the start.
 """
 
 from __future__ import annotations
@@ -238,20 +239,9 @@ ENGINE_2_NODES = {
 
 
 def _model_config(startup_timeout: int, **engine: object):
-    from tsvllm.config import validate_model_config
+    from tests.unit.test_engine_lifecycle import model_config
 
-    return validate_model_config(
-        {
-            "deviceType": "cpu",
-            "asyncCommunication": True,
-            "startupTimeout": startup_timeout,
-            "handler": {
-                "model_path": "/models/tiny",
-                "served_model_name": ["tiny"],
-                "vllm_engine_config": {**ENGINE_2_NODES, **engine},
-            },
-        }
-    )
+    return model_config(startup_timeout, **{**ENGINE_2_NODES, **engine})
 
 
 def _args(**over: object) -> argparse.Namespace:
@@ -270,27 +260,43 @@ def _alive(proc: psutil.Process) -> bool:
         return False
 
 
+class FakeEngineArgs:
+    """What the start reads of vLLM's ``AsyncEngineArgs``."""
+
+    enable_log_requests = False
+    aggregate_engine_logging = False
+    disable_log_stats = True
+
+    def create_engine_config(self, *, usage_context):
+        return argparse.Namespace(shutdown_timeout=7)
+
+
+def fake_async_llm(monkeypatch, build) -> None:
+    """``AsyncLLM.from_vllm_config`` is ``build(**kwargs)``; engine args are faked."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    monkeypatch.setattr(AsyncLLM, "from_vllm_config", classmethod(lambda cls, **kw: build(**kw)))
+    monkeypatch.setattr(
+        AsyncEngineArgs, "from_cli_args", classmethod(lambda cls, args: FakeEngineArgs())
+    )
+
+
 @pytest.fixture
 def blocking_vllm(monkeypatch):
-    """vLLM's engine client builder, faked: it starts an "engine process" (a real child
-    ``sleep``) and blocks the event loop until that process exits, then raises as vLLM's
+    """vLLM's AsyncLLM construction, faked: it starts an "engine process" (a real child
+    ``sleep``) and blocks until that process exits, then raises as vLLM's
     ``wait_for_engine_startup`` does (the child exits by itself after 60 s, so a broken
     watchdog fails the test instead of hanging it). Yields the children it started."""
-    from vllm.engine.arg_utils import AsyncEngineArgs
-    from vllm.entrypoints.launchers.api_server import entry
-
     started: list[subprocess.Popen] = []
 
-    @contextlib.asynccontextmanager
-    async def build(engine_args):
+    def build(**kwargs):
         proc = subprocess.Popen(["sleep", "60"])  # a broken watchdog: a failure, not a hang
         started.append(proc)
-        proc.wait()  # synchronous, like vLLM's zmq poll: the event loop is blocked
+        proc.wait()  # synchronous, like vLLM's zmq poll
         raise RuntimeError(f"Engine core initialization failed. Failed core proc(s): {proc.pid}")
-        yield  # never reached
 
-    monkeypatch.setattr(entry, "build_async_engine_client_from_engine_args", build)
-    monkeypatch.setattr(AsyncEngineArgs, "from_cli_args", classmethod(lambda cls, args: args))
+    fake_async_llm(monkeypatch, build)
     yield started
     for proc in started:  # only if a test failed: never leave a sleep behind
         if proc.poll() is None:
@@ -343,16 +349,39 @@ def test_a_watchdog_stopped_in_time_ends_nothing():
         proc.wait()
 
 
+async def _ticking(work, gaps: list[float]) -> object:
+    """``await work``; ``gaps`` gets how long the event loop went without running each time
+    (whether the work returns or raises)."""
+    last = time.monotonic()
+
+    async def tick():
+        nonlocal last
+        while True:
+            await asyncio.sleep(0.02)
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+
+    ticker = asyncio.ensure_future(tick())
+    try:
+        return await work
+    finally:
+        ticker.cancel()
+
+
 def test_a_start_past_its_bound_raises_the_timeout_and_leaves_nothing(blocking_vllm):
     from tsvllm.engine.base import EngineStartTimeout
     from tsvllm.engine.vllm_engine import VllmEngine
 
     before = {p.pid for p in psutil.Process().children(recursive=True)}
+    gaps: list[float] = []
     t0 = time.monotonic()
     with pytest.raises(EngineStartTimeout) as info:
-        asyncio.run(VllmEngine.start(_args(), timeout_s=1))
+        asyncio.run(_ticking(VllmEngine.start(_args(), timeout_s=1), gaps))
     took = time.monotonic() - t0
     assert 0.9 < took < 50  # ended by the bound, not by the "engine" exiting after 60 s
+    # the event loop ran during the blocked start (the first gap: vLLM's imports, before it)
+    assert len(gaps) > 10 and max(gaps[1:]) < 0.5
     assert info.value.timeout_s == 1
     message = str(info.value)
     assert "startupTimeout 1 s" in message and "10.0.0.1:29500" in message
@@ -362,21 +391,86 @@ def test_a_start_past_its_bound_raises_the_timeout_and_leaves_nothing(blocking_v
     assert _new_children(before) == []
 
 
-def test_a_start_failure_within_the_bound_is_not_called_a_timeout(monkeypatch):
-    from vllm.engine.arg_utils import AsyncEngineArgs
-    from vllm.entrypoints.launchers.api_server import entry
+@pytest.mark.parametrize(
+    "failure, raised",
+    [  # a failure within the bound is not called a timeout; vLLM's config checks (raised
+        # in the thread that builds AsyncLLM) are EngineArgsError, final
+        (RuntimeError("Engine core initialization failed: out of memory"), RuntimeError),
+        (ValueError("max_model_len 99999 exceeds the model's 2048"), "EngineArgsError"),
+    ],
+)
+def test_a_start_failure_within_the_bound_is_vllms_own(monkeypatch, failure, raised):
+    from tsvllm.engine import vllm_engine
 
-    from tsvllm.engine.vllm_engine import VllmEngine
+    def build(**kwargs):
+        raise failure
 
-    @contextlib.asynccontextmanager
-    async def build(engine_args):
-        raise RuntimeError("Engine core initialization failed: out of memory")
-        yield
+    fake_async_llm(monkeypatch, build)
+    raised = getattr(vllm_engine, raised) if isinstance(raised, str) else raised
+    with pytest.raises(raised, match=str(failure)[-10:]):
+        asyncio.run(vllm_engine.VllmEngine.start(_args(), timeout_s=30))
 
-    monkeypatch.setattr(entry, "build_async_engine_client_from_engine_args", build)
-    monkeypatch.setattr(AsyncEngineArgs, "from_cli_args", classmethod(lambda cls, args: args))
-    with pytest.raises(RuntimeError, match="out of memory"):
-        asyncio.run(VllmEngine.start(_args(), timeout_s=30))
+
+class FakeAsyncLLM:
+    """What :func:`engine_client` does with the AsyncLLM it built."""
+
+    def __init__(self, kwargs: dict) -> None:
+        self.kwargs = kwargs
+        self.vllm_config = kwargs["vllm_config"]
+        self.built_in = threading.get_ident()
+        self.handler_started_in: int | None = None
+        self.handler_loop = None
+        self.mm_cache_reset = False
+        self.shutdowns: list[float] = []
+
+    def _run_output_handler(self) -> None:
+        self.handler_started_in = threading.get_ident()
+        self.handler_loop = asyncio.get_running_loop()  # raises outside a running loop
+
+    async def reset_mm_cache(self) -> None:
+        self.mm_cache_reset = True
+
+    def shutdown(self, timeout=None) -> None:
+        self.shutdowns.append(timeout)
+
+
+def test_the_engine_client_is_built_in_a_thread_while_the_loop_runs(monkeypatch):
+    """vLLM's AsyncLLM construction blocks (its wait for READY): in a thread, the event loop
+    keeps running; the output handler is started on the loop; shut down on exit."""
+    from tsvllm.engine.vllm_engine import engine_client
+
+    built: list[FakeAsyncLLM] = []
+
+    def build(**kwargs):
+        time.sleep(1.0)  # the blocking wait for the EngineCore's READY
+        built.append(FakeAsyncLLM(kwargs))
+        return built[-1]
+
+    fake_async_llm(monkeypatch, build)
+
+    async def run():
+        @contextlib.asynccontextmanager
+        async def held():
+            async with engine_client(FakeEngineArgs()) as client:
+                assert client.shutdowns == []
+                yield client
+
+        async def enter():
+            async with held() as client:
+                return client, threading.get_ident(), asyncio.get_running_loop()
+
+        return await _ticking(enter(), gaps)
+
+    gaps: list[float] = []
+    client, loop_thread, loop = asyncio.run(run())
+    assert len(gaps) > 10 and max(gaps[1:]) < 0.5  # the loop ran during the 1 s build
+    assert client.built_in != loop_thread
+    assert client.handler_started_in == loop_thread and client.handler_loop is loop
+    assert client.mm_cache_reset
+    assert client.shutdowns == [7]  # vllm_config.shutdown_timeout, as vLLM does
+    kwargs = client.kwargs
+    assert kwargs["client_addresses"] == {} and kwargs["client_count"] == 1
+    assert kwargs["client_index"] == 0 and kwargs["disable_log_stats"] is True
 
 
 def _call(handler, route: str, body=None):

@@ -50,6 +50,70 @@ def _require_vllm() -> None:
         ) from exc
 
 
+def import_vllm() -> None:
+    """Import the vLLM modules a start uses (~8-18 s cold). Call it in a thread
+    (``asyncio.to_thread``) so the first start does not block the event loop."""
+    _require_vllm()
+    import vllm.engine.arg_utils  # noqa: F401
+    import vllm.entrypoints.launchers.api_server.app_state  # noqa: F401
+    import vllm.entrypoints.launchers.app  # noqa: F401
+    import vllm.entrypoints.launchers.cli_args  # noqa: F401
+    import vllm.v1.engine.async_llm  # noqa: F401
+
+
+@contextlib.asynccontextmanager
+async def engine_client(engine_args: Any) -> AsyncIterator[Any]:
+    """vLLM's ``build_async_engine_client_from_engine_args`` (``vllm.entrypoints.launchers.
+    api_server.entry``), the same arguments, except that ``AsyncLLM`` is built in a thread.
+
+    vLLM builds it synchronously and waits for its EngineCore's READY in a blocking poll
+    loop (``wait_for_engine_startup``): 30-60 s here, up to ``startupTimeout`` for an engine
+    across nodes waiting for a worker node. In a thread, the event loop keeps serving (probes
+    answer 503 with the start's status meanwhile). Built outside the loop, AsyncLLM does not
+    start its output handler; it is started here, on the loop, as vLLM does when built inside
+    one, so an engine death is noticed before the first request (EXECUTOR_FAILED).
+    """
+    from vllm.usage.usage_lib import UsageContext
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    usage = UsageContext.OPENAI_API_SERVER
+
+    def build() -> Any:
+        vllm_config = engine_args.create_engine_config(usage_context=usage)
+        return AsyncLLM.from_vllm_config(
+            vllm_config=vllm_config,
+            usage_context=usage,
+            enable_log_requests=engine_args.enable_log_requests,
+            aggregate_engine_logging=engine_args.aggregate_engine_logging,
+            disable_log_stats=engine_args.disable_log_stats,
+            client_addresses={},
+            client_count=1,
+            client_index=0,
+        )
+
+    building = asyncio.ensure_future(asyncio.to_thread(build))
+    try:
+        # shielded: a cancelled start cannot stop the thread; what it builds is shut down
+        async_llm = await asyncio.shield(building)
+    except asyncio.CancelledError:
+        building.add_done_callback(_shut_down_late)
+        raise
+    try:
+        async_llm._run_output_handler()
+        await async_llm.reset_mm_cache()  # as vLLM: no dummy data kept in memory
+        yield async_llm
+    finally:
+        async_llm.shutdown(timeout=async_llm.vllm_config.shutdown_timeout)
+
+
+def _shut_down_late(building: asyncio.Future) -> None:
+    """An AsyncLLM built after its start was cancelled: shut it down."""
+    if building.cancelled() or building.exception() is not None:
+        return
+    async_llm = building.result()
+    async_llm.shutdown(timeout=async_llm.vllm_config.shutdown_timeout)
+
+
 def engine_argv(
     *,
     model: str,
@@ -175,7 +239,7 @@ def start_timeout_message(args: Any, timeout_s: float) -> str:
 class StartWatchdog:
     """Ends the processes a start created when the start runs past ``timeout_s``.
 
-    A thread, because the start may block the event loop. Once fired it ends every new
+    A thread: it must end vLLM's blocking wait, wherever it runs. Once fired it ends every new
     descendant of this process (not in ``before``), and again each second for any started
     later, until :meth:`stop`; :meth:`stop` ends and reaps what is left after a firing, and
     otherwise only cancels the watchdog.
@@ -283,19 +347,18 @@ class VllmEngine:
     async def start(cls, args: argparse.Namespace, *, timeout_s: float | None = None) -> VllmEngine:
         """Start AsyncLLM and build vLLM's serving objects from parsed ``args``.
 
-        ``timeout_s`` bounds the whole start. vLLM waits for its EngineCore's READY in a
-        synchronous poll loop with no timeout (``wait_for_engine_startup``), which blocks
-        this event loop; a multi-node engine whose worker node never joins waits there for
-        ever. So a watchdog thread ends the processes this start created once the bound has
-        passed, vLLM's wait then fails, and this raises :class:`EngineStartTimeout` saying
-        what the engine waited for. Nothing the start created is left running.
+        The event loop keeps running during the start: AsyncLLM is built in a thread
+        (:func:`engine_client`). ``timeout_s`` bounds the whole start. vLLM waits for its
+        EngineCore's READY in a synchronous poll loop with no timeout
+        (``wait_for_engine_startup``); a multi-node engine whose worker node never joins
+        waits there for ever. So a watchdog thread ends the processes this start created
+        once the bound has passed, vLLM's wait then fails, and this raises
+        :class:`EngineStartTimeout` saying what the engine waited for. Nothing the start
+        created is left running.
         """
         import psutil
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.entrypoints.launchers.api_server.app_state import init_app_state
-        from vllm.entrypoints.launchers.api_server.entry import (
-            build_async_engine_client_from_engine_args,
-        )
         from vllm.entrypoints.launchers.app import build_app
 
         me = psutil.Process()
@@ -306,7 +369,7 @@ class VllmEngine:
         try:
             try:
                 client = await stack.enter_async_context(
-                    build_async_engine_client_from_engine_args(AsyncEngineArgs.from_cli_args(args))
+                    engine_client(AsyncEngineArgs.from_cli_args(args))
                 )
                 tasks = await client.get_supported_tasks()
                 app = build_app(args, tasks, client.model_config)

@@ -9,7 +9,8 @@
 4. the **adapter** turns the body into engine requests (OpenAI: the body itself; Vertex:
    one per instance);
 5. under the **deadline** (``handler.request_timeout_s``: 504, and the engine requests are
-   aborted): wait for the engine, then per engine request ``on_request`` → engine →
+   aborted; 503 with the start's status if it passes while the request still waits for the
+   engine to start): wait for the engine, then per engine request ``on_request`` → engine →
    ``on_response``; or for a stream ``on_chunk`` per chunk and ``on_stream_end``
    (:class:`tsvllm.worker.hooks.Hooks` documents the hooks);
 6. the adapter builds the reply body;
@@ -33,7 +34,13 @@ from typing import TYPE_CHECKING, Any
 
 from tsvllm import drain
 from tsvllm.engine.base import EngineReply, StreamEvent
-from tsvllm.errors import BadRequest, EngineUnavailable, PayloadTooLarge, to_error_body
+from tsvllm.errors import (
+    BadRequest,
+    EngineUnavailable,
+    PayloadTooLarge,
+    TsVllmError,
+    to_error_body,
+)
 from tsvllm.worker import hooks, routes, ts_worker
 from tsvllm.worker.adapters import Adapter, EngineRequest
 from tsvllm.worker.hooks import EndStream, RequestContext, closing_events, overrides
@@ -61,6 +68,8 @@ class Record:
     timer: asyncio.Timeout | None = None
     #: ended by the drain's abort, not by its own deadline
     ended_by_shutdown: bool = False
+    #: waiting for the engine to start (nothing of the request has run yet)
+    waiting_for_engine: bool = False
     #: for the audit log: the route, whose key, the bodies as the client sent them, and
     #: what came back (outputs only with ``log_content``)
     route: str | None = None
@@ -131,7 +140,7 @@ async def _serve(
     ]
 
     async def start() -> Any:
-        engine = await handler.ready_engine()
+        engine = await _ready_engine(handler, record)
         if contexts[0].stream:
             return await _open_stream(handler, engine, calls[0], contexts[0])
         return await _generate_all(handler, engine, adapter, calls, contexts, record)
@@ -193,7 +202,7 @@ async def _serve_engine_route(
         record.requests = [body]
 
     async def start() -> EngineReply:
-        engine = await handler.ready_engine()
+        engine = await _ready_engine(handler, record)
         payload = body
         if route.api is not None:
             payload = await handler.on_request(body, ctx)
@@ -278,13 +287,29 @@ async def _relay(
     return b""
 
 
+async def _ready_engine(handler: VLLMHandler, record: Record) -> Any:
+    """:meth:`VLLMHandler.ready_engine`, noting in ``record`` while the request waits (still
+    set when the deadline cancels the wait: :func:`_deadline_error` reads it)."""
+    record.waiting_for_engine = True
+    engine = await handler.ready_engine()
+    record.waiting_for_engine = False
+    return engine
+
+
 def _deadline_error(handler: VLLMHandler, record: Record) -> Exception:
-    """Why a request's deadline fired: its own limit (504), or the drain's abort (503)."""
+    """Why a request's deadline fired: its own limit (504), the drain's abort (503), or it
+    passed while the request still waited for the engine to start (503 with the start's
+    status: the request never ran)."""
     if record.ended_by_shutdown:
         return EngineUnavailable(
             "the server is shutting down and ended this request; retry",
             retry_after_s=drain.RETRY_AFTER_S,
         )
+    if record.waiting_for_engine:
+        try:
+            handler.serving_engine()
+        except TsVllmError as exc:
+            return exc
     record.timed_out = True
     return handler.timeout_error()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +39,11 @@ class VLLMHandler(Hooks):
     subclass it in a handler file and override the hooks (:class:`Hooks` documents their
     call order) or :meth:`build_engine` to use another engine.
 
-    The engine starts in the background: ``initialize`` returns at once; generation
-    requests that arrive before the engine is up wait for it (within their deadline) and
-    probes (``v1/models``, ``health``) answer 503 at once. (TorchServe 0.12 kills an async
+    The engine starts in the background, without blocking the worker's event loop:
+    ``initialize`` returns at once; generation requests that arrive before the engine is up
+    wait for it (within their deadline; past it, 503 with the start's status) and probes
+    (``v1/models``, ``health``) answer 503 at once with what the start is doing
+    (:meth:`start_status`). (TorchServe 0.12 kills an async
     worker that receives a request while it is still loading after a restart, so a slow
     ``initialize`` could never recover under traffic.) A start failure that no retry can
     fix (:class:`~tsvllm.engine.base.EngineCannotStart`, an invalid config) is final:
@@ -50,8 +53,8 @@ class VLLMHandler(Hooks):
     has not started by then (e.g. one spanning several nodes whose worker node is gone) is
     ended and the attempt fails with
     :class:`~tsvllm.engine.base.EngineStartTimeout`, a transient failure. A generation
-    request that arrives during a start waits for that attempt only; meanwhile, and between
-    attempts, requests get 503 with the reason of the last failure.
+    request that arrives during a start waits for that attempt only; between attempts,
+    requests get 503 with the reason of the last failure.
     """
 
     #: optional ``handler:`` sections this class runs (subclasses add "rag", "guards")
@@ -69,6 +72,8 @@ class VLLMHandler(Hooks):
         self._starting: asyncio.Task | None = None
         #: resolved when the running start attempt ends (requests wait for it, see ready_engine)
         self._attempt_end: asyncio.Future | None = None
+        #: the running start attempt: its number and when it began (time.monotonic), or None
+        self._attempt: tuple[int, float] | None = None
         #: why the last engine start failed (None once it runs)
         self.start_error: Exception | None = None
         #: set when the engine can never start; every request gets it
@@ -171,6 +176,7 @@ class VLLMHandler(Hooks):
 
         delay = FIRST_RETRY_DELAY_S
         for attempt in range(1, START_ATTEMPTS + 1):
+            self._attempt = (attempt, time.monotonic())
             try:
                 self.engine = await self._start_once()
             except (EngineCannotStart, ConfigError) as exc:
@@ -201,6 +207,7 @@ class VLLMHandler(Hooks):
 
     def _attempt_ended(self) -> None:
         """Wake the requests waiting for the start attempt that just ended."""
+        self._attempt = None
         end, self._attempt_end = self._attempt_end, None
         if end is not None and not end.done():
             end.set_result(None)
@@ -247,17 +254,48 @@ class VLLMHandler(Hooks):
             await asyncio.wait({self._attempt_end, starting}, return_when=asyncio.FIRST_COMPLETED)
 
     def serving_engine(self) -> Engine:
-        """The engine if it serves now; else raise at once (503, or the start failure)."""
+        """The engine if it serves now; else raise at once (503 with :meth:`start_status`,
+        or the start failure)."""
         engine = self._engine_now()
         if engine is None:
-            raise EngineUnavailable("the engine is starting; retry shortly")
+            raise EngineUnavailable(self.start_status())
         return engine
+
+    def start_status(self) -> str:
+        """What the engine is doing while it starts, for a 503: the running attempt's time
+        against ``startupTimeout`` and, for an engine across nodes, what it waits for."""
+        text = "the engine is starting"
+        if self._attempt is not None:
+            number, began = self._attempt
+            text += f" ({time.monotonic() - began:.0f} s"
+            limit = getattr(self.config, "startupTimeout", None)
+            if limit is not None:
+                text += f" of startupTimeout {limit} s"
+            if number > 1:
+                text += f", attempt {number} of {START_ATTEMPTS}"
+                if self.start_error is not None:
+                    text += f" after {type(self.start_error).__name__}"
+            text += ")"
+        nnodes = _nnodes(self.config)
+        if nnodes > 1:
+            engine_cfg = self.config.handler.vllm_engine_config
+            where = f"{engine_cfg.get('master_addr', '127.0.0.1')}:"
+            where += str(engine_cfg.get("master_port", 29501))  # vLLM's defaults
+            ranks = "1" if nnodes == 2 else f"1..{nnodes - 1}"
+            text += (
+                f"; it spans nnodes {nnodes} and waits for every worker node to join at "
+                f"master_addr:master_port {where} (start `tsvllm worker-node --config "
+                f"model-config.yaml --node-rank {ranks}` there)"
+            )
+        return text
 
     def _engine_now(self) -> Engine | None:
         """The engine if it serves, None while it starts; raise when it cannot serve.
 
         A dead engine (its process was killed, it crashed) is shut down and a new one
-        started in the background; until it serves, requests get 503.
+        started in the background; until it serves, requests get 503. During a start attempt
+        this returns None (requests may wait for it); between two attempts it raises the
+        last failure's reason.
         """
         engine = self.engine
         if engine is not None and not engine.dead:
@@ -268,7 +306,7 @@ class VLLMHandler(Hooks):
             raise self.start_failed
         if self._starting is None:
             raise EngineUnavailable("the handler is not initialized")
-        if self.start_error is not None:
+        if self.start_error is not None and self._attempt is None:  # between two attempts
             raise EngineUnavailable(
                 f"the engine failed to start ({_reason(self.start_error)}) and is "
                 "retrying; see the worker log"
@@ -302,10 +340,12 @@ class VLLMHandler(Hooks):
             VllmEngine,
             engine_environ,
             handler_argv,
+            import_vllm,
             parse_engine_args,
         )
 
         os.environ.update(engine_environ(self.config.handler))
+        await asyncio.to_thread(import_vllm)  # seconds, cold: not on the event loop
         argv = handler_argv(self.config.handler, resolve=lambda p: _in_archive(p, model_dir))
         return await VllmEngine.start(parse_engine_args(argv), timeout_s=self.config.startupTimeout)
 
