@@ -8,7 +8,8 @@ and both namespaces are deleted in ``finally``.
 Without the follower the leader's restarted engine cannot start; its start is bounded by
 the model's ``startupTimeout`` (:data:`STARTUP_BOUND`), so a request meanwhile gets an
 answer, a 503 naming the missing worker node, and the leader serves again once the
-follower is back.
+follower is back. The start does not block the leader's worker: readiness probes during it
+answer 503 at once, saying the engine is starting and waits for the worker node.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 
@@ -36,6 +39,10 @@ TOKENS = 16
 STARTUP_BOUND = 150
 #: a request's client timeout while the follower is gone: an answer must come before
 ANSWER_WITHIN = STARTUP_BOUND + 90
+#: readiness probes while the leader's engine start waits: every this many seconds, each
+#: with this client timeout (the start must not block the worker: 503 at once)
+PROBE_EVERY_S = 15
+PROBE_TIMEOUT_S = 10
 
 
 def _host_env(h: Host) -> dict[str, str]:
@@ -79,6 +86,37 @@ def _complete(client: openai.OpenAI) -> tuple[int, float]:
         extra_body={"ignore_eos": True},
     )
     return out.usage.completion_tokens, time.monotonic() - t0
+
+
+class Prober(threading.Thread):
+    """Readiness probes (``GET v1/models`` with the inference key, as ``TorchServe.wait_ready``
+    sends them) from inside ``netns`` every :data:`PROBE_EVERY_S` until stopped; records
+    (seconds since ``t0``, latency, status, message)."""
+
+    def __init__(self, netns: str, url: str, key: str, t0: float) -> None:
+        super().__init__(name="probe", daemon=True)
+        self.netns, self.url, self.key, self.t0 = netns, url, key, t0
+        self.stop = threading.Event()
+        self.answers: list[tuple[float, float, int | None, str]] = []
+
+    def run(self) -> None:
+        with inside(self.netns), httpx.Client(timeout=PROBE_TIMEOUT_S) as http:
+            while not self.stop.wait(PROBE_EVERY_S):
+                sent = time.monotonic()
+                try:
+                    reply = http.get(self.url, headers={"Authorization": f"Bearer {self.key}"})
+                    status, text = reply.status_code, reply.text
+                    try:
+                        text = reply.json()["error"]["message"]
+                    except (ValueError, KeyError, TypeError):
+                        pass
+                except httpx.HTTPError as exc:  # no answer within PROBE_TIMEOUT_S
+                    status, text = None, repr(exc)
+                took = time.monotonic() - sent
+                self.answers.append((sent - self.t0, took, status, text))
+                print(
+                    f"multinode: probe at {sent - self.t0:.0f}s: {status} in {took:.2f}s {text!r}"
+                )
 
 
 def _wait_empty(netns: str, timeout: float = 60) -> list[int]:
@@ -149,6 +187,8 @@ def test_multinode_tp2_across_two_hosts(tmp_path, tiny_model):
                 # missing worker node; no request hangs (the client's timeout would fail it)
                 waiting = client.with_options(timeout=ANSWER_WITHIN)
                 messages = [err.value.message]
+                prober = Prober(a.netns, f"{base_url(ts, 'mn')}/models", client.api_key, t1)
+                prober.start()
                 for _ in range(5):  # bounded
                     t2 = time.monotonic()
                     with pytest.raises(openai.APIStatusError) as err:
@@ -163,6 +203,25 @@ def test_multinode_tp2_across_two_hosts(tmp_path, tiny_model):
                     messages.append(err.value.message)
                     if "EngineStartTimeout" in err.value.message:
                         break
+                prober.stop.set()
+                prober.join(timeout=PROBE_TIMEOUT_S + 5)
+                probes = prober.answers
+                # the start did not block the worker: every probe answered, 503, at once
+                assert probes and all(status == 503 for _, _, status, _ in probes), probes
+                starting = [
+                    text for _, _, _, text in probes if text.startswith("the engine is starting (")
+                ]
+                assert starting, probes  # at least one while the start attempt ran
+                for text in starting:
+                    assert f"of startupTimeout {STARTUP_BOUND} s" in text
+                    assert "nnodes 2" in text and "every worker node" in text
+                    assert f"{a.addr}:{engine['master_port']}" in text
+                    assert "tsvllm worker-node --config" in text
+                latencies = [took for _, took, _, _ in probes]
+                print(
+                    f"multinode: {len(probes)} readiness probes during the wait, {len(starting)} "
+                    f"while the attempt ran: 503 in {min(latencies):.2f}-{max(latencies):.2f}s"
+                )
                 timed_out = messages[-1]
                 assert "EngineStartTimeout" in timed_out, messages
                 assert f"did not start within startupTimeout {STARTUP_BOUND} s" in timed_out
