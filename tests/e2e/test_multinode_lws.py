@@ -25,6 +25,7 @@ import yaml
 
 from tests.e2e.lws import Pod, pod
 from tests.e2e.netns import Host, inside, pids_in, two_hosts
+from tests.e2e.test_multinode import TOKENS, _complete
 from tsvllm.config import dump_model_config, load_model_config
 from tsvllm.deploy import DeployOptions, generate
 from tsvllm.deploy.common import OPENAI_BASE
@@ -33,7 +34,6 @@ from tsvllm.deploy.validate import validate_dir
 REPO = Path(__file__).resolve().parents[2]
 STARTUP = 600
 PORT = 8080  # each namespace has its own; the container's default
-TOKENS = 16
 
 
 def _config(tmp: Path, model: Path, *, port: int) -> Path:
@@ -150,16 +150,8 @@ def test_multinode_leader_worker_set_commands_serve_across_two_hosts(tmp_path, t
                     timeout=120,
                 )
                 for _ in range(2):  # the first warms up; the second is timed
-                    t1 = time.monotonic()
-                    done = client.completions.create(
-                        model="tiny",
-                        prompt="two pods, one engine",
-                        max_tokens=TOKENS,
-                        temperature=0,
-                        extra_body={"ignore_eos": True},
-                    )
-                    took = time.monotonic() - t1
-                    assert done.usage.completion_tokens == TOKENS
+                    tokens, took = _complete(client)
+                    assert tokens == TOKENS
             print(f"multinode lws: {TOKENS} tokens in {took:.2f}s = {TOKENS / took:.1f} tok/s")
             probe = subprocess.run(
                 ["ip", "netns", "exec", a.netns, *leader_pod.argv, "--probe", "ready"],
