@@ -126,6 +126,19 @@ class EngineStartTimeout(Exception):
         self.timeout_s = timeout_s
 
 
+def worker_nodes_hint(*, nnodes: int, master_addr: Any, master_port: Any) -> str:
+    """What an engine over ``nnodes`` hosts waits for and how its worker nodes join, for the
+    messages of a start that waits (the handler's 503) or timed out (the engine's error)."""
+    where = f"{master_addr}:{master_port}"
+    ranks = "1" if nnodes == 2 else f"1..{nnodes - 1}"
+    return (
+        f"it spans nnodes {nnodes} and waits for every worker node to join at "
+        f"master_addr:master_port {where} (start `tsvllm worker-node --config "
+        f"model-config.yaml --node-rank {ranks}` on each worker host, one rank each, and "
+        f"check it reaches {where})"
+    )
+
+
 #: ``generate`` returns the full body, or the stream of events.
 GenerateResult = dict[str, Any] | AsyncIterator[StreamEvent]
 

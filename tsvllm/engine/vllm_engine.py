@@ -29,10 +29,15 @@ from tsvllm.engine.base import (
     EngineStartTimeout,
     GenerateResult,
     StreamEvent,
+    worker_nodes_hint,
 )
 from tsvllm.errors import BadRequest, EngineUnavailable, error_for_status, validation_message
 
 logger = logging.getLogger(__name__)
+
+#: where an engine over several nodes meets when master_port is not set (vLLM 0.32's
+#: ``ParallelConfig.master_port``; read here, not imported, so that no vLLM import is needed)
+DEFAULT_MASTER_PORT = 29501
 
 
 class EngineArgsError(EngineCannotStart, ValueError):
@@ -226,14 +231,12 @@ def start_timeout_message(args: Any, timeout_s: float) -> str:
     nnodes = getattr(args, "nnodes", 1) or 1
     if nnodes <= 1:
         return message + "; see the worker log for where it stopped"
-    where = f"{getattr(args, 'master_addr', '?')}:{getattr(args, 'master_port', '?')}"
-    ranks = "1" if nnodes == 2 else f"1..{nnodes - 1}"
-    return (
-        f"{message}: it spans nnodes {nnodes} and waits for every worker node to join at "
-        f"master_addr:master_port {where}, and at least one did not; start `tsvllm worker-node "
-        f"--config model-config.yaml --node-rank {ranks}` on each worker host (one rank each) "
-        f"and check they reach {where}"
+    hint = worker_nodes_hint(
+        nnodes=nnodes,
+        master_addr=getattr(args, "master_addr", "?"),
+        master_port=getattr(args, "master_port", "?"),
     )
+    return f"{message}: {hint}"
 
 
 class StartWatchdog:

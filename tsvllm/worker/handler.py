@@ -16,7 +16,7 @@ from typing import Any
 
 from tsvllm import drain
 from tsvllm.auth import ApiKeys
-from tsvllm.engine.base import Engine, EngineCannotStart
+from tsvllm.engine.base import Engine, EngineCannotStart, worker_nodes_hint
 from tsvllm.errors import EngineStartFailed, EngineUnavailable, RequestTimeout
 from tsvllm.worker import core, engine_metrics, ts_worker
 from tsvllm.worker.audit import AuditLog
@@ -278,15 +278,15 @@ class VLLMHandler(Hooks):
             text += ")"
         nnodes = _nnodes(self.config)
         if nnodes > 1:
+            from tsvllm.engine.vllm_engine import DEFAULT_MASTER_PORT
+
             engine_cfg = self.config.handler.vllm_engine_config
-            where = f"{engine_cfg.get('master_addr', '127.0.0.1')}:"
-            where += str(engine_cfg.get("master_port", 29501))  # vLLM's defaults
-            ranks = "1" if nnodes == 2 else f"1..{nnodes - 1}"
-            text += (
-                f"; it spans nnodes {nnodes} and waits for every worker node to join at "
-                f"master_addr:master_port {where} (start `tsvllm worker-node --config "
-                f"model-config.yaml --node-rank {ranks}` there)"
+            hint = worker_nodes_hint(
+                nnodes=nnodes,
+                master_addr=engine_cfg.get("master_addr"),  # required with nnodes > 1
+                master_port=engine_cfg.get("master_port", DEFAULT_MASTER_PORT),
             )
+            text += f"; {hint}"
         return text
 
     def _engine_now(self) -> Engine | None:
