@@ -318,7 +318,7 @@ def test_start_timeout_message_names_the_worker_nodes_and_the_fix():
 
 
 def test_the_watchdog_ends_the_processes_a_start_created_past_its_bound():
-    from tsvllm.engine.vllm_engine import StartWatchdog
+    from tsvllm.engine.start_watchdog import StartWatchdog
 
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     t0 = time.monotonic()
@@ -335,7 +335,7 @@ def test_the_watchdog_ends_the_processes_a_start_created_past_its_bound():
 
 
 def test_a_watchdog_stopped_in_time_ends_nothing():
-    from tsvllm.engine.vllm_engine import StartWatchdog
+    from tsvllm.engine.start_watchdog import StartWatchdog
 
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     watchdog = StartWatchdog(30, before=before)

@@ -17,7 +17,6 @@ import contextlib
 import io
 import json
 import logging
-import threading
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
@@ -31,6 +30,7 @@ from tsvllm.engine.base import (
     StreamEvent,
     worker_nodes_hint,
 )
+from tsvllm.engine.start_watchdog import StartWatchdog
 from tsvllm.errors import BadRequest, EngineUnavailable, error_for_status, validation_message
 
 logger = logging.getLogger(__name__)
@@ -225,6 +225,12 @@ def run_headless_node(argv: Sequence[str]) -> None:
     run_headless(args)
 
 
+def _timed_out(args: Any, watchdog: StartWatchdog) -> EngineStartTimeout:
+    """What a start raises once its watchdog has fired."""
+    message = start_timeout_message(args, watchdog.timeout_s)
+    return EngineStartTimeout(message, timeout_s=watchdog.timeout_s)
+
+
 def start_timeout_message(args: Any, timeout_s: float) -> str:
     """Why a start ran past ``timeout_s``, and the fix when the engine spans nodes."""
     message = f"the engine did not start within startupTimeout {timeout_s:g} s"
@@ -237,85 +243,6 @@ def start_timeout_message(args: Any, timeout_s: float) -> str:
         master_port=getattr(args, "master_port", "?"),
     )
     return f"{message}: {hint}"
-
-
-class StartWatchdog:
-    """Ends the processes a start created when the start runs past ``timeout_s``.
-
-    A thread: it must end vLLM's blocking wait, wherever it runs. Once fired it ends every new
-    descendant of this process (not in ``before``), and again each second for any started
-    later, until :meth:`stop`; :meth:`stop` ends and reaps what is left after a firing, and
-    otherwise only cancels the watchdog.
-    """
-
-    #: seconds between two sweeps once fired
-    SWEEP_S = 1.0
-
-    def __init__(self, timeout_s: float, *, before: set[int], me: Any = None):
-        import psutil
-
-        self.timeout_s = timeout_s
-        self._before = set(before)
-        self._me = me if me is not None else psutil.Process()
-        self._done = threading.Event()
-        self._lock = threading.Lock()
-        self.fired = False
-        #: the processes the watchdog ended
-        self.killed: list[Any] = []
-        self._thread = threading.Thread(target=self._run, name="tsvllm-start-watchdog", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        if self._done.wait(self.timeout_s):
-            return
-        with self._lock:
-            if self._done.is_set():
-                return
-            self.fired = True
-        logger.error(
-            "tsvllm: the engine did not start within %gs; ending the processes it started",
-            self.timeout_s,
-        )
-        while True:
-            self._sweep()
-            if self._done.wait(self.SWEEP_S):
-                return
-
-    def _new_processes(self) -> list[Any]:
-        import psutil
-
-        try:
-            children = self._me.children(recursive=True)
-        except psutil.Error:
-            return []
-        return [p for p in children if p.pid not in self._before]
-
-    def _sweep(self) -> list[Any]:
-        import psutil
-
-        procs = self._new_processes()
-        for proc in procs:
-            with contextlib.suppress(psutil.Error):
-                proc.kill()
-                if proc not in self.killed:
-                    self.killed.append(proc)
-        return procs
-
-    def timeout_error(self, args: Any) -> EngineStartTimeout:
-        """What the start raises once the watchdog has fired."""
-        return EngineStartTimeout(
-            start_timeout_message(args, self.timeout_s), timeout_s=self.timeout_s
-        )
-
-    def stop(self) -> None:
-        """The start has finished, either way: cancel, or end and reap what is left."""
-        import psutil
-
-        with self._lock:
-            self._done.set()
-        self._thread.join()
-        if self.fired:
-            psutil.wait_procs(self._sweep(), timeout=10)
 
 
 class VllmEngine:
@@ -380,7 +307,7 @@ class VllmEngine:
             except BaseException as exc:
                 await stack.aclose()
                 if watchdog is not None and watchdog.fired:  # vLLM failed as we ended it
-                    raise watchdog.timeout_error(args) from exc
+                    raise _timed_out(args, watchdog) from exc
                 if isinstance(exc, (ValueError, TypeError)):  # vLLM's config checks
                     raise EngineArgsError(f"vLLM rejected the configuration: {exc}") from exc
                 raise
@@ -390,7 +317,7 @@ class VllmEngine:
                 logging.getLogger().setLevel(root_level)
             if watchdog is not None and watchdog.fired:  # done just as the bound passed
                 await stack.aclose()
-                raise watchdog.timeout_error(args)
+                raise _timed_out(args, watchdog)
         finally:
             if watchdog is not None:
                 watchdog.stop()  # after it fired: ends and reaps whatever is still left
@@ -676,7 +603,6 @@ def _from_vllm_exception(exc: Exception) -> Exception:
 
 __all__ = [
     "EngineArgsError",
-    "StartWatchdog",
     "VllmEngine",
     "engine_argv",
     "engine_environ",
