@@ -149,7 +149,7 @@ def test_multinode_tp2_across_two_hosts(tmp_path, tiny_model):
             request_timeout_s=STARTUP_BOUND + 60,
         )
         config = store.parent / "mn-config.yaml"  # the one config both hosts read
-        follower = ts = None
+        follower = ts = follower_code = None
         try:
             follower = _start_follower(config, b, tmp_path / "follower.log")
             with inside(a.netns):
@@ -251,12 +251,17 @@ def test_multinode_tp2_across_two_hosts(tmp_path, tiny_model):
             if ts is not None:
                 with inside(a.netns):
                     ts.stop()
-            if follower is not None:  # does the follower end with its leader?
+            if follower is not None:  # it ends itself once its leader is gone (LeaderWatch)
+                t5 = time.monotonic()
                 try:
-                    follower.wait(timeout=30)
-                    print("multinode: the follower exited with its leader")
+                    follower_code = follower.wait(timeout=60)
+                    print(
+                        f"multinode: the follower ended itself {time.monotonic() - t5:.1f}s "
+                        f"after its leader stopped (exit {follower_code})"
+                    )
                 except subprocess.TimeoutExpired:
-                    print("multinode: the follower outlived its leader by 30s; ended by PID")
+                    print("multinode: the follower outlived its leader by 60s; ended by PID")
             _end(follower)
             left_a, left_b = _wait_empty(a.netns), _wait_empty(b.netns)
         assert left_a == [] and left_b == [], (left_a, left_b)
+        assert follower_code == 1  # "the leader went away", by itself, nothing left behind

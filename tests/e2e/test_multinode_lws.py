@@ -131,7 +131,7 @@ def test_multinode_leader_worker_set_commands_serve_across_two_hosts(tmp_path, t
             env_here=_here(b, model=tiny_model, work=tmp_path / "b"),
         )
         print(f"\nmultinode lws: leader {leader_pod.argv[1:]}\nworker {worker_pod.argv[1:]}")
-        leader = worker = None
+        leader = worker = worker_code = None
         try:
             t0 = time.monotonic()
             worker = _start(worker_pod, b, tmp_path / "worker.log")
@@ -163,9 +163,13 @@ def test_multinode_leader_worker_set_commands_serve_across_two_hosts(tmp_path, t
             code = _end(leader, term_first=True)
             leader = None
             assert code == 0, (tmp_path / "leader.log").read_text(errors="replace")[-3000:]
+            t2 = time.monotonic()
             try:
-                worker.wait(timeout=60)
-                print("multinode lws: the worker pod exited with its leader")
+                worker_code = worker.wait(timeout=60)  # it ends itself (LeaderWatch)
+                print(
+                    f"multinode lws: the worker pod ended itself {time.monotonic() - t2:.1f}s "
+                    f"after its leader exited (exit {worker_code})"
+                )
             except subprocess.TimeoutExpired:
                 print("multinode lws: the worker pod outlived its leader by 60s; ended by PID")
         finally:
@@ -178,3 +182,4 @@ def test_multinode_leader_worker_set_commands_serve_across_two_hosts(tmp_path, t
                     time.sleep(1)
                 left += pids_in(h.netns)
         assert left == []
+        assert worker_code == 1  # "the leader went away": Kubernetes restarts the group

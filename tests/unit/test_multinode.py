@@ -3,10 +3,14 @@ and the config checks for an engine across nodes. Fast; vLLM's parser only where
 
 from __future__ import annotations
 
+import socket
+import time
+
 import pytest
 
 from tsvllm.config import ConfigError, validate_model_config
 from tsvllm.engine.vllm_engine import handler_argv
+from tsvllm.host.leader_watch import LeaderWatch
 from tsvllm.host.worker_node import follower_argv, follower_command
 
 ENGINE = {"tensor_parallel_size": 2, "nnodes": 2, "master_addr": "10.0.0.1", "master_port": 29500}
@@ -124,3 +128,51 @@ def test_one_node_unchanged():
     assert "deviceType cpu runs one engine process" in _problems(
         nnodes=None, master_addr=None, tensor_parallel_size=2
     )
+
+
+# -- a follower ends itself when its leader goes (tsvllm.host.leader_watch) -------------
+
+
+def _listener() -> socket.socket:
+    s = socket.create_server(("127.0.0.1", 0))
+    s.listen()
+    return s
+
+
+def _wait(predicate, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return predicate()
+
+
+def test_the_watch_fires_once_the_leader_it_saw_stops_answering():
+    leader = _listener()
+    port = leader.getsockname()[1]
+    fired = []
+    watch = LeaderWatch("127.0.0.1", port, on_gone=lambda: fired.append(1), poll_s=0.05)
+    watch.start()
+    try:
+        assert _wait(lambda: watch.seen)
+        assert fired == [] and not watch.gone  # up: nothing happens
+        leader.close()
+        assert _wait(lambda: watch.gone)
+        watch.join(timeout=5)
+        assert fired == [1] and not watch.is_alive()  # once, then the watch ends
+    finally:
+        watch.stop()
+        leader.close()
+
+
+def test_the_watch_waits_for_a_leader_it_has_not_seen_yet():
+    free = _listener()
+    port = free.getsockname()[1]
+    free.close()  # nothing listens there: a follower started before its leader
+    fired = []
+    watch = LeaderWatch("127.0.0.1", port, on_gone=lambda: fired.append(1), poll_s=0.02)
+    watch.start()
+    time.sleep(0.5)  # 25 refused looks
+    assert fired == [] and not watch.seen and watch.is_alive()
+    watch.stop()
+    watch.join(timeout=5)
+    assert not watch.is_alive()

@@ -14,12 +14,15 @@ added, so the two cannot disagree on the model, the parallel sizes or the engine
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
 from tsvllm.config import ConfigError, ModelConfig, load_model_config
+from tsvllm.host.leader_watch import LeaderWatch
 
 logger = logging.getLogger(__name__)
 
@@ -71,8 +74,10 @@ def follower_command(
 
 
 def run(config: str, *, node_rank: int, master_addr: str | None = None) -> int:
-    """Start the headless follower for ``config``; returns when its workers stop."""
-    from tsvllm.engine.vllm_engine import engine_environ, run_headless_node
+    """Start the headless follower for ``config``; returns when its workers stop (0), or
+    when its leader went away (1: :mod:`tsvllm.host.leader_watch`). Nothing it started is
+    left running."""
+    from tsvllm.engine.vllm_engine import DEFAULT_MASTER_PORT, engine_environ, run_headless_node
 
     path = Path(config)
     cfg = load_model_config(path)
@@ -92,8 +97,36 @@ def run(config: str, *, node_rank: int, master_addr: str | None = None) -> int:
         cfg.handler.nnodes,
         " ".join(argv),
     )
-    run_headless_node(argv)
-    return 0
+    engine = cfg.handler.vllm_engine_config
+    watch = LeaderWatch(
+        master_addr or engine["master_addr"],
+        int(engine.get("master_port", DEFAULT_MASTER_PORT)),
+        on_gone=lambda: os.kill(os.getpid(), signal.SIGTERM),  # vLLM's handler: SystemExit
+    )
+    watch.start()
+    try:
+        run_headless_node(argv)
+    except SystemExit:
+        if not watch.gone:
+            raise
+    finally:
+        watch.stop()
+        _end_children()
+    return 1 if watch.gone else 0
+
+
+def _end_children(grace_s: float = 10.0) -> None:
+    """End this process's children (vLLM's workers) that outlive the headless node."""
+    import psutil
+
+    children = psutil.Process().children(recursive=True)
+    for child in children:
+        with contextlib.suppress(psutil.Error):
+            child.terminate()
+    _, alive = psutil.wait_procs(children, timeout=grace_s)
+    for child in alive:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
