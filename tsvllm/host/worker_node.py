@@ -9,6 +9,8 @@ parallel sizes. Every other host runs vLLM's headless workers from the *same* co
 The follower's engine args are the leader's (:func:`tsvllm.engine.vllm_engine.handler_argv`)
 with only the node rank (and, if given, the master address) replaced and ``--headless``
 added, so the two cannot disagree on the model, the parallel sizes or the engine settings.
+A follower ends itself (exit 1) once its leader's engine is gone
+(:mod:`tsvllm.host.leader_watch`): started again, it joins the leader's next engine.
 """
 
 from __future__ import annotations
