@@ -44,6 +44,7 @@ from tsvllm.deploy.common import (
     shm_mb,
 )
 from tsvllm.deploy.multinode import (
+    GPU,
     POD_IP,
     POD_WORKDIR,
     leader_args,
@@ -52,7 +53,6 @@ from tsvllm.deploy.multinode import (
     worker_args,
 )
 
-GPU = "nvidia.com/gpu"
 WEIGHTS_MOUNT = "/models"
 HF_SECRET = "hf-token"
 LWS_API = "leaderworkerset.x-k8s.io/v1"

@@ -31,6 +31,7 @@ WORKER_INDEX = "$(LWS_WORKER_INDEX)"
 POD_WORKDIR = "/tmp/tsvllm"
 #: where a worker pod's entrypoint writes the model config (the leader: the same file name)
 POD_CONFIG = "$(TSVLLM_WORKDIR)/model-config.yaml"
+#: the extended resource of a pod's GPUs (NVIDIA's device plugin)
 GPU = "nvidia.com/gpu"
 #: environment every pod of a group must share (one engine, one model)
 SHARED_ENV = (
