@@ -19,8 +19,8 @@ from tsvllm.guards import (
     SecretsGuard,
     Stage,
 )
-from tsvllm.guards.normalize import decode_tag_chars, fold, fold_with_map
 from tsvllm.guards.rules import luhn_valid
+from tsvllm.textfold import decode_tag_chars, fold, fold_with_map
 
 CORPUS = Path(__file__).parent / "guard_corpus" / "ordinary.txt"
 DENY_TERMS = ["forbidden fruit", "project nightingale", "darn", "idiot"]

@@ -1,6 +1,6 @@
 """DenyListGuard: words and phrases that must not pass, robust to simple evasion.
 
-Both the terms and the text are folded (:func:`tsvllm.guards.normalize.fold`): NFKC,
+Both the terms and the text are folded (:func:`tsvllm.textfold.fold`): NFKC,
 case-folding, invisible characters removed, common Cyrillic/Greek look-alikes mapped to Latin
 (``homoglyphs=True``). Words of a phrase match across any run of whitespace (``bad   word``,
 ``bad\\nword``), and a term matches on word boundaries only: ``ass`` does not match
@@ -17,7 +17,7 @@ import re
 from collections.abc import Iterable
 
 from tsvllm.guards.base import Action, Finding, RuleGuard, Stage
-from tsvllm.guards.normalize import fold, fold_with_map
+from tsvllm.textfold import fold, fold_with_map
 
 __all__ = ["DenyListGuard"]
 

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tsvllm.guards.base import Action, Finding, RuleGuard, Stage
-from tsvllm.guards.normalize import decode_tag_chars, fold, fold_with_map
+from tsvllm.textfold import decode_tag_chars, fold, fold_with_map
 
 __all__ = ["InjectionGuard"]
 

@@ -58,6 +58,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from tsvllm.config.guards import CATEGORIES
 from tsvllm.engine.base import Api, Engine
 from tsvllm.guards.base import Decision, Stage, parse_stages
 
@@ -74,24 +75,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-#: code → hazard name (MLCommons taxonomy as used by Llama Guard 3)
-CATEGORIES: dict[str, str] = {
-    "S1": "Violent Crimes",
-    "S2": "Non-Violent Crimes",
-    "S3": "Sex-Related Crimes",
-    "S4": "Child Sexual Exploitation",
-    "S5": "Defamation",
-    "S6": "Specialized Advice",
-    "S7": "Privacy",
-    "S8": "Intellectual Property",
-    "S9": "Indiscriminate Weapons",
-    "S10": "Hate",
-    "S11": "Suicide & Self-Harm",
-    "S12": "Sexual Content",
-    "S13": "Elections",
-    "S14": "Code Interpreter Abuse",
-}
 
 #: code → the name in the prompt (Llama Guard 3's chat template)
 PROMPT_NAMES: dict[str, str] = {

@@ -1,6 +1,8 @@
 """Text folding for evasion-resistant matching, with a map back to the original offsets.
 
-``fold(text)`` is what the deny list and the injection heuristics match on:
+``fold(text)`` is what the deny list and the injection heuristics (:mod:`tsvllm.guards`) match
+on, and what the config's check for blank deny-list terms uses (:mod:`tsvllm.config.guards`);
+standard library only, so both may import it:
 
 * invisible characters are removed: zero-width space/joiners/marks (U+200B-U+200F), word
   joiner and invisible operators (U+2060-U+2064), BOM (U+FEFF), soft hyphen (U+00AD), bidi
