@@ -16,6 +16,7 @@ import httpx
 
 from tsvllm.host import metrics_proxy
 from tsvllm.host.metrics_proxy import MetricsProxy, merge, worker_texts
+from tsvllm.metrics_files import METRICS_DIR_ENV
 from tsvllm.worker import engine_metrics
 from tsvllm.worker.engine_metrics import EngineMetrics, labels_for, relabel, worker_id
 
@@ -121,9 +122,7 @@ def test_start_runs_only_with_the_directory_and_writes_on_the_loop(tmp_path):
     assert engine_metrics.start(handler, ctx, environ={}) is None
 
     async def main():
-        writer = engine_metrics.start(
-            handler, ctx, environ={engine_metrics.METRICS_DIR_ENV: str(tmp_path)}
-        )
+        writer = engine_metrics.start(handler, ctx, environ={METRICS_DIR_ENV: str(tmp_path)})
         for _ in range(50):
             if writer.path.exists():
                 break

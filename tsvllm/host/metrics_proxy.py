@@ -32,7 +32,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from tsvllm.worker.engine_metrics import FILE_GLOB, pid_of
+from tsvllm.metrics_files import FILE_GLOB, pid_of
 
 logger = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from typing import Any, Literal
 from tsvllm.auth import KEY_FILE_ENV, write_key_file
 from tsvllm.drain import CONTROL_DIR_ENV
 from tsvllm.errors import ENGINE_START_FAILED
-from tsvllm.worker.engine_metrics import METRICS_DIR_ENV
+from tsvllm.metrics_files import METRICS_DIR_ENV
 
 #: who checks the inference key: the handler (401, tsvllm.auth), TorchServe's frontend
 #: (its token auth, 400 on a bad key), or nobody

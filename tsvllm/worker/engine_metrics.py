@@ -9,7 +9,8 @@ choice). So every :data:`INTERVAL_S` each worker renders its ``vllm:*`` series, 
 never overwrite each other), into ``worker-<pid>.prom`` in the directory the host names in
 ``TSVLLM_METRICS_DIR`` (atomically replaced; removed while the engine is not running). The
 host (:mod:`tsvllm.host.metrics_proxy`) serves them beside TorchServe's own metrics and
-ignores the files of workers that are gone.
+ignores the files of workers that are gone. Both sides take the file names from
+:mod:`tsvllm.metrics_files`.
 """
 
 from __future__ import annotations
@@ -24,36 +25,20 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from tsvllm.metrics_files import file_for, metrics_dir  # the file protocol the host reads
+
 logger = logging.getLogger(__name__)
 
-METRICS_DIR_ENV = "TSVLLM_METRICS_DIR"
 #: seconds between two renders of the engine's metrics
 INTERVAL_S = 2.0
 #: only these series are exported (the engine's own; the registry also holds the worker's
 #: python_*/process_* and vLLM's HTTP instrumentation, which are not the engine's)
 PREFIX = "vllm:"
-FILE_GLOB = "worker-*.prom"
 #: the labels every exported series gets
 LABELS = ("ts_model", "ts_version", "ts_worker")
 
 #: the strong references of the running tasks (the event loop holds only weak ones)
 _TASKS: set[asyncio.Task] = set()
-
-
-def metrics_dir(environ: Mapping[str, str]) -> Path | None:
-    """The directory named by ``TSVLLM_METRICS_DIR``, or None (then nothing is written)."""
-    value = environ.get(METRICS_DIR_ENV, "").strip()
-    return Path(value) if value else None
-
-
-def file_for(directory: Path, pid: int) -> Path:
-    return directory / f"worker-{pid}.prom"
-
-
-def pid_of(path: Path) -> int | None:
-    """The worker pid in a ``worker-<pid>.prom`` file name, else None."""
-    match = re.fullmatch(r"worker-(\d+)\.prom", path.name)
-    return int(match.group(1)) if match else None
 
 
 def worker_id(argv: Sequence[str] | None = None, *, pid: int | None = None) -> str:
