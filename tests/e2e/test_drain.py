@@ -23,7 +23,7 @@ import pytest
 
 from tests.e2e.test_entrypoint import Entrypoint
 from tests.e2e.test_launch import GONE_WITHIN, Launch, session_left
-from tsvllm.deploy.common import OPENAI_BASE
+from tsvllm.contract import OPENAI_BASE
 
 STREAMS = 12
 TOKENS = 400

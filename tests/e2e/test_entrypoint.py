@@ -26,7 +26,7 @@ import psutil
 import pytest
 
 from tests.e2e.test_launch import GONE_WITHIN, free_port_block
-from tsvllm.deploy.common import (
+from tsvllm.contract import (
     LIVENESS_ROUTE,
     OPENAI_BASE,
     READINESS_ROUTE,

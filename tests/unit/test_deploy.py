@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 from tsvllm.cli import main as cli
+from tsvllm.contract import LIVENESS_ROUTE, READINESS_ROUTE, VERTEX_PREDICT_ROUTE
 from tsvllm.deploy import DeployOptions, generate
-from tsvllm.deploy.common import LIVENESS_ROUTE, READINESS_ROUTE, VERTEX_PREDICT_ROUTE
 from tsvllm.deploy.validate import validate_dir
 
 REPO = Path(__file__).resolve().parents[2]

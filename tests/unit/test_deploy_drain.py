@@ -12,8 +12,9 @@ import pytest
 import yaml
 
 from tests.unit.test_deploy import REPO, assets, broken_copy, load
+from tsvllm.contract import READINESS_ROUTE
 from tsvllm.deploy import DeployError, generate
-from tsvllm.deploy.common import READINESS_ROUTE, grace_period_s
+from tsvllm.deploy.common import grace_period_s
 from tsvllm.deploy.validate import validate_dir
 from tsvllm.host import shutdown
 

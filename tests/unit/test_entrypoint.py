@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tsvllm.deploy.common import READINESS_ROUTE, VERTEX_PREDICT_ROUTE
+from tsvllm.contract import READINESS_ROUTE, VERTEX_PREDICT_ROUTE
 from tsvllm.host import entrypoint as ep
 from tsvllm.host.entrypoint import EntrypointError
 

@@ -42,6 +42,44 @@ def test_docker_config_matches_the_generated_defaults():
     assert shipped == parse(ts_config_text())
 
 
+def test_launch_the_container_and_the_shipped_file_share_the_size_caps():
+    """One definition (tsvllm.contract): the values docs/TORCHSERVE.md's table states."""
+    from tsvllm.host import entrypoint
+
+    _, container_extra, _ = entrypoint.torchserve_settings({})
+    configs = {
+        "docker/config.properties": parse((REPO / "docker" / "config.properties").read_text()),
+        "tsvllm launch": parse(ts_config_text()),
+        "container": parse(ts_config_text(extra=container_extra)),
+    }
+    for where, props in configs.items():
+        assert props["max_request_size"] == str(8 * 1024 * 1024), where
+        assert props["max_response_size"] == str(32 * 1024 * 1024), where
+    assert configs["docker/config.properties"]["default_response_timeout"] == "300"
+    assert configs["tsvllm launch"]["default_response_timeout"] == "300"
+    # the container's frontend default follows the model's responseTimeout
+    assert configs["container"]["default_response_timeout"] == "1200"
+
+
+def test_launch_and_the_container_default_to_the_model_configs_timeouts(tmp_path):
+    from tsvllm.config import ModelConfig
+    from tsvllm.host import entrypoint
+    from tsvllm.host.launcher import Placement, model_config_from_flags, parse_args
+
+    fields = ModelConfig.model_fields
+    assert fields["startupTimeout"].default == fields["responseTimeout"].default == 1200
+    launched = model_config_from_flags(
+        model_path="m",
+        model_name="m",
+        placement=Placement(device="cpu", tensor_parallel_size=1),
+        engine={},
+        startup_timeout=parse_args(["--model_id", "m"]).startup_timeout,
+    )
+    container = entrypoint.model_config({"TSVLLM_DEVICE": "cpu"}, model="/m", gpus=0)
+    for cfg in (launched, container):
+        assert (cfg.startupTimeout, cfg.responseTimeout) == (1200, 1200)
+
+
 def test_management_on_a_unix_socket(tmp_path):
     from tsvllm.host.torchserve import ts_config_text
 

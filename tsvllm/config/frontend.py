@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from tsvllm.config.handler import HandlerConfig
+from tsvllm.contract import RESPONSE_TIMEOUT_S, STARTUP_TIMEOUT_S
 
 
 class TorchrunConfig(BaseModel):
@@ -76,10 +77,12 @@ class ModelConfig(BaseModel):
         None, "Milliseconds to wait for a batch to fill; irrelevant with batchSize 1.", ge=0
     )
     responseTimeout: int = _int(
-        1200, "Seconds a request may take before the frontend fails it.", gt=0
+        RESPONSE_TIMEOUT_S, "Seconds a request may take before the frontend fails it.", gt=0
     )
     startupTimeout: int = _int(
-        1200, "Seconds initialize() (engine start) may take before the worker is killed.", gt=0
+        STARTUP_TIMEOUT_S,
+        "Seconds initialize() (engine start) may take before the worker is killed.",
+        gt=0,
     )
     deviceType: Literal["cpu", "gpu"] = Field(
         "cpu", description="Where the engine runs: cpu or gpu."

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from tsvllm.config.audit import AuditLogConfig
 from tsvllm.config.guards import GuardsConfig
 from tsvllm.config.rag import RagConfig
+from tsvllm.contract import MAX_BODY_BYTES, REQUEST_TIMEOUT_S
 
 
 def _coerce_env_value(key: str, value: Any) -> str:
@@ -90,7 +91,7 @@ class HandlerConfig(BaseModel):
         ),
     )
     max_body_bytes: int = Field(
-        1_048_576,
+        MAX_BODY_BYTES,
         gt=0,
         description="Largest accepted request body in bytes; larger bodies get HTTP 413.",
     )
@@ -103,7 +104,7 @@ class HandlerConfig(BaseModel):
         ),
     )
     request_timeout_s: float = Field(
-        300.0,
+        REQUEST_TIMEOUT_S,
         gt=0,
         description=(
             "Longest a request may run; then its generation is aborted (504, or an error "

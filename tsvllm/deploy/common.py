@@ -1,8 +1,8 @@
-"""What the deployment generators share: names, ports, routes, image, probe timing, env.
+"""What the deployment generators share: image, probe timing, env, options.
 
 The container (``docker/Dockerfile*``, :mod:`tsvllm.host.entrypoint`) always serves one
-TorchServe model named :data:`MODEL_NAME`, version :data:`MODEL_VERSION`, so every route
-a platform needs is fixed here, once. The generators turn a model config into the
+TorchServe model with fixed names, ports and routes: those are the runtime contract,
+:mod:`tsvllm.contract`, which the host imports too. The generators turn a model config into the
 container's environment (:func:`container_env`): the entrypoint turns it back into a
 model config in the container.
 """
@@ -19,8 +19,22 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from tsvllm import urls
 from tsvllm.config import ModelConfig
+
+# the runtime contract (model name, ports, routes), re-exported for the generators
+from tsvllm.contract import (  # noqa: F401
+    CHAT_ROUTE,
+    INFERENCE_PORT,
+    LIVENESS_ROUTE,
+    MANAGEMENT_PORT,
+    METRICS_PORT,
+    MODEL_NAME,
+    MODEL_VERSION,
+    OPENAI_BASE,
+    PREFIX,
+    READINESS_ROUTE,
+    VERTEX_PREDICT_ROUTE,
+)
 from tsvllm.host.shutdown import (
     DEFAULT_DRAIN_TIMEOUT_S,
     DRAIN_TIMEOUT_ENV,
@@ -28,20 +42,6 @@ from tsvllm.host.shutdown import (
     shutdown_bound,
 )
 
-#: TorchServe model name and version inside the container (the URL's fixed segments)
-MODEL_NAME = "vllm"
-MODEL_VERSION = "1.0"
-INFERENCE_PORT = 8080
-MANAGEMENT_PORT = 8081
-METRICS_PORT = 8082
-PREFIX = f"/predictions/{MODEL_NAME}/{MODEL_VERSION}"
-#: TorchServe's /ping: the frontend is up and the worker registered (process alive).
-LIVENESS_ROUTE = "/ping"
-#: the handler's v1/models answers 503 until the engine has started (model ready)
-READINESS_ROUTE = f"{PREFIX}/{urls.MODELS}"
-CHAT_ROUTE = f"{PREFIX}/{urls.CHAT_COMPLETIONS}"
-OPENAI_BASE = f"{PREFIX}/v1"
-VERTEX_PREDICT_ROUTE = f"{PREFIX}/{urls.VERTEX_PREDICT}"
 #: images built from docker/Dockerfile and docker/Dockerfile.cpu (push them to your registry
 #: and pass --image)
 IMAGE_GPU = "tsvllm:0.1.0"

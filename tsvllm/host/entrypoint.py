@@ -52,9 +52,18 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-#: request bodies TorchServe accepts in the container: above Vertex AI's 1.5 MB, so that
-#: the handler answers those with its own clear 413
-MAX_REQUEST_BYTES = 2 << 20
+from tsvllm.contract import (
+    INFERENCE_PORT,
+    LIVENESS_ROUTE,
+    MODEL_NAME,
+    OPENAI_BASE,
+    PREFIX,
+    READINESS_ROUTE,
+    RESPONSE_TIMEOUT_S,
+    STARTUP_TIMEOUT_S,
+    VERTEX_PREDICT_ROUTE,
+)
+
 SOURCES = ("MODEL_PATH", "AZUREML_MODEL_DIR", "AIP_STORAGE_URI", "MODEL_ID")
 _DONE = ".tsvllm-download-complete"
 PROG = "tsvllm-entrypoint"
@@ -327,8 +336,8 @@ def model_config(
     adapters = _lora_adapters(engine)
     chat_template = engine.pop("chat_template", None)
     names = [n.strip() for n in env.get("SERVED_MODEL_NAME", "").split(",") if n.strip()]
-    startup = _int_var(env, "TSVLLM_STARTUP_TIMEOUT", 1200)
-    response = _int_var(env, "TSVLLM_RESPONSE_TIMEOUT", 1200)
+    startup = _int_var(env, "TSVLLM_STARTUP_TIMEOUT", STARTUP_TIMEOUT_S)
+    response = _int_var(env, "TSVLLM_RESPONSE_TIMEOUT", RESPONSE_TIMEOUT_S)
     tp = env.get("TENSOR_PARALLEL_SIZE", "").strip()
 
     if env.get("TSVLLM_CONFIG"):
@@ -430,12 +439,11 @@ def inference_port(env: Mapping[str, str]) -> int:
             if not raw.isdigit() or not 1 <= int(raw) <= 65533:
                 raise EntrypointError(f"{name}={raw!r} is not a port (1-65533)")
             return int(raw)
-    return 8080
+    return INFERENCE_PORT
 
 
 def check_vertex_routes(env: Mapping[str, str]) -> None:
     """Vertex AI sends traffic to AIP_PREDICT_ROUTE/AIP_HEALTH_ROUTE: they must be ours."""
-    from tsvllm.deploy.common import LIVENESS_ROUTE, READINESS_ROUTE, VERTEX_PREDICT_ROUTE
 
     wanted = {
         "AIP_PREDICT_ROUTE": ((VERTEX_PREDICT_ROUTE,), "containerSpec.predictRoute"),
@@ -458,14 +466,16 @@ def torchserve_settings(env: Mapping[str, str]) -> tuple[Any, dict[str, str], bo
     # The inference API is the container's one public door: it must listen on 0.0.0.0
     # (tests set TSVLLM_BIND=127.0.0.1). Management stays on loopback, and metrics too
     # unless a scraper must reach them (the Kubernetes assets set TSVLLM_METRICS_BIND).
+    # The size caps are ts_config_text's (tsvllm.contract), as under tsvllm launch; the
+    # frontend's default response timeout follows the model's (TSVLLM_RESPONSE_TIMEOUT).
     bind = env.get("TSVLLM_BIND", "0.0.0.0").strip() or "0.0.0.0"
     metrics_bind = env.get("TSVLLM_METRICS_BIND", "127.0.0.1").strip() or "127.0.0.1"
     extra = {
         "inference_address": f"http://{bind}:{ports.inference}",
         "metrics_address": f"http://{metrics_bind}:{ports.metrics}",
-        "max_request_size": str(MAX_REQUEST_BYTES),
-        "max_response_size": str(MAX_REQUEST_BYTES),
-        "default_response_timeout": str(_int_var(env, "TSVLLM_RESPONSE_TIMEOUT", 1200)),
+        "default_response_timeout": str(
+            _int_var(env, "TSVLLM_RESPONSE_TIMEOUT", RESPONSE_TIMEOUT_S)
+        ),
     }
     return ports, extra, not _truthy(env.get("TSVLLM_DISABLE_TOKEN_AUTH"))
 
@@ -495,7 +505,6 @@ def _server(env: Mapping[str, str], *, models: list[str]) -> Any:
 
 def prepare(env: Mapping[str, str], *, master_addr: str | None = None) -> tuple[Any, Path]:
     """Check the environment, get the model, write the config and build the archive."""
-    from tsvllm.deploy.common import MODEL_NAME
     from tsvllm.host.archive import DEFAULT_HANDLER, build_archive
 
     check_vertex_routes(env)
@@ -543,7 +552,6 @@ def run_worker_node(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 
 def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> int:
-    from tsvllm.deploy.common import MODEL_NAME, OPENAI_BASE
     from tsvllm.host.archive import ArchiveError
     from tsvllm.host.launcher import serve_foreground
     from tsvllm.host.shutdown import drain_timeout
@@ -605,7 +613,6 @@ def _parser() -> argparse.ArgumentParser:
 def _announce_routes(ts: Any, env: Mapping[str, str]) -> None:
     """Say what a pooling model serves (it has no completions or chat), and warn when
     Vertex AI would send predictions to a route the model does not serve."""
-    from tsvllm.deploy.common import MODEL_NAME, PREFIX
     from tsvllm.host.launcher import served_routes
 
     routes = served_routes(ts, MODEL_NAME)
@@ -629,7 +636,6 @@ def _announce_routes(ts: Any, env: Mapping[str, str]) -> None:
 
 def probe(kind: str, env: Mapping[str, str]) -> int:
     """Exec probe: ``ready`` = the model answers v1/models; ``alive`` = /ping answers."""
-    from tsvllm.deploy.common import LIVENESS_ROUTE, MODEL_NAME
     from tsvllm.host.torchserve import ServeError
 
     ts = _server(env, models=[])

@@ -39,6 +39,7 @@ from typing import Any
 import yaml
 
 from tsvllm.config import ModelConfig, dump_model_config, validate_model_config
+from tsvllm.contract import RESPONSE_TIMEOUT_S, STARTUP_TIMEOUT_S
 
 
 class LaunchError(RuntimeError):
@@ -123,7 +124,7 @@ def model_config_from_flags(
         "minWorkers": 1,
         "maxWorkers": 1,
         "startupTimeout": startup_timeout,
-        "responseTimeout": 1200,
+        "responseTimeout": RESPONSE_TIMEOUT_S,
         "deviceType": placement.device,
         "asyncCommunication": True,
         "handler": {"model_path": model_path, "served_model_name": [model_name]},
@@ -207,7 +208,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--vllm_engine.max_num_seqs", dest="max_num_seqs", type=int, default=256)
     p.add_argument("--vllm_engine.max_model_len", dest="max_model_len", type=int)
     p.add_argument("--vllm_engine.download_dir", dest="download_dir")
-    p.add_argument("--startup_timeout", type=int, default=1200, help="seconds to load")
+    p.add_argument("--startup_timeout", type=int, default=STARTUP_TIMEOUT_S, help="seconds to load")
     p.add_argument("--dtype", default="auto", help="bfloat16, float16, float32 or auto")
     # ours
     p.add_argument("--config", help="a model-config.yaml to use instead of the flags above")

@@ -26,6 +26,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tsvllm.auth import KEY_FILE_ENV, write_key_file
+from tsvllm.contract import (
+    FRONTEND_RESPONSE_TIMEOUT_S,
+    GRPC_INFERENCE_PORT,
+    GRPC_MANAGEMENT_PORT,
+    INFERENCE_PORT,
+    MANAGEMENT_PORT,
+    MAX_REQUEST_BYTES,
+    MAX_RESPONSE_BYTES,
+    METRICS_PORT,
+)
 from tsvllm.drain import CONTROL_DIR_ENV
 from tsvllm.errors import ENGINE_START_FAILED
 from tsvllm.metrics_files import METRICS_DIR_ENV
@@ -74,11 +84,11 @@ def engine_start_failure(status: int, body: str) -> str | None:
 
 @dataclass(frozen=True)
 class Ports:
-    inference: int = 8080
-    management: int = 8081
-    metrics: int = 8082
-    grpc_inference: int = 7070
-    grpc_management: int = 7071
+    inference: int = INFERENCE_PORT
+    management: int = MANAGEMENT_PORT
+    metrics: int = METRICS_PORT
+    grpc_inference: int = GRPC_INFERENCE_PORT
+    grpc_management: int = GRPC_MANAGEMENT_PORT
 
     @classmethod
     def free(cls) -> Ports:
@@ -101,7 +111,7 @@ def ts_config_text(
     model_store: str | Path | None = None,
     token_auth: bool = True,
     management_socket: str | Path | None = None,
-    max_request_size: int = 8 << 20,
+    max_request_size: int = MAX_REQUEST_BYTES,
     initial_worker_port: int | None = None,
     netty_threads: int | None = None,
     extra: Mapping[str, str] | None = None,
@@ -127,13 +137,13 @@ def ts_config_text(
         "disable_token_authorization": "false" if token_auth else "true",
         "enable_model_api": "false",
         "install_py_dep_per_model": "false",
-        # the frontend's hard cap (its 413 has no OpenAI body): above the handler's own
+        # the frontend's hard caps (its 413 has no OpenAI body): above the handler's own
         # limit (handler.max_body_bytes, 1 MiB by default), which answers in OpenAI's shape
         "max_request_size": str(max_request_size),
-        "max_response_size": str(32 << 20),
+        "max_response_size": str(MAX_RESPONSE_BYTES),
         "metrics_mode": "prometheus",
         "model_metrics_auto_detect": "true",
-        "default_response_timeout": "300",
+        "default_response_timeout": str(FRONTEND_RESPONSE_TIMEOUT_S),
         # requests the frontend holds for a model beyond those its worker has taken: past
         # it, TorchServe answers 503 (its own body). Its default of 100 turns a burst of 256
         # streams into 84 failures; vLLM's server queues without limit.
