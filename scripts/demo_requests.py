@@ -1,6 +1,11 @@
 """The quick start's four requests against a running TorchServe (rag_guard_handler).
 
 python scripts/demo_requests.py --url http://127.0.0.1:8080/predictions/vllm/1.0/v1 --key KEY
+python scripts/demo_requests.py --url URL --key-file key_file.json --wait 900
+
+With --wait it first waits until the model answers ``GET v1/models`` with 200, and stops
+(exit 1, no request sent) with the reason when it never does: the engine can never start
+(500 ``engine_start_failed``), or the deadline passed (the last answer is named).
 
 Against a pooling model (e.g. --model minilm, model_configs/minilm-embeddings-cpu.yaml), which
 has no chat, it embeds and scores instead.
@@ -9,16 +14,99 @@ has no chat, it embeds and scores instead.
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
 
 import openai
 
 
-def main() -> int:
+class NotReady(RuntimeError):
+    """The model did not become ready; the message says why."""
+
+
+def probe(url: str, *, key: str) -> tuple[int, str]:
+    """``GET <url>/models`` with the key: (HTTP status, body); OSError when nothing answers."""
+    req = urllib.request.Request(url.rstrip("/") + "/models")
+    req.add_header("Authorization", f"Bearer {key}")
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return resp.status, resp.read().decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors="replace")
+
+
+def _error(body: str) -> dict:
+    try:
+        error = json.loads(body).get("error")
+    except (ValueError, AttributeError):
+        return {}
+    return error if isinstance(error, dict) else {}
+
+
+def read_key(key_file: Path) -> str | None:
+    """The inference key in TorchServe's key_file.json, None while the file is not there."""
+    try:
+        return json.loads(key_file.read_text())["inference"]["key"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def wait_ready(
+    url: str,
+    *,
+    key_file: Path,
+    timeout: float,
+    interval: float = 1.0,
+) -> str:
+    """Wait until the model at ``url`` serves; return the inference key.
+
+    Raises NotReady at once when the handler says its engine can never start (500
+    ``engine_start_failed``), else when ``timeout`` seconds pass, naming the last answer.
+    """
+    deadline = time.monotonic() + timeout
+    last = f"no key in {key_file} yet (TorchServe writes it when it starts)"
+    while True:
+        key = read_key(key_file)
+        if key is not None:
+            try:
+                status, body = probe(url, key=key)
+            except OSError as exc:
+                last = f"nothing answers at {url} ({exc})"
+            else:
+                error = _error(body)
+                if status == 200:
+                    return key
+                if status == 500 and error.get("code") == "engine_start_failed":
+                    raise NotReady(f"the engine can never start: {error.get('message')}")
+                last = f"HTTP {status}: {error.get('message') or body.strip()[:300]}"
+        if time.monotonic() >= deadline:
+            raise NotReady(f"the model was not ready after {timeout:.0f} s; last answer: {last}")
+        time.sleep(interval)
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--url", required=True, help="OpenAI base URL (…/v1)")
-    parser.add_argument("--key", required=True, help="TorchServe inference key")
+    keys = parser.add_mutually_exclusive_group(required=True)
+    keys.add_argument("--key", help="TorchServe inference key")
+    keys.add_argument("--key-file", type=Path, help="TorchServe's key_file.json")
+    parser.add_argument(
+        "--wait", type=float, default=0, help="seconds to wait for the model first (0: none)"
+    )
     parser.add_argument("--model", default="smollm2")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.wait and not args.key_file:
+        parser.error("--wait needs --key-file (the key is written when TorchServe starts)")
+    if args.key_file:
+        try:
+            args.key = wait_ready(args.url, key_file=args.key_file, timeout=args.wait)
+        except NotReady as exc:
+            print(f"demo: the model never became ready: {exc}", file=sys.stderr)
+            return 1
     client = openai.OpenAI(base_url=args.url, api_key=args.key, max_retries=0, timeout=300)
 
     def ask(title: str, question: str) -> None:

@@ -3,6 +3,8 @@
 # CPU (no hub) with RAG over examples/corpus and guards on, and ask it four questions.
 # Leaves TorchServe running; stop it with
 #   .venv/bin/torchserve --stop
+# If the model never becomes ready (or a request fails), it stops with the reason, exit 1,
+# and stops the TorchServe it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -19,26 +21,31 @@ if curl -s -o /dev/null http://127.0.0.1:8080/ping; then
 fi
 rm -f key_file.json
 mkdir -p logs  # TorchServe's own logs go here too
+
+# On any failure from here on (the model never became ready, a request failed, Ctrl-C), stop
+# the TorchServe this script started; on success it keeps serving.
+stop_on_failure() {
+  local status=$?
+  if [ "$status" -ne 0 ]; then
+    echo "quickstart: failed (exit $status); stopping the TorchServe it started" >&2
+    torchserve --stop >/dev/null 2>&1 || true
+  fi
+  exit "$status"
+}
+trap stop_on_failure EXIT
+trap 'exit 130' INT TERM
 torchserve --start --ncs --model-store model_store --models vllm --ts-config docker/config.properties \
   > logs/torchserve.out 2>&1
 
 URL=http://127.0.0.1:8080/predictions/vllm/1.0/v1
 echo "quickstart: waiting for the model to load (about a minute on 2 cores)..."
-KEY=""
-for _ in $(seq 1 900); do
-  [ -z "$KEY" ] && [ -f key_file.json ] && \
-    KEY=$(python -c 'import json; print(json.load(open("key_file.json"))["inference"]["key"])')
-  if [ -n "$KEY" ] && curl -sf -m 5 -o /dev/null -H "Authorization: Bearer $KEY" "$URL/models"; then
-    break
-  fi
-  sleep 1
-done
-if [ -z "$KEY" ]; then
-  echo "quickstart: TorchServe did not come up; see logs/torchserve.out and logs/model_log.log" >&2
+# waits for GET v1/models to answer 200, then asks the four questions; exits 1 with the
+# reason, asking nothing, when the engine can never start or is not ready in 900 s
+if ! python scripts/demo_requests.py --url "$URL" --key-file key_file.json --wait 900; then
+  echo "quickstart: see logs/torchserve.out and logs/model_log.log" >&2
   exit 1
 fi
-
-python scripts/demo_requests.py --url "$URL" --key "$KEY"
+KEY=$(python -c 'import json; print(json.load(open("key_file.json"))["inference"]["key"])')
 cat <<MSG
 
 TorchServe is serving SmolLM2 with RAG and guards at $URL
