@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import struct
-from collections.abc import AsyncIterator, Mapping
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,24 @@ def golden(name: str) -> Any:
     return json.loads((GOLDEN / name).read_text())
 
 
+def wait_until(holds: Callable[[], bool], *, what: str, timeout: float = 10.0) -> None:
+    """Poll ``holds()`` until it is true; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not holds():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        time.sleep(0.01)
+
+
+async def until(holds: Callable[[], bool], *, what: str, timeout: float = 10.0) -> None:
+    """:func:`wait_until` on the event loop: other tasks run between the polls."""
+    deadline = time.monotonic() + timeout
+    while not holds():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        await asyncio.sleep(0.005)
+
+
 class FakeEngine:
     """Answers with golden OpenAI bodies; validates like vLLM would, minimally."""
 
@@ -32,6 +51,8 @@ class FakeEngine:
         self.generates = True
         self.delay_s = 0.0  # per stream chunk, and before a full response
         self.shut_down = False
+        self.running = 0  # requests between their start and their last byte, as vLLM counts
+        self.hold: asyncio.Event | None = None  # if set, a full response waits for it
 
     async def generate(self, api: Api, body: Mapping[str, Any], *, request_id: str):
         self.calls.append((api, dict(body), request_id))
@@ -41,10 +62,17 @@ class FakeEngine:
             raise BadRequest("max_tokens: Input should be a valid integer", param="max_tokens")
         if body.get("stream"):
             return self._stream(golden("chat_completion_chunks.json"))
-        await asyncio.sleep(self.delay_s)
-        return golden("chat_completion.json" if api is Api.CHAT else "completion.json")
+        self.running += 1
+        try:
+            if self.hold is not None:
+                await self.hold.wait()
+            await asyncio.sleep(self.delay_s)
+            return golden("chat_completion.json" if api is Api.CHAT else "completion.json")
+        finally:
+            self.running -= 1
 
     async def _stream(self, chunks: list[dict[str, Any]]) -> AsyncIterator[StreamEvent]:
+        self.running += 1
         try:
             for chunk in chunks:
                 if chunk.get("explode"):
@@ -53,6 +81,7 @@ class FakeEngine:
                 yield StreamEvent(json.dumps(chunk))
         finally:
             self.closed_streams += 1
+            self.running -= 1
 
     ROUTES = (
         EngineRoute("tokenize", frozenset({"POST"})),
@@ -79,6 +108,7 @@ class FakeEngine:
         return EngineReply(200, "application/json", json.dumps(reply).encode())
 
     async def _response_events(self) -> AsyncIterator[bytes]:
+        self.running += 1
         try:
             for i, kind in enumerate(["created", "output_text.delta", "completed"]):
                 await asyncio.sleep(self.delay_s)
@@ -86,6 +116,7 @@ class FakeEngine:
                 yield f"event: response.{kind}\ndata: {data}\n\n".encode()
         finally:
             self.closed_streams += 1
+            self.running -= 1
 
     async def abort(self, request_id: str) -> None:
         self.aborted.append(request_id)
@@ -97,7 +128,7 @@ class FakeEngine:
         return None
 
     def running_requests(self) -> int:
-        return len(self.calls) - self.closed_streams
+        return self.running
 
     def shutdown(self) -> None:
         self.shut_down = True

@@ -5,14 +5,37 @@ from __future__ import annotations
 import asyncio
 import json
 
-from tests.unit.conftest import FakeEngine
+from tests.unit.conftest import FakeEngine, make_context, until
 from tests.unit.test_handler import error_of, serve
 
 
-def test_health_reports_running_requests(handler):
-    _, status, ctype, payload = serve(handler, "health", None)
-    assert (status, ctype) == (200, "application/json")
-    assert json.loads(payload) == {"status": "ok", "running_requests": 0}
+def test_health_reports_running_requests(handler, engine):
+    async def health() -> dict:
+        ctx = make_context("health")
+        reply = await handler.handle([{"body": None}], ctx)
+        assert (ctx.get_response_status(0)[0], ctx.get_response_content_type(0)) == (
+            200,
+            "application/json",
+        )
+        return json.loads(reply[0])
+
+    async def scenario():
+        assert await health() == {"status": "ok", "running_requests": 0}
+        engine.hold = asyncio.Event()
+        ctx = make_context("v1/completions")
+        held = asyncio.ensure_future(handler.handle([{"body": {"prompt": "hi"}}], ctx))
+        await until(lambda: engine.running == 1, what="the request reaches the engine")
+        during = await health()
+        engine.hold.set()
+        await held
+        assert ctx.get_response_status(0)[0] == 200
+        stream = make_context("v1/chat/completions")
+        await handler.handle([{"body": {"stream": True}}], stream)
+        return during, await health()
+
+    during, after = asyncio.run(scenario())
+    assert during == {"status": "ok", "running_requests": 1}
+    assert after == {"status": "ok", "running_requests": 0}  # a full reply and a stream later
 
 
 def test_a_slow_full_response_is_stopped_at_the_deadline(handler, engine):
@@ -48,8 +71,6 @@ def test_a_dead_engine_gets_503_and_is_replaced(handler, engine):
     engine.dead = True
 
     async def scenario():
-        from tests.unit.conftest import make_context
-
         ctx = make_context("v1/completions")
         first = await handler.handle([{"body": {"prompt": "hi"}}], ctx)
         assert ctx.get_response_status(0)[0] == 503
@@ -71,8 +92,6 @@ def test_deeply_nested_json_is_a_400_not_a_crash(handler):
 
 
 def test_a_decoded_body_over_the_limit_is_refused_by_its_content_length(handler, engine):
-    from tests.unit.conftest import make_context
-
     handler.max_body_bytes = 100
     ctx = make_context("v1/completions", headers={"Content-Length": "5000"})
     payload = asyncio.run(handler.handle([{"body": {"prompt": "hi"}}], ctx))[0]
