@@ -5,7 +5,8 @@ Subcommands:
   archive CONFIG --name N ...           build a no-archive / mar / tgz artifact
   validate CONFIG_OR_DIR...             check model configs (ours and vLLM's engine args), or
                                         deployment asset folders (every platform validator)
-  deploy {azureml,k8s,vertex} CONFIG --out DIR   generate deployment assets + README
+  deploy PLATFORM CONFIG --out DIR      generate deployment assets + README (the platforms:
+                                        tsvllm.deploy.PLATFORMS)
   index CORPUS_DIR --out INDEX_DIR      build a RAG index (all-MiniLM-L6-v2, exact cosine)
   bench hooks [--json PATH]             time retrieval, query embedding and rule guards
   bench serve --model-dir DIR ...       vLLM's own server vs TorchServe + VLLMHandler
@@ -131,22 +132,14 @@ def _validate_assets(folder: str) -> int:
 
 
 def _cmd_deploy(args: argparse.Namespace) -> int:
-    from tsvllm.deploy import DeployOptions, generate
+    from tsvllm.deploy import PLATFORMS, DeployOptions, generate
 
-    only = {
-        "private": "azureml",
-        "disable_token_auth": "k8s",
-        "artifact_uri": "vertex",
-        "max_replicas": "k8s",
-        "waiting_per_replica": "k8s",
-        "prometheus_url": "k8s",
-    }
-    if args.autoscaling != "none" and args.platform != "k8s":
-        raise ValueError("--autoscaling applies to k8s only")
-    for option, platform in only.items():
-        if getattr(args, option) and args.platform != platform:
-            flag = "--" + option.replace("_", "-")
-            raise ValueError(f"{flag} applies to {platform} only")
+    for platform, entry in PLATFORMS.items():
+        for option in entry.own_options:
+            value = getattr(args, option)  # unset: None, false, or "none"
+            if value and value != "none" and args.platform != platform:
+                flag = "--" + option.replace("_", "-")
+                raise ValueError(f"{flag} applies to {platform} only")
     options = DeployOptions(
         name=args.name,
         image=args.image,
@@ -360,8 +353,11 @@ def _add_validate(sub: argparse._SubParsersAction) -> None:
 
 def _add_deploy(sub: argparse._SubParsersAction) -> None:
     """``tsvllm deploy``"""
-    p = sub.add_parser("deploy", help="generate Azure ML, Kubernetes or Vertex AI assets")
-    p.add_argument("platform", choices=["azureml", "k8s", "vertex"])
+    from tsvllm.deploy import PLATFORMS
+
+    titles = [entry.title for entry in PLATFORMS.values()]
+    p = sub.add_parser("deploy", help=f"generate {', '.join(titles[:-1])} or {titles[-1]} assets")
+    p.add_argument("platform", choices=list(PLATFORMS))
     p.add_argument("config", help="model-config.yaml")
     p.add_argument("--out", required=True, help="folder to write the assets and README into")
     p.add_argument("--name", help="resource name (default: the config file's name)")

@@ -17,6 +17,7 @@ from tsvllm.deploy.common import (
     LIVENESS_ROUTE,
     READINESS_ROUTE,
     DeployError,
+    DeployOptions,
     Target,
     container_env,
     drain_timeout_s,
@@ -205,6 +206,16 @@ def _update_note(target: Target, name: str) -> list[str]:
         "many failures (it also covers the model's load), so it does not take the instance "
         "out of rotation quickly: moving the traffic first is what protects requests.",
     ]
+
+
+def assets(target: Target, options: DeployOptions) -> dict[str, str]:
+    """The platform entry point (:data:`tsvllm.deploy.PLATFORMS`)."""
+    return generate(
+        target,
+        private=options.private,
+        instance_type_=options.instance_type,
+        replicas=options.replicas,
+    )
 
 
 def generate(

@@ -34,6 +34,7 @@ from tsvllm.deploy.common import (
     PRESTOP_SLEEP_S,
     READINESS_ROUTE,
     DeployError,
+    DeployOptions,
     Target,
     container_env,
     drain_timeout_s,
@@ -405,6 +406,21 @@ def _readme_commands(target: Target, *, multi_node: bool, token_auth: bool) -> l
         "```",
     ]
     return lines
+
+
+def assets(target: Target, options: DeployOptions) -> dict[str, str]:
+    """The platform entry point (:data:`tsvllm.deploy.PLATFORMS`)."""
+    return generate(
+        target,
+        replicas=options.replicas,
+        gpus_per_node=options.gpus_per_node,
+        token_auth=not options.disable_token_auth,
+        storage_gi=options.storage_gi,
+        autoscaling=options.autoscaling,
+        max_replicas=options.max_replicas,
+        waiting_per_replica=options.waiting_per_replica,
+        prometheus_url=options.prometheus_url,
+    )
 
 
 def generate(

@@ -15,6 +15,7 @@ from tsvllm.deploy.common import (
     INFERENCE_PORT,
     READINESS_ROUTE,
     VERTEX_PREDICT_ROUTE,
+    DeployOptions,
     Target,
     container_env,
     drain_timeout_s,
@@ -154,6 +155,11 @@ def _update_note(target: Target) -> list[str]:
         "before killing the container, and whether it waits for requests in flight (its "
         "documentation we could check does not say).",
     ]
+
+
+def assets(target: Target, options: DeployOptions) -> dict[str, str]:
+    """The platform entry point (:data:`tsvllm.deploy.PLATFORMS`)."""
+    return generate(target, artifact_uri=options.artifact_uri)
 
 
 def generate(target: Target, *, artifact_uri: str | None) -> dict[str, str]:
