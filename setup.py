@@ -60,6 +60,7 @@ setup(
         "dev": [
             "pytest>=8",
             "pytest-timeout>=2.3",
+            "pytest-xdist>=3.5",  # scripts/test.sh runs the suite in 2 workers
             "hypothesis>=6.100",
             "openai>=1.40",
             "anthropic>=0.40",  # the Messages API e2e test uses Anthropic's own client

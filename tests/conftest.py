@@ -1,11 +1,31 @@
-"""Marks each test by its folder (tests/unit → unit, ...); SIGTERM still tears fixtures down."""
+"""Marks each test by its folder (tests/unit → unit, ...) and puts the e2e tests that share a
+server into one ``pytest-xdist`` group; SIGTERM still tears fixtures down; the run reports
+where its time went and fails if it left a server process behind (tests/suite_report.py)."""
 
 import signal
 from pathlib import Path
 
 import pytest
 
+from tests.suite_report import (  # noqa: F401 - pytest hooks
+    pytest_runtest_logreport,
+    pytest_sessionfinish,
+    pytest_sessionstart,
+    pytest_terminal_summary,
+)
+
 KINDS = ("unit", "integration", "e2e")
+
+#: e2e tests that use the session server (tests/e2e/conftest.py) run in one xdist worker,
+#: so that a run starts it once; the other e2e files each start their own servers and
+#: form one group per file
+SESSION_SERVER_GROUP = "e2e-session-server"
+
+
+def xdist_group(item: pytest.Item) -> str:
+    if "server" in getattr(item, "fixturenames", ()):
+        return SESSION_SERVER_GROUP
+    return f"e2e-{Path(str(item.fspath)).stem}"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -14,6 +34,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         for kind in KINDS:
             if kind in parts:
                 item.add_marker(getattr(pytest.mark, kind))
+        if "e2e" in parts:
+            item.add_marker(pytest.mark.xdist_group(xdist_group(item)))
 
 
 def _interrupt(signum, frame):

@@ -2,7 +2,8 @@
 
 Each class starts ``python -m tsvllm.host.entrypoint`` (real TorchServe + real vLLM, tiny model)
 with a platform's environment, talks to it with the official ``openai`` client and plain
-HTTP, and ends it with SIGTERM, checking that no process it started survives. Servers bind
+HTTP, and ends it with SIGTERM, checking that no process it started survives (on Azure ML's,
+while streams run: it drains them first). Servers bind
 127.0.0.1 (TSVLLM_BIND), not the container's 0.0.0.0.
 """
 
@@ -25,7 +26,8 @@ import httpx
 import psutil
 import pytest
 
-from tests.e2e.test_launch import GONE_WITHIN, free_port_block
+from tests.e2e.launched import GONE_WITHIN, free_port_block
+from tests.e2e.streams import STOP_MARGIN, TOKENS, join, start_streams
 from tsvllm.contract import (
     LIVENESS_ROUTE,
     OPENAI_BASE,
@@ -148,7 +150,7 @@ class TestAzureML:
         assert [m["id"] for m in models.json()["data"]] == ["tiny"]
         assert azure.probe("ready") == 0 and azure.probe("alive") == 0
 
-    def test_only_inference_is_served_and_nothing_outlives_sigterm(self, azure):
+    def test_only_inference_is_served(self, azure):
         """Management and metrics answer on loopback (or their Unix socket) and nowhere else:
         a TCP connect to their ports on a non-loopback address of this machine is refused."""
         listening = {c.laddr.port for p in azure.tree() for c in _listening(p)}
@@ -181,8 +183,24 @@ class TestAzureML:
                 if not _is_loopback(c.laddr.ip)
             }
             assert outside == set(), outside
+
+    def test_sigterm_drains_every_stream_and_leaves_nothing(self, azure):
+        url = azure.url + OPENAI_BASE + "/chat/completions"
+        running = start_streams(url, model="tiny")
+        tree = azure.tree()
+        azure.proc.send_signal(signal.SIGTERM)
+        streams = join(running, timeout=120)
+        code = azure.proc.wait(timeout=30 + STOP_MARGIN)
+        log = azure.log.read_text(errors="replace")
+        for s in streams:
+            assert s.error is None and s.done and s.errors == [], (s.error, s.events[-2:], log)
+            assert s.usage["completion_tokens"] == TOKENS
+        assert code == 0, log
+        assert "drain done in" in log
+        print([ln for ln in log.splitlines() if "drain" in ln or "stopped" in ln])
+        _, alive = psutil.wait_procs(tree, timeout=GONE_WITHIN)
+        assert alive == []
         assert azure.stop() == []
-        assert azure.proc.returncode == 0
 
 
 def _listening(proc: psutil.Process) -> list:
