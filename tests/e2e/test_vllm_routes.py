@@ -1,17 +1,11 @@
 """Every route `vllm serve` has, through TorchServe: Responses, Messages, tokenize, version,
-with the official clients (openai, anthropic) against the session server's tiny model, and
-vLLM's own benchmark client."""
+with the official clients (openai, anthropic) against the session server's tiny model.
+vLLM's own benchmark client runs in tests/e2e/test_torchserve_features.py, on a server
+without keys (it sends none to /tokenize)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import httpx
-import pytest
-
-from tests.e2e.conftest import archive, started
-from tsvllm.host.torchserve import TorchServe
 
 
 def url(server, path: str, model: str = "tiny") -> str:
@@ -73,42 +67,6 @@ def test_version_and_an_unknown_route_that_lists_every_route(server, key):
     message = missing.json()["error"]["message"]
     for route in ("/v1/responses", "/v1/messages", "/tokenize", "/detokenize", "/version"):
         assert route in message
-
-
-@pytest.fixture(scope="module")
-def open_server(tmp_path_factory, tiny_model):
-    """A server without keys: vLLM's benchmark client sends none to /tokenize."""
-    root = tmp_path_factory.mktemp("bench-client")
-    store = root / "model_store"
-    archive("tiny-cpu.yaml", model=tiny_model, store=store, name="bench")
-    ts = TorchServe(workdir=root / "ts", model_store=store, models=["bench"], auth="off")
-    try:
-        yield started(ts, ["bench"])
-    finally:
-        ts.stop()
-
-
-def test_vllms_own_benchmark_client_finds_tokenize(open_server, tiny_model):
-    code = (
-        "import argparse, sys\n"
-        "from vllm.benchmarks.serve import add_cli_args, main\n"
-        "p = argparse.ArgumentParser(); add_cli_args(p)\n"
-        "main(p.parse_args(sys.argv[1:]))\n"
-    )
-    base = f"{open_server.inference_url}/predictions/bench/1.0"
-    out = subprocess.run(
-        [sys.executable, "-c", code, "--backend", "openai", "--base-url", base]
-        + ["--endpoint", "/v1/completions", "--model", "tiny", "--tokenizer", str(tiny_model)]
-        + ["--dataset-name", "random", "--random-input-len", "16", "--random-output-len", "8"]
-        + ["--num-prompts", "8", "--max-concurrency", "4", "--disable-tqdm"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    log = out.stdout + out.stderr
-    assert out.returncode == 0, log[-3000:]
-    assert "/tokenize unavailable" not in log
-    assert "Successful requests:" in log and "Failed requests:                         0" in log
 
 
 def test_guards_apply_on_the_responses_api(rag):
