@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
@@ -34,18 +35,48 @@ def audited(tmp_path_factory, tiny_model):
     ts = TorchServe(workdir=root / "ts", model_store=store, models=["audited"])
     try:
         started(ts, ["audited"])
-        add_named_keys(ts, KEYS)
+        add_named_keys(ts, log, KEYS)
         yield ts, log
     finally:
         ts.stop()
 
 
-def add_named_keys(ts: TorchServe, keys: dict[str, str]) -> None:
-    """Edit the running server's keys file as an operator would (no restart)."""
+def add_named_keys(ts: TorchServe, log: Path, keys: dict[str, str]) -> None:
+    """Edit the running server's keys file as an operator would (no restart), then poll
+    until both workers answer as it says; return once the audit log holds the polls' lines."""
     data = json.loads(ts.key_file.read_text())
+    removed = [key for name, key in (data.get("keys") or {}).items() if name not in keys]
     data["keys"] = keys
+    lines = len(read_lines(log, 0))
     ts.key_file.write_text(json.dumps(data))
-    time.sleep(1.5)  # the workers look at the file at most once per second
+    # the workers look at the file at most once per second
+    expect = {**{key: {200} for key in keys.values()}, **{key: {401} for key in removed}}
+    deadline = time.monotonic() + 10
+    sent = 0
+    while True:
+        got = statuses(ts, list(expect))
+        sent += sum(len(codes) for codes in got.values())
+        if got == expect or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert got == expect, got
+    read_lines(log, lines + sent)  # every poll is logged (a 401 too)
+
+
+#: concurrent requests per key in :func:`statuses`: enough for both workers to answer
+PER_KEY = 4
+
+
+def statuses(ts: TorchServe, keys: list[str]) -> dict[str, set[int]]:
+    """Per key, the statuses of :data:`PER_KEY` concurrent requests (both workers answer)."""
+    body = {"model": "tiny", "prompt": "hi", "max_tokens": 1}
+    sent = [key for key in keys for _ in range(PER_KEY)]
+    with ThreadPoolExecutor(len(sent)) as pool:
+        codes = list(pool.map(lambda key: post(ts, key, body).status_code, sent))
+    out: dict[str, set[int]] = {key: set() for key in keys}
+    for key, code in zip(sent, codes, strict=True):
+        out[key].add(code)
+    return out
 
 
 def post(ts: TorchServe, key: str, body: dict) -> httpx.Response:
@@ -95,8 +126,7 @@ def test_a_key_removed_from_the_file_is_refused_without_a_restart(audited):
     ts, log = audited
     body = {"model": "tiny", "prompt": "hi", "max_tokens": 2}
     assert post(ts, KEYS["team-b"], body).status_code == 200
-    add_named_keys(ts, {"team-a": KEYS["team-a"]})
-    # every worker must have reloaded: ask several times (the frontend picks the worker)
-    statuses = {post(ts, KEYS["team-b"], body).status_code for _ in range(6)}
-    assert statuses == {401}
-    assert post(ts, KEYS["team-a"], body).status_code == 200
+    add_named_keys(ts, log, {"team-a": KEYS["team-a"]})
+    # every worker has reloaded: concurrent requests reach both
+    got = statuses(ts, [KEYS["team-b"], KEYS["team-a"]])
+    assert got == {KEYS["team-b"]: {401}, KEYS["team-a"]: {200}}
