@@ -11,6 +11,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from tests.unit.conftest import golden, make_context
 from tsvllm.config import validate_model_config
 from tsvllm.engine.base import StreamEvent
+from tsvllm.errors import BadRequest
 from tsvllm.rag.base import Chunk
 from tsvllm.worker.rag_guard import RagGuardHandler, build_guard_chain
 
@@ -97,6 +98,16 @@ CONFIG = {
         },
     },
 }
+
+
+class SchemaRefusingEngine(ScriptedEngine):
+    """Refuses every body as vLLM refuses one that does not fit the OpenAI schema."""
+
+    VERDICT = "1 validation error for ChatCompletionRequest (the engine's own words)"
+
+    async def generate(self, api, body, *, request_id):
+        self.bodies.append(json.loads(json.dumps(body)))
+        raise BadRequest(self.VERDICT, param="body")
 
 
 def make_handler(answer: str) -> RagGuardHandler:
@@ -200,11 +211,18 @@ def test_completions_prompt_gets_the_context_block_first():
     ],
 )
 def test_odd_bodies_never_crash_the_hooks(route, body):
-    """Schema errors are vLLM's to report (400); the hooks must not turn them into 500s."""
+    """Schema errors are vLLM's to report (400); the hooks must not turn them into 500s.
+
+    The engine here answers every body with vLLM's 400: the hooks must pass the odd body on
+    to it (not crash, not refuse it themselves), and the client must get that 400."""
     h = make_handler("ok")
+    h.engine = SchemaRefusingEngine("ok")
     ctx = make_context(route)
-    asyncio.run(h.handle([{"body": {"model": "tiny", **body}}], ctx))
-    assert ctx.get_response_status(0)[0] != 500
+    reply = asyncio.run(h.handle([{"body": {"model": "tiny", **body}}], ctx))[0]
+    assert ctx.get_response_status(0)[0] == 400
+    error = json.loads(reply)["error"]
+    assert error["message"] == SchemaRefusingEngine.VERDICT and error["param"] == "body"
+    assert len(h.engine.bodies) == 1  # it reached the engine
 
 
 def test_a_guard_chain_that_fails_to_build_shuts_down_the_engine_it_started(monkeypatch):
