@@ -17,13 +17,28 @@ import pytest
 import yaml
 
 from tsvllm.cli import main as cli
-from tsvllm.contract import LIVENESS_ROUTE, READINESS_ROUTE, VERTEX_PREDICT_ROUTE
 from tsvllm.deploy import DeployOptions, generate
 from tsvllm.deploy.validate import validate_dir
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((REPO / "model_configs").glob("*.yaml"))
 PLATFORMS = ("azureml", "k8s", "vertex")
+
+# The values the platforms and our docs document, written out (never the constants under test):
+# the container's routes, as docs/DEPLOY.md lists them ("Routes (model `vllm`, version `1.0`)")
+LIVENESS = "/ping"
+READINESS = "/predictions/vllm/1.0/v1/models"
+VERTEX_PREDICT = "/predictions/vllm/1.0/vertex/predict"
+# Azure ML managed online deployment YAML reference, request_settings.request_timeout_ms:
+# "the maximum value allowed is 180000 milliseconds" (docs/DEPLOY.md repeats it)
+AZURE_MAX_REQUEST_TIMEOUT_MS = 180_000
+# Kubernetes API reference, io.k8s.api.core.v1.Probe: successThreshold "Defaults to 1. Must be
+# 1 for liveness and startup"; timeoutSeconds "Defaults to 1 second"
+K8S_PROBE_DEFAULT_SUCCESS_THRESHOLD = 1
+K8S_PROBE_DEFAULT_TIMEOUT_S = 1
+# the config the probe tests use: llama-3.1-70b-instruct-tp4.yaml, startupTimeout 3600;
+# docs/DEPLOY.md: the readiness (Azure) / startup (Kubernetes) probe allows startupTimeout
+STARTUP_TIMEOUT_S = 3600
 
 
 def load(path: Path) -> Any:
@@ -75,12 +90,15 @@ def assets(tmp_path: Path, platform: str, config: str = "llama-3.1-70b-instruct-
 def test_azure_probes_differ_and_are_sized_from_startup_timeout(tmp_path):
     out = assets(tmp_path, "azureml")
     routes = load(out / "environment.yml")["inference_config"]
-    assert routes["liveness_route"]["path"] == LIVENESS_ROUTE  # process alive
-    assert routes["readiness_route"]["path"] == READINESS_ROUTE  # model ready
+    assert routes["liveness_route"]["path"] == LIVENESS  # process alive
+    assert routes["readiness_route"]["path"] == READINESS  # model ready
     dep = load(out / "deployment.yml")
     ready = dep["readiness_probe"]
-    assert ready["initial_delay"] + ready["period"] * ready["failure_threshold"] >= 3600
-    assert dep["request_settings"]["request_timeout_ms"] == 180_000  # capped at Azure's limit
+    window = ready["initial_delay"] + ready["period"] * ready["failure_threshold"]
+    # at least startupTimeout, and not so far past it that an engine that never starts hides
+    assert STARTUP_TIMEOUT_S <= window <= STARTUP_TIMEOUT_S + 120
+    # the config's responseTimeout is 1200 s: capped at Azure's limit
+    assert dep["request_settings"]["request_timeout_ms"] == AZURE_MAX_REQUEST_TIMEOUT_MS
     assert dep["model_mount_path"].startswith("/")
     assert dep["environment_variables"]["TSVLLM_DISABLE_TOKEN_AUTH"] == "1"
     assert "auth_mode: key" in (out / "endpoint.yml").read_text()
@@ -107,7 +125,13 @@ def test_k8s_deployment_shape(tmp_path):
         "spec"
     ]["volumes"]
     startup = c["startupProbe"]
-    assert startup["periodSeconds"] * startup["failureThreshold"] >= 3600
+    window = startup["initialDelaySeconds"] + startup["periodSeconds"] * startup["failureThreshold"]
+    assert STARTUP_TIMEOUT_S <= window <= STARTUP_TIMEOUT_S + 120
+    for kind in ("startupProbe", "livenessProbe"):  # anything else is refused by the API server
+        assert c[kind].get("successThreshold", 1) == K8S_PROBE_DEFAULT_SUCCESS_THRESHOLD
+    for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+        # an exec probe starts Python: Kubernetes' 1 s default would fail it
+        assert c[kind]["timeoutSeconds"] > K8S_PROBE_DEFAULT_TIMEOUT_S
     assert c["readinessProbe"]["exec"]["command"][-1] == "ready"  # token auth on: exec probes
     assert c["livenessProbe"]["exec"]["command"][-1] == "alive"
     env = {e["name"]: e for e in c["env"]}
@@ -126,14 +150,14 @@ def test_k8s_without_token_auth_uses_http_probes(tmp_path):
     c = load(assets(tmp_path, "k8s", disable_token_auth=True) / "deployment.yaml")["spec"][
         "template"
     ]["spec"]["containers"][0]
-    assert c["readinessProbe"]["httpGet"]["path"] == READINESS_ROUTE
-    assert c["livenessProbe"]["httpGet"]["path"] == LIVENESS_ROUTE
+    assert c["readinessProbe"]["httpGet"] == {"path": READINESS, "port": 8080}
+    assert c["livenessProbe"]["httpGet"] == {"path": LIVENESS, "port": 8080}
 
 
 def test_vertex_spec_routes_and_env(tmp_path):
     spec = load(assets(tmp_path, "vertex") / "model.json")["containerSpec"]
-    assert spec["predictRoute"] == VERTEX_PREDICT_ROUTE
-    assert spec["healthRoute"] == READINESS_ROUTE
+    assert spec["predictRoute"] == VERTEX_PREDICT
+    assert spec["healthRoute"] == READINESS
     assert spec["ports"] == [{"containerPort": 8080}]
     env = {e["name"]: e["value"] for e in spec["env"]}
     assert env["TSVLLM_DISABLE_TOKEN_AUTH"] == "1"
