@@ -11,14 +11,18 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.unit.test_deploy import REPO, assets, broken_copy, load
-from tsvllm.contract import READINESS_ROUTE
+from tests.unit.test_deploy import READINESS, REPO, assets, broken_copy, load
 from tsvllm.deploy import DeployError, generate
 from tsvllm.deploy.common import grace_period_s
 from tsvllm.deploy.validate import validate_dir
 from tsvllm.host import shutdown
 
 CONTAINER = ("spec", "template", "spec", "containers", 0)
+
+# docs/DEPLOY.md ("Kubernetes"): terminationGracePeriodSeconds = preStop 5 + drain + 10 (abort
+# wait) + 15 (a bound on the stop) = 60 s with the default drain of 30 s
+PRESTOP_S, ABORT_WAIT_S, STOP_S, DEFAULT_DRAIN_S = 5, 10, 15, 30
+DEFAULT_GRACE_S = 60
 
 
 def pod_of(out: Path) -> dict:
@@ -33,10 +37,9 @@ def test_k8s_pod_drains_before_it_is_killed(tmp_path):
     out = assets(tmp_path, "k8s")
     pod = pod_of(out)
     c = pod["containers"][0]
-    assert env_of(c)["TSVLLM_DRAIN_TIMEOUT_S"] == "30"
-    assert c["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "5"]
-    # preStop 5 + drain 30 + abort wait 10 + stop 15
-    assert pod["terminationGracePeriodSeconds"] == 60 == grace_period_s(30)
+    assert env_of(c)["TSVLLM_DRAIN_TIMEOUT_S"] == str(DEFAULT_DRAIN_S)
+    assert c["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", str(PRESTOP_S)]
+    assert pod["terminationGracePeriodSeconds"] == DEFAULT_GRACE_S
     # readiness is the handler's v1/models (503 while draining), through the exec probe
     assert c["readinessProbe"]["exec"]["command"][-2:] == ["--probe", "ready"]
     assert validate_dir(out) == []
@@ -46,7 +49,7 @@ def test_k8s_pod_drains_before_it_is_killed(tmp_path):
 
 def test_k8s_http_readiness_is_the_route_that_answers_503_while_draining(tmp_path):
     c = pod_of(assets(tmp_path, "k8s", disable_token_auth=True))["containers"][0]
-    assert c["readinessProbe"]["httpGet"]["path"] == READINESS_ROUTE
+    assert c["readinessProbe"]["httpGet"]["path"] == READINESS
 
 
 def test_the_exec_readiness_probe_fails_on_a_draining_worker(monkeypatch, tmp_path):
@@ -74,7 +77,7 @@ def test_a_longer_drain_in_handler_env_lengthens_the_grace_period(tmp_path):
     generate("k8s", config, out=tmp_path / "k8s")
     pod = pod_of(tmp_path / "k8s")
     assert env_of(pod["containers"][0])["TSVLLM_DRAIN_TIMEOUT_S"] == "300"
-    assert pod["terminationGracePeriodSeconds"] == 5 + 300 + 10 + 15
+    assert pod["terminationGracePeriodSeconds"] == PRESTOP_S + 300 + ABORT_WAIT_S + STOP_S
     assert validate_dir(tmp_path / "k8s") == []
     for platform in ("azureml", "vertex"):
         generate(platform, config, out=tmp_path / platform)
@@ -191,5 +194,7 @@ def test_azure_and_vertex_carry_the_drain_timeout_and_say_what_an_update_does(tm
     assert "--traffic-split=0=100" in readme and "Not verified" in readme
 
 
-def test_shutdown_bound_matches_what_the_grace_period_adds():
-    assert grace_period_s(30) - 5 == shutdown.shutdown_bound(30)
+def test_the_grace_period_and_the_shutdown_bound_are_the_documented_sums():
+    assert grace_period_s(DEFAULT_DRAIN_S) == DEFAULT_GRACE_S
+    assert shutdown.shutdown_bound(DEFAULT_DRAIN_S) == DEFAULT_DRAIN_S + ABORT_WAIT_S + STOP_S
+    assert grace_period_s(300) == PRESTOP_S + 300 + ABORT_WAIT_S + STOP_S
