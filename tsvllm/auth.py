@@ -32,6 +32,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from tsvllm.errors import Unauthorized
+from tsvllm.headers import Headers
 
 KEY_FILE_ENV = "TSVLLM_API_KEY_FILE"
 
@@ -124,12 +125,13 @@ class ApiKeys:
 
 def _presented_key(headers: Mapping[str, str]) -> str:
     """The key a request carries: ``Authorization: Bearer <key>`` (OpenAI's clients), else
-    ``x-api-key: <key>`` (Anthropic's clients); empty when neither."""
-    lower = {k.lower(): v for k, v in headers.items()}
-    scheme, _, given = lower.get("authorization", "").partition(" ")
+    ``x-api-key: <key>`` (Anthropic's clients); empty when neither. Header names are
+    case-insensitive, and so is the scheme."""
+    headers = headers if isinstance(headers, Headers) else Headers(headers)
+    scheme, _, given = headers.get("authorization", "").strip().partition(" ")
     if scheme.lower() == "bearer" and given.strip():
         return given.strip()
-    return lower.get("x-api-key", "").strip()
+    return headers.get("x-api-key", "").strip()
 
 
 def _read_keys(path: Path) -> dict[str, str]:

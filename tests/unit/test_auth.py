@@ -125,3 +125,18 @@ def test_anthropic_clients_x_api_key_header_is_accepted():
     assert keys.check({"x-api-key": "k-a"}) == "team-a"
     with pytest.raises(Unauthorized, match="incorrect"):
         keys.check({"X-Api-Key": "k-b"})
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"AUTHORIZATION": "Bearer s3cret-key"},
+        {"Authorization": "BEARER s3cret-key"},
+        {"X-API-KEY": "s3cret-key"},
+        {"X-Api-Key": "s3cret-key"},
+    ],
+)
+def test_the_key_headers_are_found_in_any_spelling_through_the_handler(handler, headers):
+    handler.api_key = ApiKeys({"inference": "s3cret-key"})
+    status, _ = _serve(handler, headers)
+    assert status == 200
