@@ -1,9 +1,9 @@
 """tsvllm: serve vLLM through TorchServe with an OpenAI API and handler hooks.
 
-What handler authors import: ``from tsvllm import VLLMHandler, RequestContext, EndStream,
-StreamEvent, ContentFiltered, BadRequest``. Nothing heavy is imported here: the names are
-resolved lazily so that ``import tsvllm`` works without vLLM installed (config validation,
-archives, CLI).
+What handler authors import: ``from tsvllm import VLLMHandler, RequestContext,
+RequestView, EndStream, StreamEvent, ClientError, ContentFiltered, BadRequest``. Nothing
+heavy is imported here: the names are resolved lazily so that ``import tsvllm`` works
+without vLLM installed (config validation, archives, CLI).
 """
 
 from importlib import import_module
@@ -16,8 +16,10 @@ _PUBLIC = {
     "VLLMHandler": "tsvllm.worker.handler",
     "Hooks": "tsvllm.worker.hooks",
     "RequestContext": "tsvllm.worker.hooks",
+    "RequestView": "tsvllm.worker.hooks",
     "EndStream": "tsvllm.worker.hooks",
     "StreamEvent": "tsvllm.engine.base",
+    "ClientError": "tsvllm.errors",
     "ContentFiltered": "tsvllm.errors",
     "BadRequest": "tsvllm.errors",
 }

@@ -5,9 +5,10 @@ one), and :func:`error_body` turns it into the OpenAI error shape::
 
     {"error": {"message": "...", "type": "BadRequestError", "param": null, "code": 400}}
 
-The handler *returns* that body with the request's own status; it never raises out
-of ``handle()`` for a single request's fault (TorchServe would fail every request in
-flight on the worker, see FACTS.md).
+The handler *returns* that body with the request's own status and headers
+(:func:`error_headers`); it never raises out of ``handle()`` for a single request's
+fault (TorchServe would fail every request in flight on the worker: docs/TORCHSERVE.md,
+"A non-200 message code fails every request in flight").
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ class TsVllmError(Exception):
         self.param = param
         #: optional machine-readable code (e.g. ``content_filter``); defaults to the status
         self.code = code
+
+    def response_headers(self) -> dict[str, str]:
+        """Headers the reply carries besides the body (e.g. ``Retry-After``)."""
+        return {}
 
 
 class BadRequest(TsVllmError):
@@ -89,6 +94,11 @@ class EngineUnavailable(TsVllmError):
         super().__init__(message, param=param)
         self.retry_after_s = retry_after_s
 
+    def response_headers(self) -> dict[str, str]:
+        if self.retry_after_s is None:
+            return {}
+        return {"Retry-After": str(self.retry_after_s)}
+
 
 class EngineStartFailed(TsVllmError):
     """The engine cannot start with this configuration, and no retry would fix it (500,
@@ -101,11 +111,83 @@ class EngineStartFailed(TsVllmError):
         super().__init__(f"the engine cannot start: {reason}", code=ENGINE_START_FAILED)
 
 
+class HookFailed(TsVllmError):
+    """A hook raised something that is not a tsvllm error (500): a bug in the handler. The
+    message names the hook; the worker log has the traceback."""
+
+    def __init__(self, hook: str, exc: BaseException):
+        super().__init__(f"internal error ({type(exc).__name__}) in {hook}; see the worker log")
+        self.hook = hook
+
+
 class RequestTimeout(TsVllmError):
     """The request ran past ``handler.request_timeout_s``; its generation was aborted (504)."""
 
     status = HTTPStatus.GATEWAY_TIMEOUT
     error_type = "TimeoutError"
+
+
+#: the OpenAI error ``type`` of each 4xx status a hook may answer with (the names of the
+#: ``openai`` client's exceptions), when :class:`ClientError` is given none
+CLIENT_ERROR_TYPES = {
+    400: "BadRequestError",
+    401: "AuthenticationError",
+    403: "PermissionDeniedError",
+    404: "NotFoundError",
+    409: "ConflictError",
+    413: "PayloadTooLargeError",
+    422: "UnprocessableEntityError",
+    429: "RateLimitError",
+}
+#: headers a :class:`ClientError` may not set: TorchServe frames the reply with them
+_FRAMING_HEADERS = frozenset({"content-type", "content-length", "transfer-encoding", "connection"})
+
+
+class ClientError(TsVllmError):
+    """Refuse a request with a 4xx status of your choice: what a hook raises for auth,
+    permission or quota (401, 403, 404, 409, 413, 422, 429, ...).
+
+    The client gets ``status``, the OpenAI error body with ``error_type`` (by default the
+    ``openai`` client's name for the status, e.g. ``RateLimitError`` for 429) and ``code``
+    (by default the status), and ``headers``, e.g. ``{"Retry-After": "30"}`` or
+    ``{"WWW-Authenticate": 'Bearer realm="tsvllm"'}``. Only the request that raised it
+    fails; the others in flight go on::
+
+        raise ClientError(429, "team quota used up", code="rate_limit_exceeded",
+                          headers={"Retry-After": "30"})
+
+    A status outside 400-499, or a framing header (Content-Type, Content-Length,
+    Transfer-Encoding, Connection), is a ValueError: a bug in the hook, answered 500.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        error_type: str | None = None,
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
+        if isinstance(status, bool) or not isinstance(status, int) or not 400 <= status <= 499:
+            raise ValueError(f"ClientError takes a 4xx status, not {status!r}")
+        framing = sorted(k for k in headers or {} if k.lower() in _FRAMING_HEADERS)
+        if framing:
+            raise ValueError(f"ClientError cannot set {', '.join(framing)}: TorchServe sets them")
+        super().__init__(message, param=param, code=code)
+        self.status = HTTPStatus(status)
+        self.error_type = error_type or CLIENT_ERROR_TYPES.get(status, _type_name(self.status))
+        self.headers = {str(k): str(v) for k, v in (headers or {}).items()}
+
+    def response_headers(self) -> dict[str, str]:
+        return dict(self.headers)
+
+
+def _type_name(status: HTTPStatus) -> str:
+    """``ImATeapotError`` for 418: the status phrase as an error class name."""
+    words = status.phrase.replace("-", " ").replace("'", "").split()
+    return "".join(w[:1].upper() + w[1:] for w in words) + "Error"
 
 
 def error_body(
@@ -150,6 +232,11 @@ def to_error_body(exc: BaseException) -> tuple[int, dict[str, Any]]:
         status=status,
         error_type="InternalServerError",
     )
+
+
+def error_headers(exc: BaseException) -> dict[str, str]:
+    """The response headers that go with :func:`to_error_body`'s reply for ``exc``."""
+    return exc.response_headers() if isinstance(exc, TsVllmError) else {}
 
 
 _BY_STATUS: dict[int, type[TsVllmError]] = {
