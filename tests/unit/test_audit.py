@@ -99,7 +99,7 @@ def test_token_metrics_say_whose_key_used_them(handler, monkeypatch):
 
     emitted = []
     monkeypatch.setattr(
-        ts_worker, "emit_metrics", lambda ctx, counters, times_ms: emitted.append(counters)
+        ts_worker, "emit_metrics", lambda ctx, counters, times_ms, **_: emitted.append(counters)
     )
     handler.api_key = ApiKeys({"team-a": "k-a", "team-b": "k-b"})
     serve(handler, "v1/completions", {"prompt": "x"}, key="k-b")

@@ -152,3 +152,13 @@ def _returning(value):
         return value
 
     return generate
+
+
+@pytest.mark.parametrize("name", ["content-length", "Content-Length", "CONTENT-LENGTH"])
+def test_declared_body_size_is_read_in_any_header_spelling(handler, name):
+    """A body TorchServe decoded already is measured by its Content-Length header."""
+    handler.max_body_bytes = 10
+    ctx = make_context("v1/completions", headers={name: "5000"})
+    payload = asyncio.run(handler.handle([{"body": {"prompt": "x"}}], ctx))[0]
+    assert ctx.get_response_status(0)[0] == 413
+    assert "5000 bytes" in error_of(payload)["message"]

@@ -146,7 +146,7 @@ def test_usage_metrics_are_emitted_for_envelopes(handler, monkeypatch):
 
     emitted = []
     monkeypatch.setattr(
-        ts_worker, "emit_metrics", lambda ctx, counters, times_ms: emitted.append(counters)
+        ts_worker, "emit_metrics", lambda ctx, counters, times_ms, **_: emitted.append(counters)
     )
     status, out = predict(handler, {"instances": ["a", "b", "c"]})
     assert status == 200

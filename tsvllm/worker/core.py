@@ -14,10 +14,11 @@
    ``on_response``; or for a stream ``on_chunk`` per chunk and ``on_stream_end``
    (:class:`tsvllm.worker.hooks.Hooks` documents the hooks);
 6. the adapter builds the reply body;
-7. **metrics** (tokens, time to first token, deadline hits, retrieval, guard decisions),
-   emitted once per HTTP request whatever happened;
-8. **errors**: any failure becomes an OpenAI error body with its own status, *returned*
-   (never raised: TorchServe would fail every request in flight on the worker).
+7. **metrics** (tokens, time to first token, deadline hits, retrieval, guard decisions,
+   the time spent in each hook), emitted once per HTTP request whatever happened;
+8. **errors**: any failure becomes an OpenAI error body with its own status and headers
+   (:mod:`tsvllm.errors`), *returned* (never raised: TorchServe would fail every request
+   in flight on the worker); a hook's unexpected exception is a 500 naming the hook.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -37,10 +38,13 @@ from tsvllm.engine.base import EngineReply, StreamEvent
 from tsvllm.errors import (
     BadRequest,
     EngineUnavailable,
+    HookFailed,
     PayloadTooLarge,
     TsVllmError,
+    error_headers,
     to_error_body,
 )
+from tsvllm.headers import Headers
 from tsvllm.worker import hooks, routes, ts_worker
 from tsvllm.worker.adapters import Adapter, EngineRequest
 from tsvllm.worker.hooks import EndStream, RequestContext, closing_events, overrides
@@ -49,6 +53,12 @@ if TYPE_CHECKING:
     from tsvllm.worker.handler import VLLMHandler
 
 logger = logging.getLogger(__name__)
+
+#: the histogram of the seconds a request spent in each hook, by ``Stage`` (the hook's name)
+HOOK_LATENCY = "HookLatency"
+#: the hooks :data:`HOOK_LATENCY` times (``setup`` once per engine start, the others per
+#: request: on_chunk summed over the stream's chunks)
+HOOK_STAGES = ("setup", "on_request", "on_response", "on_chunk", "on_stream_end")
 
 JSON = "application/json"
 SSE = "text/event-stream"
@@ -63,6 +73,8 @@ class Record:
     contexts: list[RequestContext] = field(default_factory=list)
     usages: list[dict[str, Any]] = field(default_factory=list)
     ttft_ms: float | None = None
+    #: seconds spent in each request hook (summed over chunks and engine requests)
+    hook_s: dict[str, float] = field(default_factory=dict)
     timed_out: bool = False
     #: the deadline now running (the drain's abort makes it expire at once)
     timer: asyncio.Timeout | None = None
@@ -91,7 +103,7 @@ async def handle(handler: VLLMHandler, data: list[dict[str, Any]], context: Any)
         return [error_reply(context, exc)]
     finally:
         handler.inflight.discard(record)
-        _emit_metrics(context, record)
+        _emit_metrics(handler, context, record)
         if handler.audit is not None:
             handler.audit.write(audit_entry(context, record, content=handler.audit_content))
 
@@ -99,7 +111,7 @@ async def handle(handler: VLLMHandler, data: list[dict[str, Any]], context: Any)
 async def _serve(
     handler: VLLMHandler, request: dict[str, Any], context: Any, record: Record
 ) -> bytes:
-    headers = ts_worker.request_headers(context)
+    headers = Headers(ts_worker.request_headers(context))
     if handler.api_key is not None:
         record.key = handler.api_key.check(headers)
     url_path = ts_worker.request_header(context, "url_path")
@@ -135,6 +147,7 @@ async def _serve(
             api=call.api,
             headers=headers,
             stream=adapter.streams and bool(call.body.get("stream")),
+            body=call.body,
         )
         for i, call in enumerate(calls)
     ]
@@ -142,7 +155,7 @@ async def _serve(
     async def start() -> Any:
         engine = await _ready_engine(handler, record)
         if contexts[0].stream:
-            return await _open_stream(handler, engine, calls[0], contexts[0])
+            return await _open_stream(handler, engine, calls[0], contexts[0], record)
         return await _generate_all(handler, engine, adapter, calls, contexts, record)
 
     result = await _under_deadline(handler, record, start, deadline=deadline)
@@ -182,7 +195,7 @@ async def _serve_engine_route(
     route: routes.Route,
     path: str,
     request: dict[str, Any],
-    headers: dict[str, str],
+    headers: Headers,
     context: Any,
     record: Record,
     deadline: float,
@@ -196,6 +209,7 @@ async def _serve_engine_route(
         api=route.api,
         headers=headers,
         stream=isinstance(body, dict) and bool(body.get("stream")),
+        body=body if isinstance(body, dict) else None,
     )
     record.contexts = [ctx]
     if handler.audit_content and isinstance(body, dict):
@@ -205,13 +219,13 @@ async def _serve_engine_route(
         engine = await _ready_engine(handler, record)
         payload = body
         if route.api is not None:
-            payload = await handler.on_request(body, ctx)
+            payload = await _on_request(handler, body, ctx, record)
         raw = b"" if payload is None else json.dumps(payload, separators=(",", ":")).encode()
         reply = await engine.call(route.engine_route, path, raw, request_id=ctx.request_id)
         if route.api is not None and reply.chunks is None and reply.status == 200:
             result = json.loads(reply.body)
             record.usages.append(_usage(result))
-            result = await handler.on_response(result, ctx)
+            result = await _hook(handler, "on_response", record, result, ctx)
             reply.body = json.dumps(result, separators=(",", ":")).encode()
         return reply
 
@@ -225,9 +239,7 @@ async def _serve_engine_route(
     return await _stream(handler, events, ctx, context, record, deadline=deadline, done=b"")
 
 
-def _engine_body(
-    request: dict[str, Any], headers: dict[str, str], *, limit: int
-) -> dict[str, Any] | None:
+def _engine_body(request: dict[str, Any], headers: Headers, *, limit: int) -> dict[str, Any] | None:
     """An engine route's JSON body, or None when the request has none (a GET)."""
     raw = request.get("body")
     if raw is None:
@@ -333,13 +345,45 @@ async def _answer_probe(handler: VLLMHandler, probe: routes.Probe) -> dict[str, 
     return {"status": "ok", "running_requests": engine.running_requests()}
 
 
+async def _hook(handler: VLLMHandler, stage: str, record: Record, *args: Any) -> Any:
+    """``await handler.<stage>(*args)``, timed into ``record``. A tsvllm error (ClientError,
+    ContentFiltered, ...) and EndStream pass as raised; anything else is logged here, with
+    the hook's name and traceback, and becomes :class:`HookFailed` (500)."""
+    start = time.perf_counter()
+    try:
+        return await getattr(handler, stage)(*args)
+    except (TsVllmError, EndStream):
+        raise
+    except Exception as exc:
+        hook = f"hook {type(handler).__name__}.{stage}"
+        logger.exception("%s failed (request %s)", hook, _ctx_of(args).request_id)
+        raise HookFailed(hook, exc) from exc
+    finally:
+        record.hook_s[stage] = record.hook_s.get(stage, 0.0) + time.perf_counter() - start
+
+
+def _ctx_of(args: tuple[Any, ...]) -> RequestContext:
+    """The RequestContext among a hook's arguments (every request hook takes one last)."""
+    return args[-1]
+
+
+async def _on_request(
+    handler: VLLMHandler, body: dict[str, Any], ctx: RequestContext, record: Record
+) -> dict[str, Any]:
+    """``on_request``, with ``ctx.request`` reading the body it gets, then the one it returns."""
+    ctx.bind(body)
+    body = await _hook(handler, "on_request", record, body, ctx)
+    ctx.bind(body)
+    return body
+
+
 async def _generate_one(
     handler: VLLMHandler, engine: Any, call: EngineRequest, ctx: RequestContext, record: Record
 ) -> dict[str, Any]:
-    body = await handler.on_request(call.body, ctx)
+    body = await _on_request(handler, call.body, ctx, record)
     result = await engine.generate(call.api, body, request_id=ctx.request_id)
     record.usages.append(result.get("usage") or {})
-    result = await handler.on_response(result, ctx)
+    result = await _hook(handler, "on_response", record, result, ctx)
     if handler.audit is not None:
         for choice in result.get("choices") or ():
             record.finish_reasons.append(choice.get("finish_reason"))
@@ -376,9 +420,9 @@ async def _generate_all(
 
 
 async def _open_stream(
-    handler: VLLMHandler, engine: Any, call: EngineRequest, ctx: RequestContext
+    handler: VLLMHandler, engine: Any, call: EngineRequest, ctx: RequestContext, record: Record
 ) -> AsyncIterator[StreamEvent]:
-    body = await handler.on_request(call.body, ctx)
+    body = await _on_request(handler, call.body, ctx, record)
     return await engine.generate(call.api, body, request_id=ctx.request_id)
 
 
@@ -411,7 +455,7 @@ async def _stream(
                 before_last, last = last, event
                 if hooked:
                     ctx.last_chunk = event.payload
-                    sent = await handler.on_chunk(event, ctx)
+                    sent = await _hook(handler, "on_chunk", record, event, ctx)
                 else:
                     sent = (event,)
                 for out in sent:
@@ -420,7 +464,7 @@ async def _stream(
                         _add_stream_text(record, out)
             if last is not None and '"usage"' in last.data:  # include_usage was asked
                 record.usages.append(last.payload.get("usage") or {})
-            tail = list(await handler.on_stream_end(ctx))
+            tail = list(await _hook(handler, "on_stream_end", record, ctx))
         if audited:  # the finish reasons are in the last chunks (usage may come after)
             for event in (before_last, last):
                 for choice in event.payload.get("choices", ()) if event else ():
@@ -432,7 +476,7 @@ async def _stream(
     except Exception as exc:  # mid-stream: the status is already 200
         if isinstance(exc, TimeoutError) and timer.expired():
             exc = _deadline_error(handler, record)  # closing `events` aborts the request
-        else:
+        elif not isinstance(exc, HookFailed):  # that one is logged where it failed
             logger.exception("stream %s failed", ctx.request_id)
         _, err = to_error_body(exc)
         tail = [StreamEvent.from_payload(err)]
@@ -442,7 +486,7 @@ async def _stream(
 
 
 def decode_body(
-    request: dict[str, Any], headers: dict[str, str], *, limit: int, limit_name: str
+    request: dict[str, Any], headers: Mapping[str, str], *, limit: int, limit_name: str
 ) -> dict[str, Any]:
     """The request's JSON object, at most ``limit`` bytes.
 
@@ -454,7 +498,7 @@ def decode_body(
         body = request.get("data")
     length = len(body) if isinstance(body, (bytes, bytearray, str)) else None
     if length is None:
-        declared = next((v for k, v in headers.items() if k.lower() == "content-length"), "")
+        declared = Headers(headers).get("content-length", "")
         if declared.strip().isdigit():
             length = int(declared)
         elif body is not None:
@@ -489,13 +533,24 @@ def json_reply(context: Any, body: dict[str, Any], *, status: int = 200) -> byte
 
 
 def error_reply(context: Any, exc: BaseException) -> bytes:
+    """The OpenAI error reply for ``exc``: its status, body and headers (``Retry-After``,
+    ``WWW-Authenticate``, ...). A 500 (a bug, not a busy server) is logged with its
+    traceback."""
     status, body = to_error_body(exc)
-    if status >= 500 and getattr(exc, "retry_after_s", None) is None:
-        logger.error("request failed", exc_info=exc)
+    headers = error_headers(exc)
+    if status >= 500 and "Retry-After" not in headers and not isinstance(exc, HookFailed):
+        logger.error("request %s failed: %s", _request_id(context), exc, exc_info=exc)
     reply = json_reply(context, body, status=status)
-    if getattr(exc, "retry_after_s", None) is not None:
-        ts_worker.set_header(context, "Retry-After", str(exc.retry_after_s))
+    for name, value in headers.items():
+        ts_worker.set_header(context, name, value)
     return reply
+
+
+def _request_id(context: Any) -> str:
+    try:
+        return ts_worker.request_id(context)
+    except Exception:  # a context without ids: the log line still goes out
+        return "?"
 
 
 def _choice_text(choice: dict[str, Any], *, part: str = "delta") -> str:
@@ -547,10 +602,31 @@ def audit_entry(context: Any, record: Record, *, content: bool) -> dict[str, Any
     return entry
 
 
-def _emit_metrics(context: Any, record: Record) -> None:
-    """Token counts, time to first token, deadline hits, retrieval time, guard decisions."""
+def emit_hook_time(context: Any, stage: str, seconds: float) -> None:
+    """One observation of :data:`HOOK_LATENCY` for ``stage`` (``setup`` has no request)."""
+    try:
+        observation = (HOOK_LATENCY, seconds, _stage(context, stage))
+        ts_worker.emit_metrics(context, histograms_s=[observation])
+    except Exception:  # metrics must never fail what they measure
+        logger.exception("emitting metrics failed")
+
+
+def _stage(context: Any, stage: str) -> dict[str, str]:
+    """The dimensions of a :data:`HOOK_LATENCY` observation: the stage, never the request
+    (the model and level named, so that ``setup``'s, emitted outside any request, match)."""
+    return {"Stage": stage, "ModelName": str(context.model_name), "Level": "Model"}
+
+
+def _emit_metrics(handler: VLLMHandler, context: Any, record: Record) -> None:
+    """Token counts, time to first token, deadline hits, retrieval time, guard decisions,
+    time in each overridden hook."""
     try:
         counters, times = [], []
+        hook_times = [
+            (HOOK_LATENCY, seconds, _stage(context, stage))
+            for stage, seconds in record.hook_s.items()
+            if overrides(handler, stage)
+        ]
         for key, name in (
             ("prompt_tokens", "PromptTokens"),
             ("completion_tokens", "CompletionTokens"),
@@ -570,6 +646,6 @@ def _emit_metrics(context: Any, record: Record) -> None:
                 for category in categories or ("none",):
                     dims = {"Guard": guard, "Action": action, "Category": category}
                     counters.append(("GuardDecisions", 1, dims))
-        ts_worker.emit_metrics(context, counters=counters, times_ms=times)
+        ts_worker.emit_metrics(context, counters=counters, times_ms=times, histograms_s=hook_times)
     except Exception:  # metrics must never fail a request
         logger.exception("emitting metrics failed")

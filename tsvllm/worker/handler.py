@@ -21,7 +21,7 @@ from tsvllm.errors import EngineStartFailed, EngineUnavailable, RequestTimeout
 from tsvllm.worker import core, engine_metrics, ts_worker
 from tsvllm.worker.audit import AuditLog
 from tsvllm.worker.drain_watch import DrainWatch
-from tsvllm.worker.hooks import Hooks, check_torchserve_overrides
+from tsvllm.worker.hooks import Hooks, check_torchserve_overrides, overrides
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +88,8 @@ class VLLMHandler(Hooks):
         #: one JSON line per request (``handler.audit_log``), and whether with the text
         self.audit: AuditLog | None = None
         self.audit_content = False
+        #: TorchServe's worker context (its metrics), for what is timed outside requests
+        self._context: Any = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -95,6 +97,7 @@ class VLLMHandler(Hooks):
         """Called once by TorchServe, synchronously, in the worker's main thread."""
         from tsvllm.config import validate_model_config
 
+        self._context = context
         model_dir = Path(context.system_properties.get("model_dir") or ".")
         source = str(model_dir / "model-config.yaml")
         self.config = validate_model_config(context.model_yaml_config or {}, source=source)
@@ -217,11 +220,15 @@ class VLLMHandler(Hooks):
         if self.placement_error is not None:
             raise self.placement_error  # a ConfigError: final, no retry
         engine = await self.build_engine(model_dir=self._model_dir)
+        started = time.perf_counter()
         try:
             await self.setup(engine=engine, model_dir=self._model_dir)
         except BaseException:
             await asyncio.to_thread(engine.shutdown)
             raise
+        finally:
+            if self._context is not None and overrides(self, "setup"):
+                core.emit_hook_time(self._context, "setup", time.perf_counter() - started)
         return engine
 
     def _give_up(self, exc: Exception, *, attempts: int = 1) -> None:

@@ -6,12 +6,118 @@ their call order once.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import InitVar, dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from tsvllm.engine.base import Api, Engine, StreamEvent
+from tsvllm.errors import BadRequest
+from tsvllm.headers import Headers
+
+#: vLLM 0.32's output-token cap when a completions body sets none (``max_tokens`` 16);
+#: the other APIs then generate up to what the model's context leaves
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16
+
+
+class RequestView:
+    """A read-only, typed view of one engine request's OpenAI body (``ctx.request``).
+
+    It reads the body as it stands (a hook's in-place rewrite shows at once). Change the
+    request through the body ``on_request`` gets (and returns); change the output-token
+    cap with :meth:`RequestContext.set_max_output_tokens`. Fields it does not cover are
+    in :attr:`body` (read-only) and in the ``body`` dict itself.
+    """
+
+    __slots__ = ("_body", "api", "route")
+
+    def __init__(self, body: Mapping[str, Any], *, api: Api | None, route: str):
+        self._body = body
+        #: the API the body is written for (``None``: an engine route no hook reads)
+        self.api = api
+        #: e.g. ``"v1/chat/completions"``
+        self.route = route
+
+    @property
+    def body(self) -> Mapping[str, Any]:
+        """The whole body, read-only (for fields the view does not cover)."""
+        return MappingProxyType(self._body)
+
+    @property
+    def model(self) -> str | None:
+        """The model (or adapter) name the client asked for, if any."""
+        model = self._body.get("model")
+        return model if isinstance(model, str) else None
+
+    @property
+    def messages(self) -> tuple[Mapping[str, Any], ...] | None:
+        """Chat and Messages: ``messages``; Responses: ``input`` when it is a list."""
+        key = "input" if self.api is Api.RESPONSES else "messages"
+        value = self._body.get(key) if self.api is not Api.COMPLETIONS else None
+        return tuple(value) if isinstance(value, list) else None
+
+    @property
+    def prompt(self) -> Any:
+        """Completions: ``prompt`` (a string, or a list); Responses: ``input`` when it is a
+        string; else None."""
+        if self.api is Api.COMPLETIONS:
+            return self._body.get("prompt")
+        value = self._body.get("input") if self.api is Api.RESPONSES else None
+        return value if isinstance(value, str) else None
+
+    @property
+    def stream(self) -> bool:
+        return bool(self._body.get("stream"))
+
+    @property
+    def max_output_tokens_field(self) -> str | None:
+        """The body field vLLM 0.32 takes the output-token cap from: chat
+        ``max_completion_tokens`` when it is set (not null), else ``max_tokens``;
+        completions and Messages ``max_tokens``; Responses ``max_output_tokens``."""
+        if self.api is Api.CHAT:
+            if self._body.get("max_completion_tokens") is not None:
+                return "max_completion_tokens"
+            return "max_tokens"
+        if self.api is Api.RESPONSES:
+            return "max_output_tokens"
+        return None if self.api is None else "max_tokens"
+
+    @property
+    def max_output_tokens(self) -> int | None:
+        """The output-token cap vLLM will use for this body (the field it reads,
+        :attr:`max_output_tokens_field`), or None when the body sets none (vLLM then stops
+        where the model's context ends; a completions body without one gets
+        :data:`COMPLETIONS_DEFAULT_MAX_TOKENS`). A value vLLM would refuse (not an
+        integer, negative) is a 400 naming the field."""
+        name = self.max_output_tokens_field
+        if name is None:
+            return None
+        value = _token_count(self._body.get(name), name=name)
+        if value is None and self.api is Api.COMPLETIONS:
+            return COMPLETIONS_DEFAULT_MAX_TOKENS
+        return value
+
+    def __repr__(self) -> str:
+        return f"RequestView(api={self.api!r}, route={self.route!r})"
+
+
+def _token_count(value: Any, *, name: str) -> int | None:
+    """``value`` as vLLM's request models parse a token count: an integer (a digit string
+    or an integral float too); None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise BadRequest(
+            f"{name} must be a positive integer, not {value!r}; send an integer >= 1 or "
+            "leave it out",
+            param=name,
+        )
+    return value
 
 
 @dataclass
@@ -23,14 +129,47 @@ class RequestContext:
     #: e.g. ``"v1/chat/completions"``
     route: str
     api: Api
-    #: the HTTP request headers as TorchServe passes them (lower-case names)
-    headers: dict[str, str] = field(default_factory=dict)
+    #: the HTTP request headers; names are case-insensitive (``ctx.headers.get("X-Team")``
+    #: finds ``x-team``), as TorchServe passes them as the client spelled them
+    headers: Mapping[str, str] = field(default_factory=Headers)
     #: free space for hooks to share state within this request (e.g. citations)
     metadata: dict[str, Any] = field(default_factory=dict)
     #: whether the client asked for a stream
     stream: bool = False
     #: the last chunk the engine produced (set while streaming; for building final chunks)
     last_chunk: dict[str, Any] | None = None
+    #: the engine request's body the view starts on (tsvllm binds each body it passes)
+    body: InitVar[Mapping[str, Any] | None] = None
+    #: a typed, read-only view of the engine request (see :class:`RequestView`)
+    request: RequestView = field(init=False, repr=False)
+
+    def __post_init__(self, body: Mapping[str, Any] | None) -> None:
+        if not isinstance(self.headers, Headers):
+            self.headers = Headers(self.headers)
+        self.bind(body if body is not None else {})
+
+    def bind(self, body: Mapping[str, Any]) -> None:
+        """Point :attr:`request` at ``body`` (tsvllm does, before and after ``on_request``)."""
+        self.request = RequestView(body, api=self.api, route=self.route)
+
+    def set_max_output_tokens(self, body: dict[str, Any], tokens: int) -> None:
+        """Set the engine request's output-token cap to ``tokens``, in the field(s) vLLM
+        reads for this API (chat: ``max_completion_tokens``, and ``max_tokens`` too when
+        the body has it; completions and Messages: ``max_tokens``; Responses:
+        ``max_output_tokens``), and point :attr:`request` at ``body``."""
+        if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
+            raise ValueError(f"an output-token cap is an integer >= 1, not {tokens!r}")
+        if self.api is Api.CHAT:
+            body["max_completion_tokens"] = tokens
+            if body.get("max_tokens") is not None:
+                body["max_tokens"] = tokens
+        elif self.api is Api.RESPONSES:
+            body["max_output_tokens"] = tokens
+        elif self.api is not None:
+            body["max_tokens"] = tokens
+        else:
+            raise ValueError(f"{self.route} has no output-token cap a hook can set")
+        self.bind(body)
 
 
 class EndStream(Exception):
@@ -58,8 +197,11 @@ class Hooks:
 
         for each generation request (after auth, body limit and decoding):
           on_request(body, ctx)      once per engine request, before the engine. May
-                                     rewrite the OpenAI request body, fill ctx.metadata,
-                                     or refuse by raising ContentFiltered (HTTP 400,
+                                     rewrite the OpenAI request body (ctx.request reads
+                                     it typed; ctx.set_max_output_tokens caps the
+                                     output), fill ctx.metadata, or refuse by raising
+                                     ClientError (any 4xx, OpenAI type/code, headers
+                                     such as Retry-After) or ContentFiltered (HTTP 400,
                                      code "content_filter").
           ── the engine generates ──
           non-streaming:
@@ -84,9 +226,35 @@ class Hooks:
     them); ``v1/models``, ``health`` and vLLM's other routes (tokenize, pooling, ...) run
     none, and routes that generate text no hook sees are not served by a handler whose
     hooks are overridden. All of a request's hooks
-    run under its deadline (``handler.request_timeout_s``). An exception other than
-    ContentFiltered/EndStream in a request hook fails only its own request (HTTP 500,
-    or an error event in a stream).
+    run under its deadline (``handler.request_timeout_s``). A tsvllm error a hook raises
+    (``ClientError``, ``ContentFiltered``, ``BadRequest``) is answered with its own status,
+    body and headers; any other exception is a 500 whose worker log line names the hook.
+    Either way only that request fails (or its stream ends with an error event). Each
+    overridden hook is timed: the ``HookLatency`` histogram, by ``Stage``.
+
+    Example: a handler file (``tsvllm archive CONFIG --handler my_handler.py``) that asks
+    for a team header and caps the output, whichever field the client used::
+
+        from tsvllm import ClientError, VLLMHandler
+
+        CAP = 256
+
+
+        class TeamHandler(VLLMHandler):
+            async def on_request(self, body, ctx):
+                team = ctx.headers.get("x-team")  # any spelling: X-Team, X-TEAM
+                if not team:
+                    raise ClientError(
+                        401,
+                        "send an x-team header",
+                        code="missing_team",
+                        headers={"WWW-Authenticate": 'Team realm="tsvllm"'},
+                    )
+                asked = ctx.request.max_output_tokens  # max_completion_tokens or max_tokens
+                if asked is None or asked > CAP:
+                    ctx.set_max_output_tokens(body, CAP)
+                ctx.metadata["team"] = team
+                return body
     """
 
     #: the APIs (``ctx.api``) whose bodies these hooks understand. A handler that

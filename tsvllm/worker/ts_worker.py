@@ -278,11 +278,14 @@ def request_id(context: Any) -> str:
 
 
 def request_header(context: Any, name: str) -> str | None:
+    """One of TorchServe's own headers (``url_path``: it spells them itself)."""
     return context.get_request_header(0, name)
 
 
 def request_headers(context: Any) -> dict[str, str]:
-    """The request's HTTP headers (TorchServe also passes its own, e.g. ``url_path``)."""
+    """The request's HTTP headers (TorchServe also passes its own, e.g. ``url_path``), with
+    their names as the client spelled them: TorchServe does not lower-case them, so read
+    them through :class:`tsvllm.headers.Headers` (case-insensitive)."""
     headers = context.get_all_request_header(0) or {}
     return {k: v for k, v in headers.items() if isinstance(v, str)}
 
@@ -315,12 +318,18 @@ def emit_metrics(
     *,
     counters: list[tuple[str, float, dict[str, str]]] = (),
     times_ms: list[tuple[str, float, dict[str, str]]] = (),
+    histograms_s: list[tuple[str, float, dict[str, str]]] = (),
 ) -> None:
-    """Emit model metrics through TorchServe (Prometheus with model_metrics_auto_detect)."""
+    """Emit model metrics through TorchServe (Prometheus with model_metrics_auto_detect).
+
+    ``times_ms`` become gauges in milliseconds; ``histograms_s`` Prometheus histograms in
+    seconds (the frontend's buckets are the Prometheus client's defaults, 5 ms to 10 s).
+    """
     metrics = getattr(context, "metrics", None)
     if metrics is None:
         return
     from ts.metrics.dimension import Dimension
+    from ts.metrics.metric_type_enum import MetricTypes
 
     # the worker's metrics cache is shared by concurrent requests (no per-request deep
     # copy): point it at this request; nothing awaits between here and the last add
@@ -329,3 +338,6 @@ def emit_metrics(
         metrics.add_counter(name, value, 0, [Dimension(k, v) for k, v in dims.items()])
     for name, value, dims in times_ms:
         metrics.add_time(name, value, 0, "ms", [Dimension(k, v) for k, v in dims.items()])
+    for name, value, dims in histograms_s:
+        dimensions = [Dimension(k, v) for k, v in dims.items()]
+        metrics.add_time(name, value, 0, "s", dimensions, metric_type=MetricTypes.HISTOGRAM)
