@@ -1,41 +1,81 @@
 """Example: a handler author's own hooks on top of tsvllm's VLLMHandler.
 
-It caps ``max_tokens`` per request (a cost guard), tags the request with the caller's
-``x-team`` header, and reports the tag and the cap in the response. Archive it with
-``tsvllm archive CONFIG --handler handlers/example_hooks_handler.py``.
+A cost guard and a per-team quota:
+
+* every request names its team in an ``x-team`` header (any spelling: ``X-Team`` too),
+  else 400;
+* each team may send :data:`TEAM_REQUESTS_PER_MINUTE` requests per minute to each
+  worker; the next one gets 429 ``rate_limit_exceeded`` with ``Retry-After``;
+* the output is capped at :data:`MAX_TOKENS_CAP` tokens, whichever field the client
+  used (chat's ``max_completion_tokens`` or ``max_tokens``, completions' ``max_tokens``);
+* the response reports the team and the cap.
+
+Archive it with ``tsvllm archive CONFIG --handler handlers/example_hooks_handler.py``.
 """
 
-from tsvllm import VLLMHandler
-from tsvllm.errors import BadRequest
+import math
+import time
+from collections import deque
+
+from tsvllm import BadRequest, ClientError, VLLMHandler
 
 MAX_TOKENS_CAP = 64
+#: requests one team may send per minute to one worker (set your own)
+TEAM_REQUESTS_PER_MINUTE = 10
 
 
-def max_tokens(value):
-    """The requested max_tokens (the cap when absent); BadRequest (400) when it is not a
-    positive integer (a digit string such as "12" is accepted, as vLLM accepts it)."""
-    if value is None:
-        return MAX_TOKENS_CAP
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise BadRequest(
-            f"max_tokens must be a positive integer, not {value!r}; "
-            f"send an integer >= 1 (values above {MAX_TOKENS_CAP} are capped) or leave it out",
-            param="max_tokens",
-        )
-    return value
+class TeamQuota:
+    """At most ``limit`` requests per team in any ``window_s`` seconds (a sliding window)."""
+
+    #: above this many teams, those idle for a whole window are forgotten
+    MAX_TEAMS = 1024
+
+    def __init__(self, *, limit, window_s=60.0, clock=time.monotonic):
+        self.limit = limit
+        self.window_s = window_s
+        self.clock = clock
+        self.sent = {}  # team -> deque of the times of its requests in the window
+
+    def admit(self, team):
+        """0 when ``team`` may send a request now (it is counted), else the seconds until
+        it may."""
+        now = self.clock()
+        if len(self.sent) > self.MAX_TEAMS:
+            self.sent = {t: q for t, q in self.sent.items() if now - q[-1] < self.window_s}
+        times = self.sent.setdefault(team, deque())
+        while times and now - times[0] >= self.window_s:
+            times.popleft()
+        if len(times) >= self.limit:
+            return times[0] + self.window_s - now
+        times.append(now)
+        return 0.0
 
 
 class TeamCapHandler(VLLMHandler):
-    """Caps max_tokens, refuses callers without an x-team header, echoes the tag."""
+    """Refuses callers without an x-team header, applies the team quota, caps the output."""
+
+    def __init__(self):
+        super().__init__()
+        self.quota = TeamQuota(limit=TEAM_REQUESTS_PER_MINUTE)
 
     async def on_request(self, body, ctx):
         team = ctx.headers.get("x-team")
         if not team:
             raise BadRequest("send an x-team header naming your team", param="x-team")
+        asked = ctx.request.max_output_tokens  # a bad value is a 400 naming its field
+        wait_s = self.quota.admit(team)
+        if wait_s:
+            retry = max(1, math.ceil(wait_s))
+            raise ClientError(
+                429,
+                f"team {team!r} sent {self.quota.limit} requests in the last minute; "
+                f"retry in {retry} s",
+                code="rate_limit_exceeded",
+                headers={"Retry-After": str(retry)},
+            )
+        if asked is None or asked > MAX_TOKENS_CAP:
+            ctx.set_max_output_tokens(body, MAX_TOKENS_CAP)
         ctx.metadata["team"] = team
-        body["max_tokens"] = min(max_tokens(body.get("max_tokens")), MAX_TOKENS_CAP)
         return body
 
     async def on_response(self, body, ctx):

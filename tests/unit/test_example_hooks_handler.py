@@ -1,15 +1,17 @@
-"""handlers/example_hooks_handler.py: the example hooks turn bad input into 400s."""
+"""handlers/example_hooks_handler.py: the cost guard, the team header and the team quota."""
 
 from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
 
+from tests.unit.conftest import make_context
 from tsvllm.engine.base import Api
-from tsvllm.errors import BadRequest
+from tsvllm.errors import BadRequest, ClientError
 from tsvllm.worker.hooks import RequestContext
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "handlers" / "example_hooks_handler.py"
@@ -23,25 +25,118 @@ def example():
     return module
 
 
-def on_request(example, body):
-    handler = example.TeamCapHandler()
+def on_request(example, body, *, api=Api.CHAT, team="search", handler=None):
+    handler = handler or example.TeamCapHandler()
     ctx = RequestContext(
-        request_id="r1", route="v1/chat/completions", api=Api.CHAT, headers={"x-team": "search"}
+        request_id="r1", route="v1/chat/completions", api=api, headers={"X-Team": team}, body=body
     )
-    return asyncio.run(handler.on_request(body, ctx))
+    return asyncio.run(handler.on_request(body, ctx)), ctx
 
 
-@pytest.mark.parametrize("bad", ["abc", -5, 0, [64], {"n": 1}, True, 1.5])
-def test_a_bad_max_tokens_is_a_400_naming_max_tokens(example, bad):
+@pytest.mark.parametrize("bad", ["abc", -5, [64], {"n": 1}, True, 1.5])
+@pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens"])
+def test_a_bad_cap_is_a_400_naming_its_field(example, bad, field):
     with pytest.raises(BadRequest) as err:
-        on_request(example, {"messages": [], "max_tokens": bad})
-    assert err.value.param == "max_tokens"
-    assert "max_tokens" in err.value.message and "positive integer" in err.value.message
+        on_request(example, {"messages": [], field: bad})
+    assert err.value.param == field
+    assert field in err.value.message and "positive integer" in err.value.message
 
 
-@pytest.mark.parametrize(("given", "sent"), [(None, 64), (10, 10), (500, 64), ("12", 12), (64, 64)])
-def test_max_tokens_is_capped(example, given, sent):
-    body = {"messages": []}
-    if given is not None:
-        body["max_tokens"] = given
-    assert on_request(example, body)["max_tokens"] == sent
+@pytest.mark.parametrize(
+    ("body", "cap"),
+    [
+        ({}, 64),
+        ({"max_tokens": 10}, 10),
+        ({"max_tokens": 500}, 64),
+        ({"max_tokens": "12"}, 12),
+        ({"max_completion_tokens": 1000}, 64),  # the bypass: vLLM reads this field first
+        ({"max_completion_tokens": 1000, "max_tokens": 8}, 64),
+        ({"max_completion_tokens": 8, "max_tokens": 1000}, 8),
+        ({"max_completion_tokens": None, "max_tokens": 1000}, 64),
+    ],
+)
+def test_chat_output_is_capped_whichever_field_the_client_used(example, body, cap):
+    sent, ctx = on_request(example, {"messages": [], **body})
+    assert ctx.request.max_output_tokens == cap
+    # what vLLM 0.32 reads for chat: max_completion_tokens when set, else max_tokens
+    given = sent.get("max_completion_tokens")
+    given = sent.get("max_tokens") if given is None else given
+    assert int(given) == cap
+
+
+@pytest.mark.parametrize(
+    ("body", "cap"), [({}, 16), ({"max_tokens": 500}, 64), ({"max_tokens": 9}, 9)]
+)
+def test_completions_output_is_capped(example, body, cap):
+    sent, ctx = on_request(example, {"prompt": "hi", **body}, api=Api.COMPLETIONS)
+    assert ctx.request.max_output_tokens == cap
+    assert sent.get("max_tokens", 16) == cap  # vLLM's default for completions is 16
+
+
+def test_the_team_header_is_found_in_any_spelling(example):
+    for name in ("x-team", "X-Team", "X-TEAM"):
+        handler = example.TeamCapHandler()
+        ctx = RequestContext(
+            request_id="r1", route="v1/chat/completions", api=Api.CHAT, headers={name: "a"}
+        )
+        asyncio.run(handler.on_request({"messages": []}, ctx))
+        assert ctx.metadata["team"] == "a"
+
+
+def test_no_team_header_is_a_400(example):
+    with pytest.raises(BadRequest) as err:
+        on_request(example, {"messages": []}, team="")
+    assert err.value.param == "x-team"
+
+
+def test_a_team_over_its_quota_gets_429_with_retry_after(example):
+    handler = example.TeamCapHandler()
+    for _ in range(example.TEAM_REQUESTS_PER_MINUTE):
+        on_request(example, {"messages": []}, team="a", handler=handler)
+    with pytest.raises(ClientError) as err:
+        on_request(example, {"messages": []}, team="a", handler=handler)
+    assert (err.value.status, err.value.error_type, err.value.code) == (
+        429,
+        "RateLimitError",
+        "rate_limit_exceeded",
+    )
+    assert 1 <= int(err.value.headers["Retry-After"]) <= 60
+    on_request(example, {"messages": []}, team="b", handler=handler)  # other teams go on
+
+
+def test_the_quota_window_slides(example):
+    now = [100.0]
+    quota = example.TeamQuota(limit=2, window_s=60.0, clock=lambda: now[0])
+    assert quota.admit("a") == 0 and quota.admit("a") == 0
+    now[0] = 130.0
+    assert quota.admit("a") == pytest.approx(30.0)  # both leave the window at 160
+    assert quota.admit("b") == 0  # another team has its own count
+    now[0] = 160.0
+    assert quota.admit("a") == 0 and quota.admit("a") == 0
+    assert quota.admit("a") == pytest.approx(60.0)
+    quota.MAX_TEAMS = 1
+    now[0] = 1000.0
+    quota.admit("b")
+    quota.admit("c")
+    assert set(quota.sent) == {"b", "c"}  # "a", idle for a window, was forgotten
+
+
+def test_through_the_handler_the_429_is_the_reply_with_retry_after(example, engine):
+    handler = example.TeamCapHandler()
+    handler.engine = engine
+    handler.initialized = True
+    handler.quota.limit = 1
+    replies = []
+    for _ in range(2):
+        ctx = make_context("v1/chat/completions", headers={"X-Team": "a"})
+        body = {"messages": [], "max_completion_tokens": 1000}
+        replies.append((ctx, asyncio.run(handler.handle([{"body": body}], ctx))[0]))
+    (ok_ctx, ok), (refused_ctx, refused) = replies
+    assert ok_ctx.get_response_status(0)[0] == 200
+    assert engine.calls[0][1]["max_completion_tokens"] == 64
+    assert json.loads(ok)["x_tsvllm_example"] == {"team": "a", "max_tokens_cap": 64}
+    assert refused_ctx.get_response_status(0)[0] == 429
+    assert refused_ctx.get_response_headers(0)["Retry-After"].isdigit()
+    error = json.loads(refused)["error"]
+    assert (error["type"], error["code"]) == ("RateLimitError", "rate_limit_exceeded")
+    assert len(engine.calls) == 1  # the refused request never reached the engine
