@@ -27,8 +27,8 @@ from tests.e2e.lws import Pod, pod
 from tests.e2e.netns import Host, inside, pids_in, two_hosts
 from tests.e2e.test_multinode import TOKENS, _complete
 from tsvllm.config import dump_model_config, load_model_config
+from tsvllm.contract import OPENAI_BASE
 from tsvllm.deploy import DeployOptions, generate
-from tsvllm.deploy.common import OPENAI_BASE
 from tsvllm.deploy.validate import validate_dir
 
 REPO = Path(__file__).resolve().parents[2]
