@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from tests.unit.conftest import FakeEngine, make_context
+from tests.unit.conftest import FakeEngine, make_context, until
 from tsvllm.config import ConfigError
 from tsvllm.engine.base import EngineCannotStart
 from tsvllm.worker import handler as handler_module
@@ -24,7 +24,7 @@ def make(engine: FakeEngine, *, failures: list[Exception] = (), setup_error=None
 
         async def build_engine(self, *, model_dir):
             Handler.attempts += 1
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # a slow start: the behaviour the probes are timed against
             if Handler.attempts <= len(failures):
                 raise failures[Handler.attempts - 1]
             return engine
@@ -83,7 +83,10 @@ def test_a_transient_start_failure_is_503_then_retried(engine, monkeypatch):
 
     async def run():
         start(handler)
-        await asyncio.sleep(0.06)  # the first attempt has failed
+        await until(
+            lambda: handler.start_error is not None and handler._attempt is None,
+            what="the first attempt has failed",
+        )
         first = await call(handler, "v1/completions", {"prompt": "x"})
         await handler._starting
         return first, await call(handler, "v1/completions", {"prompt": "x"})
@@ -168,7 +171,7 @@ def test_a_cancelled_request_is_a_503_not_a_timeout(handler, engine):
     async def run():
         ctx = make_context("v1/completions")
         task = asyncio.ensure_future(handler.handle([{"body": {"prompt": "x"}}], ctx))
-        await asyncio.sleep(0.05)
+        await until(lambda: engine.running == 1, what="the request reaches the engine")
         task.cancel()
         reply = await task
         return ctx.get_response_status(0)[0], json.loads(reply[0])
@@ -235,7 +238,7 @@ def test_a_probe_during_a_start_is_503_at_once_with_the_start_status(engine, rou
     async def run():
         type(handler).go = asyncio.Event()
         start(handler)
-        await asyncio.sleep(0.01)  # the attempt runs
+        await until(lambda: type(handler).attempts == 1, what="the attempt runs")
         took, answer = await _timed(asyncio.wait_for(call(handler, route), 1))
         type(handler).go.set()
         await asyncio.wait_for(handler._starting, 5)
@@ -255,7 +258,7 @@ def test_a_multinode_start_says_it_waits_for_every_worker_node(engine):
     async def run():
         type(handler).go = asyncio.Event()
         start(handler)
-        await asyncio.sleep(0.01)
+        await until(lambda: type(handler).attempts == 1, what="the attempt runs")
         answer = await asyncio.wait_for(call(handler, "v1/models"), 1)
         type(handler).go.set()
         await asyncio.wait_for(handler._starting, 5)
@@ -298,13 +301,12 @@ def test_a_request_during_a_retry_waits_for_it_and_the_probe_names_the_attempt(e
     async def run():
         go = type(handler).go = asyncio.Event()
         start(handler)
-        await asyncio.sleep(0.01)
+        await until(lambda: type(handler).attempts == 1, what="the first attempt runs")
         go.set()  # the first attempt fails
-        while type(handler).attempts < 2:
-            await asyncio.sleep(0.01)
+        await until(lambda: type(handler).attempts == 2, what="the second attempt runs")
         probe = await call(handler, "v1/models")
         waiting = asyncio.ensure_future(call(handler, "v1/completions", {"prompt": "x"}))
-        await asyncio.sleep(0.05)
+        await until(lambda: handler._attempt_end is not None, what="the request waits")
         assert not waiting.done()  # it waits for the running attempt
         go.set()
         return probe, await asyncio.wait_for(waiting, 5)
