@@ -6,7 +6,7 @@ import asyncio
 import json
 import os
 
-from tests.unit.conftest import make_context
+from tests.unit.conftest import make_context, until
 from tsvllm import drain
 from tsvllm.worker import core
 from tsvllm.worker.drain_watch import DrainWatch
@@ -54,13 +54,13 @@ def test_while_draining_new_requests_and_probes_get_503_with_retry_after(handler
 
 
 def test_running_requests_finish_during_the_drain_and_are_counted(handler, engine, tmp_path):
-    engine.delay_s = 0.05
+    engine.delay_s = 0.05  # a slow stream: it is still running when the drain starts
     watch = watch_for(handler, tmp_path)
 
     async def run():
         ctx = make_context("v1/chat/completions")
         task = asyncio.ensure_future(handler.handle([{"body": {"stream": True}}], ctx))
-        await asyncio.sleep(0.02)
+        await until(lambda: engine.running == 1, what="the stream runs in the engine")
         drain.request(tmp_path, drain.DRAIN)
         watch.poll()
         during = status(tmp_path)["running"]
@@ -86,7 +86,7 @@ def test_abort_ends_streams_with_an_error_event_and_plain_requests_with_503(
         stream_ctx, plain_ctx = make_context("v1/chat/completions"), make_context("v1/completions")
         stream = asyncio.ensure_future(handler.handle([{"body": {"stream": True}}], stream_ctx))
         plain = asyncio.ensure_future(handler.handle([{"body": {"prompt": "x"}}], plain_ctx))
-        await asyncio.sleep(0.05)
+        await until(lambda: engine.running == 2, what="both requests run in the engine")
         drain.request(tmp_path, drain.DRAIN)
         drain.request(tmp_path, drain.ABORT)
         watch.poll()
