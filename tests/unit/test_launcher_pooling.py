@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from tsvllm.host import entrypoint, launcher
+from tsvllm.host.torchserve import Ports
 
 POOLING = (
     "unknown route 'tsvllm-routes'; this model serves /v1/models, /health, /version, /tokenize, "
@@ -25,6 +26,7 @@ GENERATING = (
 
 class FakeTs:
     inference_url = "http://127.0.0.1:1234"
+    ports = Ports(1234, 1235, 1236, 1237, 1238)
     key_file = Path("/tmp/key_file.json")
     management_socket = Path("/tmp/management.sock")
     control_dir = Path("/tmp/control")
@@ -96,6 +98,7 @@ def test_the_launcher_prints_a_chat_curl_for_a_model_that_generates(tmp_path, ca
     assert "/predictions/tiny/1.0/v1/chat/completions -H" in curl and "Authorization" not in curl
     assert json.loads(curl.split("-d '", 1)[1].rstrip("'"))["messages"]
     assert "pooling" not in out
+    assert "token auth is off; management API: http://127.0.0.1:1235 (no key)" in out
 
 
 def test_the_entrypoint_names_a_pooling_models_routes_and_warns_about_vertex(monkeypatch, capsys):

@@ -1,12 +1,14 @@
 """Quick start that replaces ``ts.llm_launcher``: flags → config → archive → TorchServe.
 
-``tsvllm launch --model_id DIR_OR_HF_ID`` (also ``python -m tsvllm.host.launcher``) takes
-ts.llm_launcher's flags with the same meaning, writes a validated model config, builds
-the archive, starts TorchServe, waits until the model answers, prints the OpenAI base
-URL, an example ``curl`` and where the auth key is, and stays in the foreground. The example
-fits the model: a chat request for a model that generates, an embeddings request for a
-pooling model (e.g. a sentence-embedding folder; vLLM decides, or ``runner: pooling`` in the
-config's ``vllm_engine_config``), with the routes it serves.
+``tsvllm launch --model-id DIR_OR_HF_ID`` (also ``python -m tsvllm.host.launcher``) takes
+ts.llm_launcher's flags with the same meaning (kebab-case as every tsvllm flag; its
+underscore spellings, ``--model_id``, ``--vllm_engine.max_model_len``, ..., work too),
+writes a validated model config, builds the archive, starts TorchServe, waits until the
+model answers, prints the OpenAI base URL, an example ``curl`` and where the auth key is,
+and stays in the foreground. The example fits the model: a chat request for a model that
+generates, an embeddings request for a pooling model (e.g. a sentence-embedding folder;
+vLLM decides, or ``runner: pooling`` in the config's ``vllm_engine_config``), with the
+routes it serves.
 
 SIGTERM (or Ctrl-C) drains first (:mod:`tsvllm.host.shutdown`): new requests get 503 with
 ``Retry-After`` while the running ones finish, for at most ``--drain-timeout`` seconds
@@ -14,6 +16,11 @@ SIGTERM (or Ctrl-C) drains first (:mod:`tsvllm.host.shutdown`): new requests get
 gets an error event and ``[DONE]``). Then TorchServe and every engine process stop. A
 second signal stops at once. Exit status: 0 when every request finished, 3 when requests
 had to be ended, 1 when TorchServe failed, 2 for a bad flag.
+
+The ports (``--port P``, :func:`listened_ports`): inference on P, metrics on P+2,
+TorchServe's gRPC on P+3 and P+4 (7070 and 7071 for P = 8080); the management API on a
+Unix socket in the server's private work directory, or on P+1 when token auth is off.
+Only those are checked before the start; a busy one stops the launch with its number.
 
 Device and tensor parallelism are detected, not guessed: ``--device auto`` uses the GPUs
 that are visible (``CUDA_VISIBLE_DEVICES`` honoured) and falls back to CPU;
@@ -176,19 +183,17 @@ def load_guards(value: str | None) -> dict[str, Any] | None:
 # -- running --------------------------------------------------------------------------
 
 
-def check_port_free(port: int) -> None:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            raise LaunchError(
-                f"port {port} on 127.0.0.1 is in use (another TorchServe? `torchserve --stop`, "
-                "or pick another with --port)"
-            ) from None
+#: what ``--help`` and the README say about the ports (:func:`listened_ports` is the truth)
+PORT_HELP = (
+    "inference port P (default 8080); metrics on P+2; TorchServe's gRPC on P+3 and P+4 "
+    "(7070 and 7071 when P is 8080); the management API on the Unix socket "
+    "MODEL_STORE/.torchserve/management.sock, or on TCP P+1 with --disable-token-auth"
+)
 
 
 def ports_for(port: int) -> Any:
-    """inference=port, management=port+1, metrics=port+2; gRPC after them (off-default)."""
+    """TorchServe's ports for inference port ``port``: management ``port``+1, metrics +2,
+    gRPC inference and management +3 and +4; TorchServe's defaults for 8080 (gRPC 7070, 7071)."""
     from tsvllm.host.torchserve import Ports
 
     if port == 8080:
@@ -196,30 +201,110 @@ def ports_for(port: int) -> Any:
     return Ports(port, port + 1, port + 2, port + 3, port + 4)
 
 
+def listened_ports(ports: Any, *, management_tcp: bool) -> dict[int, str]:
+    """The TCP ports a launched TorchServe listens on (127.0.0.1), each with what it serves.
+
+    The management API is a Unix socket unless token auth is off (``management_tcp``;
+    :attr:`TorchServe.management_socket <tsvllm.host.torchserve.TorchServe.management_socket>`).
+    TorchServe's own metrics listen on a loopback port chosen free at start, behind the
+    metrics port (:mod:`tsvllm.host.metrics_proxy`); the workers talk to the frontend over
+    Unix sockets.
+    """
+    listened = {
+        ports.inference: "the inference API",
+        ports.metrics: "metrics",
+        ports.grpc_inference: "TorchServe's gRPC inference API",
+        ports.grpc_management: "TorchServe's gRPC management API",
+    }
+    if management_tcp:
+        listened[ports.management] = "the management API (token auth is off)"
+    return listened
+
+
+def port_is_free(port: int) -> bool:
+    """True when a server can listen on 127.0.0.1:``port`` now.
+
+    Binds as the servers do, with ``SO_REUSEADDR`` (Java's and Python's HTTP servers set
+    it): a port whose last server closed its connections first is left in TIME_WAIT, and
+    is free for them although a plain ``bind`` refuses it.
+    """
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def check_ports_free(port: int, *, token_auth: bool) -> Any:
+    """The ports for ``--port port`` (:func:`ports_for`) when every one launch listens on
+    (:func:`listened_ports`) is free; else LaunchError naming the first busy one."""
+    if not 1 <= port <= 65535 - 4:
+        raise LaunchError(f"--port {port}: use 1 to 65531 (the next four ports serve too)")
+    ports = ports_for(port)
+    for number, serves in listened_ports(ports, management_tcp=not token_auth).items():
+        if not port_is_free(number):
+            raise LaunchError(
+                f"port {number} on 127.0.0.1 is in use; --port {port} puts {serves} there "
+                "(another TorchServe? `torchserve --stop`, or pick another --port)"
+            )
+    return ports
+
+
+#: ts.llm_launcher's spelling of each flag launch mirrors: accepted, not shown in ``--help``
+LLM_LAUNCHER_ALIASES = {
+    "--model-id": "--model_id",
+    "--model-name": "--model_name",
+    "--model-store": "--model_store",
+    "--disable-token-auth": "--disable_token_auth",
+    "--vllm-engine.max-num-seqs": "--vllm_engine.max_num_seqs",
+    "--vllm-engine.max-model-len": "--vllm_engine.max_model_len",
+    "--vllm-engine.download-dir": "--vllm_engine.download_dir",
+    "--startup-timeout": "--startup_timeout",
+}
+
+
+def _add(p: argparse.ArgumentParser, flag: str, **kwargs: Any) -> None:
+    """``flag`` (kebab-case, shown in ``--help``) and its ts.llm_launcher alias, if any."""
+    p.add_argument(flag, **kwargs)
+    alias = LLM_LAUNCHER_ALIASES.get(flag)
+    if alias is not None:  # same dest; the shown flag's default stands
+        hidden = {"help": argparse.SUPPRESS, "default": argparse.SUPPRESS}
+        dest = kwargs.get("dest", flag[2:].replace("-", "_"))
+        p.add_argument(alias, **{**kwargs, "dest": dest, **hidden})
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="tsvllm launch", description=__doc__.split("\n\n")[0], allow_abbrev=False
+        prog="tsvllm launch",
+        description=__doc__.split("\n\n")[0],
+        epilog="ts.llm_launcher's underscore spellings of its flags are accepted too: "
+        + ", ".join(LLM_LAUNCHER_ALIASES.values()),
+        allow_abbrev=False,
     )
     # ts.llm_launcher's flags, same meaning
-    p.add_argument("--model_id", help="local model folder or Hugging Face id")
-    p.add_argument("--model_name", default="model", help="TorchServe model name (URL)")
-    p.add_argument("--model_store", default="model_store", help="where artifacts go")
-    p.add_argument("--disable_token_auth", action="store_true", help="turn token auth off")
-    p.add_argument("--vllm_engine.max_num_seqs", dest="max_num_seqs", type=int, default=256)
-    p.add_argument("--vllm_engine.max_model_len", dest="max_model_len", type=int)
-    p.add_argument("--vllm_engine.download_dir", dest="download_dir")
-    p.add_argument("--startup_timeout", type=int, default=STARTUP_TIMEOUT_S, help="seconds to load")
-    p.add_argument("--dtype", default="auto", help="bfloat16, float16, float32 or auto")
+    _add(p, "--model-id", help="local model folder or Hugging Face id")
+    _add(p, "--model-name", default="model", help="TorchServe model name (URL)")
+    _add(p, "--model-store", default="model_store", help="where artifacts go")
+    _add(p, "--disable-token-auth", action="store_true", help="turn token auth off")
+    engine = "vLLM's engine argument"
+    _add(p, "--vllm-engine.max-num-seqs", dest="max_num_seqs", type=int, default=256, help=engine)
+    _add(p, "--vllm-engine.max-model-len", dest="max_model_len", type=int, help=engine)
+    _add(p, "--vllm-engine.download-dir", dest="download_dir", help=engine)
+    _add(p, "--startup-timeout", type=int, default=STARTUP_TIMEOUT_S, help="seconds to load")
+    _add(p, "--dtype", default="auto", help="bfloat16, float16, float32 or auto")
     # ours
-    p.add_argument("--config", help="a model-config.yaml to use instead of the flags above")
-    p.add_argument("--handler", help="handler entry file (default handlers/vllm_handler.py)")
-    p.add_argument("--rag-index", help="RAG index folder (tsvllm index); enables RAG")
-    p.add_argument("--guards", help="'default' or a YAML file with a guards section")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"])
-    p.add_argument("--tensor-parallel-size", default="auto", help="auto or a number")
-    p.add_argument("--port", type=int, default=8080, help="inference port (management +1)")
-    p.add_argument("--keep-artifacts", action="store_true", help="keep config and archive")
-    p.add_argument(
+    _add(p, "--config", help="a model-config.yaml to use instead of the flags above")
+    _add(p, "--handler", help="handler entry file (default handlers/vllm_handler.py)")
+    _add(p, "--rag-index", help="RAG index folder (tsvllm index); enables RAG")
+    _add(p, "--guards", help="'default' or a YAML file with a guards section")
+    _add(p, "--device", default="auto", choices=["auto", "cpu", "gpu"])
+    _add(p, "--tensor-parallel-size", default="auto", help="auto or a number")
+    _add(p, "--port", type=int, default=8080, metavar="P", help=PORT_HELP)
+    _add(p, "--keep-artifacts", action="store_true", help="keep config and archive")
+    _add(
+        p,
         "--drain-timeout",
         metavar="S",
         help="on SIGTERM, seconds running requests get to finish before they are ended "
@@ -227,7 +312,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     args = p.parse_args(argv)
     if not args.model_id and not args.config:
-        p.error("give --model_id (a model folder or HF id) or --config")
+        p.error("give --model-id (a model folder or HF id) or --config")
     return args
 
 
@@ -247,7 +332,7 @@ def prepare(args: argparse.Namespace, *, gpus: int | None = None) -> tuple[Path,
         if local.exists() or not HF_ID.match(model_path):
             if not (local / "config.json").is_file():
                 raise LaunchError(
-                    f"--model_id {model_path}: no model folder there (no config.json) and not "
+                    f"--model-id {model_path}: no model folder there (no config.json) and not "
                     "a Hugging Face id like org/name"
                 )
             model_path = str(local.resolve())
@@ -289,9 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         drain_timeout(os.environ, flag=args.drain_timeout)  # a bad value fails first
         if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
             raise LaunchError("Java not found: TorchServe needs Java 11+ (JDK 17 tested)")
-        ports = ports_for(args.port)
-        for port in (ports.inference, ports.management, ports.metrics):
-            check_port_free(port)
+        ports = check_ports_free(args.port, token_auth=not args.disable_token_auth)
         config_path, _ = prepare(args)
         configured = load_model_config(config_path).handler.drain_timeout_s
         drain_s = drain_timeout(os.environ, flag=args.drain_timeout, configured=configured)
@@ -456,7 +539,8 @@ def _announce(ts: Any, model: str, config_path: Path) -> None:
             f"(inference key {keys['inference']}); a request without it gets 401\n"
             f"  management API: Unix socket {ts.management_socket} (owner only)\n"
             if keys
-            else "  auth: token auth is off\n"
+            else "  auth: token auth is off; management API: "
+            f"http://127.0.0.1:{ts.ports.management} (no key)\n"
         )
         + example
         + "  Ctrl-C or SIGTERM drains (running requests finish, new ones get 503), then stops "
