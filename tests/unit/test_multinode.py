@@ -164,14 +164,25 @@ def test_the_watch_fires_once_the_leader_it_saw_stops_answering():
         leader.close()
 
 
-def test_the_watch_waits_for_a_leader_it_has_not_seen_yet():
+def test_the_watch_waits_for_a_leader_it_has_not_seen_yet(monkeypatch):
+    from tsvllm.host import leader_watch
+
+    looks, real = [], leader_watch.reachable
+
+    def counted(host, port, *, timeout):
+        looks.append(real(host, port, timeout=timeout))
+        return looks[-1]
+
+    monkeypatch.setattr(leader_watch, "reachable", counted)
     free = _listener()
     port = free.getsockname()[1]
     free.close()  # nothing listens there: a follower started before its leader
     fired = []
     watch = LeaderWatch("127.0.0.1", port, on_gone=lambda: fired.append(1), poll_s=0.02)
     watch.start()
-    time.sleep(0.5)  # 25 refused looks
+    # far more refused looks in a row than the MISSES that end a watch once the leader was seen
+    assert _wait(lambda: len(looks) >= 4 * leader_watch.MISSES)
+    assert not any(looks)
     assert fired == [] and not watch.seen and watch.is_alive()
     watch.stop()
     watch.join(timeout=5)
