@@ -10,8 +10,9 @@ Subcommands:
   index CORPUS_DIR --out INDEX_DIR      build a RAG index (all-MiniLM-L6-v2, exact cosine)
   bench hooks [--json PATH]             time retrieval, query embedding and rule guards
   bench serve --model-dir DIR ...       vLLM's own server vs TorchServe + VLLMHandler
-  launch --model_id DIR_OR_ID ...       quick start (ts.llm_launcher's flags; see
-                                        tsvllm.host.launcher, which parses its own flags)
+  launch --model-id DIR_OR_ID ...       quick start (ts.llm_launcher's flags, kebab-case; its
+                                        underscore spellings work too; tsvllm.host.launcher
+                                        parses them)
   drain --control-dir DIR [--model N]   drain a running server's model before unregistering
                                         or scaling it down (tsvllm.host.shutdown)
 """

@@ -3,7 +3,9 @@ ts.llm_launcher's underscore spellings (the flags launch mirrors) parse to the s
 
 from __future__ import annotations
 
+import argparse
 import re
+from collections.abc import Iterator
 
 import pytest
 
@@ -94,3 +96,29 @@ def test_help_shows_the_kebab_case_flags(run, capsys):
     assert "gRPC on P+3 and P+4 (7070 and 7071 when P is 8080)" in port
     assert "Unix socket MODEL_STORE/.torchserve/management.sock" in port
     assert "or on TCP P+1 with --disable-token-auth" in port
+
+
+def _options(parser: argparse.ArgumentParser, name: str) -> Iterator[tuple[str, str]]:
+    """``(command, flag)`` for every flag ``--help`` shows, subcommands included."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub, subparser in action.choices.items():
+                yield from _options(subparser, f"{name} {sub}")
+        elif action.help != argparse.SUPPRESS:
+            yield from ((name, flag) for flag in action.option_strings)
+
+
+def test_every_command_spells_its_flags_in_kebab_case():
+    from tsvllm.host import entrypoint, launcher
+
+    parsers = {
+        "tsvllm": cli.build_parser(),
+        "tsvllm launch": launcher.build_parser(),
+        "entrypoint": entrypoint._parser(),
+    }
+    flags = [flag for name, p in parsers.items() for flag in _options(p, name)]
+    assert ("tsvllm deploy", "--disable-token-auth") in flags
+    assert ("tsvllm launch", "--vllm-engine.max-model-len") in flags
+    assert ("entrypoint worker-node", "--node-rank") in flags
+    kebab = re.compile(r"-[a-z]|--[a-z0-9]+(-[a-z0-9]+)*(\.[a-z0-9]+(-[a-z0-9]+)*)?")
+    assert [flag for flag in flags if not kebab.fullmatch(flag[1])] == []

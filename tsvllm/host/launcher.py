@@ -275,7 +275,8 @@ def _add(p: argparse.ArgumentParser, flag: str, **kwargs: Any) -> None:
         p.add_argument(alias, **{**kwargs, "dest": dest, **hidden})
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """``tsvllm launch``'s flags (:func:`parse_args` checks what they must say together)."""
     p = argparse.ArgumentParser(
         prog="tsvllm launch",
         description=__doc__.split("\n\n")[0],
@@ -310,6 +311,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="on SIGTERM, seconds running requests get to finish before they are ended "
         "(default: $TSVLLM_DRAIN_TIMEOUT_S, else 30; 0: end them at once)",
     )
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = build_parser()
     args = p.parse_args(argv)
     if not args.model_id and not args.config:
         p.error("give --model-id (a model folder or HF id) or --config")
