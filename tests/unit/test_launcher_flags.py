@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -122,3 +123,18 @@ def test_every_command_spells_its_flags_in_kebab_case():
     assert ("entrypoint worker-node", "--node-rank") in flags
     kebab = re.compile(r"-[a-z]|--[a-z0-9]+(-[a-z0-9]+)*(\.[a-z0-9]+(-[a-z0-9]+)*)?")
     assert [flag for flag in flags if not kebab.fullmatch(flag[1])] == []
+
+
+def test_the_readme_launch_section_names_every_flag_and_the_port_layout():
+    from tsvllm.host.launcher import build_parser
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme.split("## One-command launch", 1)[1].split("\n## ", 1)[0]
+    text = " ".join(section.split())
+    shown = {flag for _, flag in _options(build_parser(), "launch")} - {"-h", "--help"}
+    assert sorted(f for f in shown if f"`{f}" not in text) == []
+    assert (
+        "inference on P, metrics on P+2, TorchServe's gRPC on P+3 and P+4 (7070 and 7071 when P "
+        "is 8080). With token auth on, the management API has no TCP port" in text
+    )
+    assert "with `--disable-token-auth` it is on P+1" in text
