@@ -3,7 +3,8 @@
 Each key's type, default and description come from the pydantic models in
 :mod:`tsvllm.config` (one table per section, nested sections such as ``handler.rag`` and
 ``handler.guards.judge`` included); its example is the value a shipped config under
-``model_configs/`` sets, naming the file, or the field's own ``examples``. Regenerate with::
+``model_configs/`` sets, else the one in ``examples/model-config-all-keys.yaml`` (naming the
+file), else the field's own ``examples``. Regenerate with::
 
     python -m tsvllm.config_docs > docs/CONFIG.md        # from the repo root
 
@@ -37,9 +38,10 @@ HEADER = """\
 
 One file holds TorchServe's frontend keys (top level) and the handler's settings
 (`handler:`). `tsvllm validate FILE` checks it; an unknown key is an error that names the
-closest known key. The examples are values from the configs shipped in `model_configs/`
-(the file is named); a key no shipped config sets has no example. `handler.vllm_engine_config`
-takes any `vllm serve` argument in snake_case; vLLM's own parser checks those.
+closest known key. Each example is the value a config shipped in `model_configs/` sets,
+else the one in `examples/model-config-all-keys.yaml` (a file that sets every key and
+validates); the file is named. `handler.vllm_engine_config` takes any `vllm serve` argument
+in snake_case; vLLM's own parser checks those. `torchrun` is refused, so it has no example.
 """
 
 _BOUNDS = (("ge", "≥"), ("gt", ">"), ("le", "≤"), ("lt", "<"))
@@ -72,10 +74,16 @@ def undocumented(model: type[BaseModel] = ModelConfig) -> list[str]:
     ]
 
 
-def shipped_configs(config_dir: Path) -> list[tuple[str, Mapping[str, Any]]]:
-    """``(file name, parsed YAML)`` of each config in ``config_dir``, sorted by name."""
+#: the file that sets every key, for the keys no shipped config sets (relative to the repo)
+ALL_KEYS = Path("examples") / "model-config-all-keys.yaml"
+
+
+def example_configs(root: Path) -> list[tuple[str, Mapping[str, Any]]]:
+    """``(file name, parsed YAML)`` of the example sources under the repo ``root``, in the
+    order they are looked up: ``model_configs/*.yaml`` by name, then :data:`ALL_KEYS`."""
+    files = [*sorted((root / "model_configs").glob("*.yaml")), root / ALL_KEYS]
     out = []
-    for file in sorted(config_dir.glob("*.yaml")):
+    for file in files:
         data = yaml.safe_load(file.read_text(encoding="utf-8"))
         if isinstance(data, Mapping):
             out.append((file.name, data))
@@ -202,13 +210,16 @@ def _yaml(value: Any) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Print docs/CONFIG.md; the examples come from ``model_configs/`` in the working dir."""
+    """Print docs/CONFIG.md; the examples come from the repo root (the working dir, or
+    the one argument)."""
     args = sys.argv[1:] if argv is None else argv
-    config_dir = Path(args[0] if args else "model_configs")
-    if not config_dir.is_dir():
-        print(f"{config_dir} is not a folder; run from the repo root", file=sys.stderr)
+    root = Path(args[0] if args else ".")
+    if not (root / "model_configs").is_dir() or not (root / ALL_KEYS).is_file():
+        print(
+            f"{root} has no model_configs/ or {ALL_KEYS}; run from the repo root", file=sys.stderr
+        )
         return 2
-    sys.stdout.write(render(configs=shipped_configs(config_dir)))
+    sys.stdout.write(render(configs=example_configs(root)))
     return 0
 
 

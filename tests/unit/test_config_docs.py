@@ -6,14 +6,14 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tsvllm.config import ModelConfig
-from tsvllm.config_docs import render, sections, shipped_configs, undocumented
+from tsvllm.config import ModelConfig, load_model_config
+from tsvllm.config_docs import ALL_KEYS, example_configs, render, sections, undocumented
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def test_config_md_is_up_to_date():
-    expected = render(configs=shipped_configs(REPO / "model_configs"))
+    expected = render(configs=example_configs(REPO))
     actual = (REPO / "docs" / "CONFIG.md").read_text(encoding="utf-8")
     assert actual == expected, (
         "docs/CONFIG.md is out of date; regenerate it from the repo root with "
@@ -56,3 +56,12 @@ def test_undocumented_names_fields_without_a_description():
 
     assert undocumented(Outer) == ["inner.bare"]
     assert undocumented(ModelConfig) == []
+
+
+def test_the_all_keys_example_validates_and_sets_every_key_but_torchrun():
+    load_model_config(REPO / ALL_KEYS)  # raises ConfigError naming any problem
+    text = render(configs=example_configs(REPO))
+    rows = [line for line in text.splitlines() if line.startswith("| `")]
+    without = [row.split("|")[1].strip() for row in rows if row.rstrip().endswith("|  |")]
+    torchrun = next(s.model for s in sections() if s.path == "torchrun")
+    assert without == [f"`{f.alias or n}`" for n, f in torchrun.model_fields.items()]
