@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from tests.suite_report import (  # noqa: F401 - pytest hooks
+    mark_run,
     pytest_runtest_logreport,
     pytest_sessionfinish,
-    pytest_sessionstart,
     pytest_terminal_summary,
 )
 
@@ -73,6 +73,7 @@ def _interrupt(signum, frame):
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    mark_run()  # before anything starts a process (tests/suite_report.py)
     # A CI time limit or `kill` sends SIGTERM; as KeyboardInterrupt, pytest still runs the
     # fixtures' finalizers, so servers and engines started by tests are stopped.
     signal.signal(signal.SIGTERM, _interrupt)

@@ -6,14 +6,18 @@
   the folders overlap in time: their sum is more than the wall time.
 - **Nothing left behind**: the processes a run may start (TorchServe's Java frontend and
   Python workers, vLLM's engine processes, ``tsvllm`` launchers and follower hosts) that are
-  alive at the end but were not at the start fail the run; they are listed, then ended by
-  PID. Only the controlling process checks (the xdist workers have ended by then).
+  still alive at its end fail the run; they are listed, then ended by PID. A process counts
+  as this run's when it inherited the run's mark (:data:`RUN_ENV` in its environment, set
+  before any test starts anything), so an orphan that lost its parent is found too, and
+  servers of other runs or users on the machine are never touched. Only the controlling
+  process checks (the xdist workers have ended by then).
 """
 
 from __future__ import annotations
 
 import os
 import time
+import uuid
 from collections import defaultdict
 from pathlib import Path
 
@@ -31,33 +35,38 @@ SERVING = (
 )
 #: how long the processes of the last fixtures' teardown may take to exit
 LEFTOVER_GRACE_S = 60.0
+#: the environment variable that marks every process this run starts (inherited)
+RUN_ENV = "TSVLLM_TEST_RUN"
 
 _started = time.monotonic()
 _by_kind: dict[str, float] = defaultdict(float)
 _by_e2e_file: dict[str, float] = defaultdict(float)
-_before: set[int] = set()
 
 
-def serving_processes() -> dict[int, str]:
-    """PID → command line of every process whose command line names a :data:`SERVING` part."""
+def mark_run() -> None:
+    """Mark this run's processes (called before any test; xdist workers inherit the
+    controller's mark)."""
+    os.environ.setdefault(RUN_ENV, uuid.uuid4().hex)
+
+
+def serving_processes(run: str) -> dict[int, str]:
+    """PID → command line of every process of run ``run`` whose command line names a
+    :data:`SERVING` part."""
     found = {}
     for proc in psutil.process_iter(["pid", "cmdline", "name"]):
         try:
             line = " ".join(proc.info["cmdline"] or [proc.info["name"] or ""])
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            if not any(part in line for part in SERVING) or proc.info["pid"] == os.getpid():
+                continue
+            if proc.environ().get(RUN_ENV) == run:
+                found[proc.info["pid"]] = line
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
-        if proc.info["pid"] != os.getpid() and any(part in line for part in SERVING):
-            found[proc.info["pid"]] = line
     return found
 
 
 def _controller(config: pytest.Config) -> bool:
     return not hasattr(config, "workerinput")
-
-
-def pytest_sessionstart(session: pytest.Session) -> None:
-    if _controller(session.config):
-        _before.update(serving_processes())
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
@@ -71,7 +80,7 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 def _leftovers() -> dict[int, str]:
     deadline = time.monotonic() + LEFTOVER_GRACE_S
     while True:
-        left = {pid: line for pid, line in serving_processes().items() if pid not in _before}
+        left = serving_processes(os.environ[RUN_ENV])
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(0.5)
