@@ -64,7 +64,7 @@ def drain_cli(la: Launch, *args: str) -> tuple[int, str]:
 
 @pytest.fixture(scope="class")
 def open_launch(tmp_path_factory, tiny_model) -> Iterator[Launch]:
-    yield from launched(tmp_path_factory, tiny_model, "--disable_token_auth")
+    yield from launched(tmp_path_factory, tiny_model, "--disable-token-auth")
 
 
 class TestWithoutTokenAuth:
@@ -192,9 +192,9 @@ def test_missing_model_path_is_a_clear_error(tmp_path):
             sys.executable,
             "-m",
             "tsvllm.host.launcher",
-            "--model_id",
+            "--model-id",
             str(tmp_path / "nope"),
-            "--model_store",
+            "--model-store",
             str(tmp_path / "s"),
         ],
         capture_output=True,
@@ -211,6 +211,7 @@ def test_an_engine_that_can_never_start_stops_the_launcher_at_once_with_the_reas
     """vLLM rejects max_model_len 100000 for the tiny model (2,048 positions) only when the
     engine starts, inside the worker: no retry fixes that, so the worker gives up at once
     and the launcher prints vLLM's reason and stops, far sooner than --startup_timeout."""
+    # ts.llm_launcher's spellings (aliases of --disable-token-auth, --vllm-engine.*)
     never = ("--vllm_engine.max_model_len", "100000")
     la = Launch(tmp_path, tiny_model, "--disable_token_auth", *never)
     try:
