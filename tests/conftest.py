@@ -39,7 +39,6 @@ COSTLIEST_FIRST = (
     "e2e-test_engine_metrics",
     "e2e-test_runtime_lora",
     "e2e-test_embeddings",
-    "e2e-test_gpu_placement",
 )
 
 

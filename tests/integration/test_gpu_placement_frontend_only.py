@@ -1,9 +1,11 @@
-"""GPU placement through a real TorchServe 0.12 frontend, on CPU.
+"""GPU placement through a real TorchServe 0.12 frontend, on CPU, with no vLLM: an
+integration test of the frontend and the handler's placement, not an end-to-end test of
+vLLM (no engine runs, so it lives in tests/integration).
 
 A fake ``nvidia-smi`` first on PATH answers the queries the frontend makes (``SystemInfo``,
 ``CudaUtil``: ``--query-gpu=index,gpu_name`` to count, ``index,gpu_name,utilization.gpu,
 utilization.memory,memory.used`` for metrics) so that it counts FAKE_GPUS GPUs. The models are
-served by tests/e2e/device_report_handler.py: VLLMHandler with an engine that only reports
+served by tests/integration/device_report_handler.py: VLLMHandler with an engine that only reports
 the CUDA_VISIBLE_DEVICES the handler set (no vLLM). Every worker writes its report; the test
 matches them to the management API's worker list and asks the inference API too.
 """
