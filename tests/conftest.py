@@ -2,6 +2,7 @@
 server into one ``pytest-xdist`` group; SIGTERM still tears fixtures down; the run reports
 where its time went and fails if it left a server process behind (tests/suite_report.py)."""
 
+import os
 import signal
 from pathlib import Path
 
@@ -15,6 +16,29 @@ from tests.suite_report import (  # noqa: F401 - pytest hooks
 )
 
 KINDS = ("unit", "integration", "e2e")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def models_dir() -> Path:
+    """Where the demo models are built, once per run (and kept for the next run):
+    ``TSVLLM_MODELS_DIR``, else ``models/`` in the repo. Builds are cached and locked
+    (tsvllm.demo_models), so xdist workers share one build."""
+    return Path(os.environ.get("TSVLLM_MODELS_DIR", REPO / "models"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> Path:
+    from tsvllm.demo_models import build_tiny
+
+    return build_tiny(models_dir() / "tiny")
+
+
+@pytest.fixture(scope="session")
+def smollm2_model() -> Path:
+    from tsvllm.demo_models import build_smollm2
+
+    return build_smollm2(models_dir() / "smollm2")
+
 
 #: e2e tests that use the session server (tests/e2e/conftest.py) run in one xdist worker,
 #: so that a run starts it once; the other e2e files each start their own servers and

@@ -1,13 +1,15 @@
 """End-to-end fixtures: real TorchServe (Java frontend) + real vLLM engines on CPU.
 
-One session server serves two models built with no hub: ``tiny`` (random weights, fast,
-aliased as ``tiny-alias``) and ``smollm2`` (the real SmolLM2-135M-Instruct). Every server
-a fixture starts is stopped in its ``finally``, whatever the tests did.
+One session server (:func:`server`) serves five models built with no hub (the run's
+demo models, tests/conftest.py): ``tiny`` (random weights, fast, aliased as
+``tiny-alias``), ``smollm2`` (the real SmolLM2-135M-Instruct), ``rag`` (SmolLM2 with RAG
+and guards), ``team`` (the example hooks handler) and ``judged`` (an LLM judge). Every test
+that uses it runs in one xdist worker (tests/conftest.py), so a run starts it once. Every
+server a fixture starts is stopped in its ``finally``, whatever the tests did.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,23 +17,11 @@ import pytest
 
 from tests.e2e.scripted_judge import build_scripted_judge
 from tsvllm.config import dump_model_config, load_model_config, validate_model_config
-from tsvllm.demo_models import build_smollm2, build_tiny
 from tsvllm.host.archive import build_archive
 from tsvllm.host.torchserve import TorchServe
 
 REPO = Path(__file__).resolve().parents[2]
-MODELS = Path(os.environ.get("TSVLLM_MODELS_DIR", REPO / "models"))
 STARTUP_TIMEOUT = 900
-
-
-@pytest.fixture(scope="session")
-def tiny_model() -> Path:
-    return build_tiny(MODELS / "tiny")
-
-
-@pytest.fixture(scope="session")
-def smollm2_model() -> Path:
-    return build_smollm2(MODELS / "smollm2")
 
 
 def archive(

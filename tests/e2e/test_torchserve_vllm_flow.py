@@ -17,6 +17,8 @@ import time
 
 import httpx
 import pytest
+from openai.types import Completion
+from openai.types.chat import ChatCompletion
 
 from tests.e2e import ts_features as tf
 from tests.e2e.lora import build_lora
@@ -150,14 +152,23 @@ def test_vllm_lora_prompts_stream_and_the_adapter_changes_the_answer(registered)
 
 @pytest.mark.parametrize("stream", [True, False])
 def test_openai_api_completions(registered, stream):
+    """Streamed: the chunks add up to the whole answer. Whole: a valid OpenAI completion
+    whose text is exactly its tokens (logprobs), as many as its usage counts."""
     body = {"model": NAME, "prompt": "Hello world", "temperature": 0.0, "max_tokens": 16}
-    streamed = texts(post(registered, "completions", {**body, "stream": stream}), "text")
-    whole = texts(post(registered, "completions", {**body, "stream": False}), "text")
-    assert len(whole) > 0 and streamed == whole
+    whole = post(registered, "completions", {**body, "stream": False, "logprobs": 1})
+    if stream:
+        streamed = texts(post(registered, "completions", {**body, "stream": True}), "text")
+        assert len(streamed) > 0 and streamed == texts(whole, "text")
+        return
+    out = Completion.model_validate(whole.json())
+    tokens = out.choices[0].logprobs.tokens
+    assert len(out.choices[0].text) > 0 and "".join(tokens) == out.choices[0].text
+    assert len(tokens) == out.usage.completion_tokens
 
 
 @pytest.mark.parametrize("stream", [True, False])
 def test_openai_api_chat_completions(registered, stream):
+    """As for completions, with chat's own logprobs (``logprobs: true``)."""
     messages = [
         {"role": "system", "content": "You are a helpful assistant."},
         {"role": "user", "content": "Who won the world series in 2020?"},
@@ -165,9 +176,16 @@ def test_openai_api_chat_completions(registered, stream):
         {"role": "user", "content": "Where was it played?"},
     ]
     body = {"model": NAME, "messages": messages, "temperature": 0.0, "max_tokens": 50}
-    streamed = texts(post(registered, "chat/completions", {**body, "stream": stream}), "chat")
-    whole = texts(post(registered, "chat/completions", {**body, "stream": False}), "chat")
-    assert len(whole) > 0 and streamed == whole
+    whole = post(registered, "chat/completions", {**body, "stream": False, "logprobs": True})
+    if stream:
+        streamed = texts(post(registered, "chat/completions", {**body, "stream": True}), "chat")
+        assert len(streamed) > 0 and streamed == texts(whole, "chat")
+        return
+    out = ChatCompletion.model_validate(whole.json())
+    tokens = [t.token for t in out.choices[0].logprobs.content]
+    assert len(out.choices[0].message.content) > 0
+    assert "".join(tokens) == out.choices[0].message.content
+    assert len(tokens) == out.usage.completion_tokens
 
 
 def test_openai_api_models(registered):

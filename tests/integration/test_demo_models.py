@@ -18,8 +18,9 @@ QUESTION = "What is the capital of France?"
 
 
 @pytest.fixture(scope="module")
-def smollm2(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_smollm2(tmp_path_factory.mktemp("models") / "smollm2")
+def smollm2(smollm2_model: Path) -> Path:
+    """The run's one conversion (tests/conftest.py), which the e2e servers serve too."""
+    return smollm2_model
 
 
 def test_pinned_checksum_matches_the_installed_gguf() -> None:

@@ -7,7 +7,6 @@ import os
 
 import pytest
 
-from tsvllm.demo_models import build_tiny
 from tsvllm.engine.base import Api
 from tsvllm.engine.vllm_engine import (
     EngineArgsError,
@@ -36,11 +35,11 @@ def test_vllm_parser_accepts_known_args():
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory):
+def engine(tiny_model):
     with pytest.MonkeyPatch.context() as mp:  # for the engine's lifetime, then restored
         if "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
             mp.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
-        model = build_tiny(tmp_path_factory.mktemp("tiny") / "tiny")
+        model = tiny_model
         args = parse_engine_args(
             engine_argv(model=str(model), engine_args=ENGINE_ARGS, served_model_name=["tiny"])
         )
