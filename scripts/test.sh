@@ -26,5 +26,5 @@ trap report EXIT
 
 phase setup scripts/setup.sh
 phase lint sh -c '.venv/bin/ruff check . && .venv/bin/ruff format --check .'
-phase tests .venv/bin/python -m pytest -n "${TSVLLM_TEST_WORKERS:-2}" --dist loadgroup \
-  --no-loadscope-reorder --durations=15 "${@:-tests}"
+phase tests .venv/bin/python -m pytest -n "${TSVLLM_TEST_WORKERS:-2}" --durations=15 \
+  "${@:-tests}"

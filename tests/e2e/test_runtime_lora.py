@@ -1,5 +1,6 @@
 """Runtime LoRA (handler.runtime_lora): load an adapter made in the test, use it, unload it,
-through TorchServe and behind the API key."""
+through TorchServe and behind the API key. (That the routes do not exist without it is
+checked on the session server, in test_vllm_routes.py.)"""
 
 from __future__ import annotations
 
@@ -66,13 +67,3 @@ def test_load_use_and_unload_an_adapter_at_runtime(lora_server):
         timeout=60,
     )
     assert gone.status_code == 404
-
-
-def test_without_runtime_lora_the_routes_do_not_exist(server, key):
-    reply = httpx.post(
-        f"{base_url(server, 'tiny')}/load_lora_adapter",
-        json={"lora_name": "x", "lora_path": "/nope"},
-        headers={"Authorization": f"Bearer {key}"},
-        timeout=60,
-    )
-    assert reply.status_code == 404

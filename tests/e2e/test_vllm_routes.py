@@ -1,5 +1,6 @@
 """Every route `vllm serve` has, through TorchServe: Responses, Messages, tokenize, version,
-with the official clients (openai, anthropic) against the session server's tiny model.
+with the official clients (openai, anthropic) against the session server's tiny model;
+runtime LoRA's routes exist only when ``handler.runtime_lora`` is on (test_runtime_lora.py).
 vLLM's own benchmark client runs in tests/e2e/test_torchserve_features.py, on a server
 without keys (it sends none to /tokenize)."""
 
@@ -80,3 +81,13 @@ def test_guards_apply_on_the_responses_api(rag):
     assert events[-1].type == "response.incomplete"
     streamed = "".join(e.delta for e in events if e.type == "response.output_text.delta")
     assert "Paris" not in streamed
+
+
+def test_without_runtime_lora_the_routes_do_not_exist(server, key):
+    reply = httpx.post(
+        url(server, "v1/load_lora_adapter"),
+        json={"lora_name": "x", "lora_path": "/nope"},
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=60,
+    )
+    assert reply.status_code == 404
