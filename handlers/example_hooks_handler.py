@@ -24,51 +24,47 @@ MAX_TOKENS_CAP = 64
 TEAM_REQUESTS_PER_MINUTE = 10
 
 
-class TeamQuota:
-    """At most ``limit`` requests per team in any ``window_s`` seconds (a sliding window)."""
+class TeamCapHandler(VLLMHandler):
+    """Refuses callers without an x-team header, applies the team quota, caps the output.
 
+    (TorchServe takes the one class a handler file defines: helpers stay functions.)
+    """
+
+    #: the quota: at most this many requests per team in any window of WINDOW_S seconds
+    team_limit = TEAM_REQUESTS_PER_MINUTE
+    WINDOW_S = 60.0
     #: above this many teams, those idle for a whole window are forgotten
     MAX_TEAMS = 1024
 
-    def __init__(self, *, limit, window_s=60.0, clock=time.monotonic):
-        self.limit = limit
-        self.window_s = window_s
-        self.clock = clock
-        self.sent = {}  # team -> deque of the times of its requests in the window
-
-    def admit(self, team):
-        """0 when ``team`` may send a request now (it is counted), else the seconds until
-        it may."""
-        now = self.clock()
-        if len(self.sent) > self.MAX_TEAMS:
-            self.sent = {t: q for t, q in self.sent.items() if now - q[-1] < self.window_s}
-        times = self.sent.setdefault(team, deque())
-        while times and now - times[0] >= self.window_s:
-            times.popleft()
-        if len(times) >= self.limit:
-            return times[0] + self.window_s - now
-        times.append(now)
-        return 0.0
-
-
-class TeamCapHandler(VLLMHandler):
-    """Refuses callers without an x-team header, applies the team quota, caps the output."""
-
     def __init__(self):
         super().__init__()
-        self.quota = TeamQuota(limit=TEAM_REQUESTS_PER_MINUTE)
+        self.sent = {}  # team -> deque of the times of its requests in the window
+
+    def admit(self, team, *, now=None):
+        """0 when ``team`` may send a request now (it is counted), else the seconds until
+        it may (a sliding window)."""
+        now = time.monotonic() if now is None else now
+        if len(self.sent) > self.MAX_TEAMS:
+            self.sent = {t: q for t, q in self.sent.items() if now - q[-1] < self.WINDOW_S}
+        times = self.sent.setdefault(team, deque())
+        while times and now - times[0] >= self.WINDOW_S:
+            times.popleft()
+        if len(times) >= self.team_limit:
+            return times[0] + self.WINDOW_S - now
+        times.append(now)
+        return 0.0
 
     async def on_request(self, body, ctx):
         team = ctx.headers.get("x-team")
         if not team:
             raise BadRequest("send an x-team header naming your team", param="x-team")
         asked = ctx.request.max_output_tokens  # a bad value is a 400 naming its field
-        wait_s = self.quota.admit(team)
+        wait_s = self.admit(team)
         if wait_s:
             retry = max(1, math.ceil(wait_s))
             raise ClientError(
                 429,
-                f"team {team!r} sent {self.quota.limit} requests in the last minute; "
+                f"team {team!r} sent {self.team_limit} requests in the last minute; "
                 f"retry in {retry} s",
                 code="rate_limit_exceeded",
                 headers={"Retry-After": str(retry)},

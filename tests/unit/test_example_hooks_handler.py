@@ -105,27 +105,35 @@ def test_a_team_over_its_quota_gets_429_with_retry_after(example):
 
 
 def test_the_quota_window_slides(example):
-    now = [100.0]
-    quota = example.TeamQuota(limit=2, window_s=60.0, clock=lambda: now[0])
-    assert quota.admit("a") == 0 and quota.admit("a") == 0
-    now[0] = 130.0
-    assert quota.admit("a") == pytest.approx(30.0)  # both leave the window at 160
-    assert quota.admit("b") == 0  # another team has its own count
-    now[0] = 160.0
-    assert quota.admit("a") == 0 and quota.admit("a") == 0
-    assert quota.admit("a") == pytest.approx(60.0)
-    quota.MAX_TEAMS = 1
-    now[0] = 1000.0
-    quota.admit("b")
-    quota.admit("c")
-    assert set(quota.sent) == {"b", "c"}  # "a", idle for a window, was forgotten
+    handler = example.TeamCapHandler()
+    handler.team_limit = 2
+    assert handler.admit("a", now=100.0) == 0 and handler.admit("a", now=100.0) == 0
+    assert handler.admit("a", now=130.0) == pytest.approx(30.0)  # both leave at 160
+    assert handler.admit("b", now=130.0) == 0  # another team has its own count
+    assert handler.admit("a", now=160.0) == 0 and handler.admit("a", now=160.0) == 0
+    assert handler.admit("a", now=160.0) == pytest.approx(60.0)
+    handler.MAX_TEAMS = 1
+    handler.admit("c", now=1000.0)
+    handler.admit("d", now=1000.0)
+    assert set(handler.sent) == {"c", "d"}  # "a" and "b", idle for a window, were forgotten
+
+
+def test_the_handler_file_defines_one_class_as_torchserve_requires(example):
+    import inspect
+
+    from ts.model_loader import TsModelLoader
+
+    classes = [c for _, c in inspect.getmembers(example, inspect.isclass)]
+    assert [c for c in classes if c.__module__ == example.__name__] == [example.TeamCapHandler]
+    entry, _ = TsModelLoader()._get_class_entry_point(example)  # TorchServe's own check
+    assert callable(entry)
 
 
 def test_through_the_handler_the_429_is_the_reply_with_retry_after(example, engine):
     handler = example.TeamCapHandler()
     handler.engine = engine
     handler.initialized = True
-    handler.quota.limit = 1
+    handler.team_limit = 1
     replies = []
     for _ in range(2):
         ctx = make_context("v1/chat/completions", headers={"X-Team": "a"})
