@@ -3,7 +3,8 @@
 Everything that touches TorchServe's Python worker internals (``ts.*``) lives here, so
 the handler reads as plain request → response logic.
 
-Two traps of TorchServe 0.12 async mode are contained here (see FACTS.md):
+Two traps of TorchServe 0.12 async mode are contained here (docs/TORCHSERVE.md, "The async
+worker protocol the handler relies on"):
 
 * a reply with a non-200 *message* code fails every request in flight on the worker,
   so per-request errors are sent as message code 200 with a per-request HTTP status;
@@ -86,7 +87,8 @@ def install_worker_path(*, lean: bool = True) -> None:
     Stream chunks and final replies are written from the loop, in order, those of one loop
     turn in one ``sendall`` (:class:`_FrameWriter`), under :data:`_SOCKET_LOCK` (TorchServe
     wrote them from two threads unguarded). A handler that raises gets a per-request 500,
-    never a non-200 message code (which would fail every request in flight, see FACTS.md).
+    never a non-200 message code (which would fail every request in flight:
+    docs/TORCHSERVE.md).
 
     With ``lean=False`` (``handler.lean_worker: false``) TorchServe's own path stays, and
     only its sender thread is made to take :data:`_SOCKET_LOCK` for each final reply.
