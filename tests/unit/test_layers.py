@@ -34,7 +34,7 @@ FORBIDDEN = {
     "deploy": {"worker", "cli", "bench"},
 }
 #: shared protocols and constants: they import nothing of tsvllm but each other
-BOTTOM = {"urls", "contract", "drain", "metrics_files", "textfold"}
+BOTTOM = {"urls", "contract", "drain", "metrics_files", "textfold", "headers"}
 
 
 def unit_of(module: str) -> str:
