@@ -52,20 +52,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: scheduling.rank(item.nodeid))  # stable: file order kept
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_xdist_make_scheduler(config: pytest.Config, log):
-    """Every distributed run of this suite uses tests/scheduling.py (``-n 2``)."""
-    if config.getvalue("dist") in ("load", "loadscope", "loadfile", "loadgroup", "worksteal"):
-        return scheduling.SuiteScheduling(config, log)
-    return None
-
-
 def _interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     mark_run()  # before anything starts a process (tests/suite_report.py)
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(scheduling.XdistPlugin(), "tsvllm-scheduling")
     # A CI time limit or `kill` sends SIGTERM; as KeyboardInterrupt, pytest still runs the
     # fixtures' finalizers, so servers and engines started by tests are stopped.
     signal.signal(signal.SIGTERM, _interrupt)

@@ -18,7 +18,6 @@ from __future__ import annotations
 from pathlib import PurePosixPath
 
 import pytest
-from xdist.scheduler import LoadScopeScheduling
 
 #: e2e files whose tests use the session server
 SESSION_SERVER_FILES = frozenset(
@@ -80,13 +79,22 @@ def check_session_server(items: list[pytest.Item]) -> None:
             )
 
 
-class SuiteScheduling(LoadScopeScheduling):
-    """pytest-xdist's scope scheduling with :func:`unit_of` as the scope, handing out the
-    units in collection order (which :func:`rank` sets) rather than by test count."""
+class XdistPlugin:
+    """Registered by tests/conftest.py when pytest-xdist is loaded: every distributed run of
+    this suite (``-n 2``) schedules by :func:`unit_of`."""
 
-    def __init__(self, config: pytest.Config, log=None) -> None:
-        super().__init__(config, log)
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_xdist_make_scheduler(self, config: pytest.Config, log):
+        if config.getvalue("dist") not in ("load", "loadscope", "loadfile", "loadgroup"):
+            return None
+        from xdist.scheduler import LoadScopeScheduling
+
+        class SuiteScheduling(LoadScopeScheduling):
+            """Scope scheduling with :func:`unit_of` as the scope, handing out the units
+            in collection order (which :func:`rank` sets), not by test count."""
+
+            def _split_scope(self, nodeid: str) -> str:
+                return unit_of(nodeid)
+
         config.option.loadscopereorder = False
-
-    def _split_scope(self, nodeid: str) -> str:
-        return unit_of(nodeid)
+        return SuiteScheduling(config, log)
