@@ -7,7 +7,8 @@
   A test that uses it elsewhere stops the run with the fix (:func:`check_session_server`).
 - Units go out costliest first (:data:`COSTLIEST_FIRST`, measured: docs/TESTING.md), so
   that the longest start at once and the multi-node test's idle waits overlap other work;
-  the unit and integration tests, one by one, then fill both workers.
+  the unit and integration test files (one unit each, so a module-scoped fixture such as
+  an integration test's vLLM engine starts once) then fill both workers.
 
 pytest-xdist's own ``xdist_group`` mark is not used: with pytest 9 it no longer reaches
 the scheduler (xdist 3.8 rewrites ``item._nodeid``, which pytest 9 does not read).
@@ -49,10 +50,10 @@ COSTLIEST_FIRST = (
 
 
 def unit_of(nodeid: str) -> str:
-    """The unit of work a test belongs to: its e2e group, else the test itself."""
+    """The unit of work a test belongs to: its e2e group, else its file."""
     path = PurePosixPath(nodeid.split("::", 1)[0])
     if "e2e" not in path.parts:
-        return nodeid
+        return str(path)
     if path.name in SESSION_SERVER_FILES:
         return SESSION_SERVER_UNIT
     return f"e2e:{path.name}"

@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import threading
 
 import httpx
@@ -173,11 +174,25 @@ REQUESTS = st.tuples(
 )
 
 
+#: a ``%`` not followed by two hex digits: not valid percent-encoding
+BAD_PERCENT = re.compile(rb"%(?![0-9A-Fa-f]{2})")
+
+
+def refused_by_the_frontend(ctype: str, body: bytes, reply: httpx.Response) -> bool:
+    """TorchServe's frontend parses a form-urlencoded body itself (netty's
+    HttpPostRequestDecoder in InferenceRequestHandler.parseRequest) and answers a body that
+    is not valid percent-encoding with its own 500, before any handler code runs
+    (docs/TORCHSERVE.md). Only that case: any other 5xx is ours."""
+    form = ctype == "application/x-www-form-urlencoded"
+    return form and bool(BAD_PERCENT.search(body)) and reply.status_code == 500
+
+
 def test_fuzzed_bodies_get_2xx_or_4xx_and_cost_nothing_else(server, key):
     url = f"{server.inference_url}/predictions/tiny/1.0"
     pid = worker_pid(server, "tiny")
     seen: dict[int, int] = {}
     bad: list[str] = []
+    frontend: list[str] = []
     headers = {"Authorization": f"Bearer {key}"}
 
     @settings(
@@ -197,16 +212,18 @@ def test_fuzzed_bodies_get_2xx_or_4xx_and_cost_nothing_else(server, key):
             headers={**headers, "Content-Type": ctype},
         )
         seen[reply.status_code] = seen.get(reply.status_code, 0) + 1
-        if reply.status_code >= 500 or (reply.status_code >= 400 and not is_openai_error(reply)):
-            bad.append(
-                f"{method} {route} {ctype} {body[:80]!r} -> {reply.status_code} {reply.text[:200]}"
-            )
+        said = f"{method} {route} {ctype} {body[:80]!r} -> {reply.status_code} {reply.text[:200]}"
+        if refused_by_the_frontend(ctype, body, reply):
+            frontend.append(said)
+        elif reply.status_code >= 500 or (reply.status_code >= 400 and not is_openai_error(reply)):
+            bad.append(said)
 
     with Background(base_url(server, "tiny"), key) as background:
         one()
     print(
         f"fuzzed {sum(seen.values())} requests, statuses {sorted(seen.items())}; "
-        f"{background.ok} well-formed requests alongside"
+        f"{background.ok} well-formed requests alongside; {len(frontend)} form bodies "
+        "refused by TorchServe's frontend itself"
     )
     assert bad == []
     assert background.failures == [] and background.ok > 0
