@@ -41,6 +41,8 @@ RUN_ENV = "TSVLLM_TEST_RUN"
 _started = time.monotonic()
 _by_kind: dict[str, float] = defaultdict(float)
 _by_e2e_file: dict[str, float] = defaultdict(float)
+#: the processes left behind, for the terminal summary
+_LEFT = pytest.StashKey[dict[int, str]]()
 
 
 def mark_run() -> None:
@@ -98,9 +100,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             except psutil.NoSuchProcess:
                 pass
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
-
-
-_LEFT = pytest.StashKey[dict[int, str]]()
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
