@@ -28,7 +28,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -486,7 +486,7 @@ async def _stream(
 
 
 def decode_body(
-    request: dict[str, Any], headers: Mapping[str, str], *, limit: int, limit_name: str
+    request: dict[str, Any], headers: Headers, *, limit: int, limit_name: str
 ) -> dict[str, Any]:
     """The request's JSON object, at most ``limit`` bytes.
 
@@ -498,7 +498,7 @@ def decode_body(
         body = request.get("data")
     length = len(body) if isinstance(body, (bytes, bytearray, str)) else None
     if length is None:
-        declared = Headers(headers).get("content-length", "")
+        declared = headers.get("content-length", "")
         if declared.strip().isdigit():
             length = int(declared)
         elif body is not None:
