@@ -90,6 +90,14 @@ def join(running: list[tuple[Stream, threading.Thread]], *, timeout: float) -> l
     return [s for s, _ in running]
 
 
+def finished_whole(streams: list[Stream], tokens: int, *, log: str = "") -> None:
+    """Every stream ended with ``[DONE]``, no error event, and usage of ``tokens``."""
+    for s in streams:
+        assert s.error is None and s.done, (s.error, s.events[-3:], log)
+        assert s.errors == [], (s.errors, log)
+        assert s.usage is not None and s.usage["completion_tokens"] == tokens, s.usage
+
+
 def short_request(url: str, *, model: str, headers: dict[str, str] | None = None) -> httpx.Response:
     body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
     return httpx.post(url, json=body, headers=headers, timeout=60)
