@@ -15,6 +15,8 @@ Subcommands:
                                         parses them)
   drain --control-dir DIR [--model N]   drain a running server's model before unregistering
                                         or scaling it down (tsvllm.host.shutdown)
+  key [--file F] [--new]                print the current inference key (--new: write a new
+                                        one; a running server takes it within a second)
 """
 
 from __future__ import annotations
@@ -219,6 +221,38 @@ def _after_drain(model: str | None, control_dir: Path) -> str:
     )
 
 
+def _cmd_key(args: argparse.Namespace) -> int:
+    import os
+
+    from tsvllm.auth import KEY_FILE_ENV, inference_key, renew_inference_key
+
+    path = Path(args.file or os.environ.get(KEY_FILE_ENV) or "key_file.json")
+    try:
+        print(renew_inference_key(path) if args.new else inference_key(path))
+    except (OSError, ValueError) as exc:
+        print(f"tsvllm key: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _add_key(sub: argparse._SubParsersAction) -> None:
+    """``tsvllm key``"""
+    p = sub.add_parser("key", help="print the current inference key (or write a new one)")
+    p.add_argument(
+        "--file",
+        help="the keys file (default: $TSVLLM_API_KEY_FILE, else ./key_file.json, where the "
+        "quick start and TorchServe's own token auth keep it; tsvllm launch: "
+        "MODEL_STORE/.torchserve/key_file.json)",
+    )
+    p.add_argument(
+        "--new",
+        action="store_true",
+        help="write a new inference key with no lifetime into the file and print it (named "
+        "keys stay); a server checking this file refuses the old key within a second",
+    )
+    p.set_defaults(func=_cmd_key)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tsvllm", description="Serve vLLM through TorchServe with an OpenAI API."
@@ -234,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_validate(sub)
     _add_deploy(sub)
     _add_drain(sub)
+    _add_key(sub)
     from tsvllm.host.worker_node import add_parser as _add_worker_node
 
     _add_worker_node(sub)
