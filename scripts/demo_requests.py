@@ -5,7 +5,10 @@ python scripts/demo_requests.py --url URL --key-file key_file.json --wait 900
 
 With --wait it first waits until the model answers ``GET v1/models`` with 200, and stops
 (exit 1, no request sent) with the reason when it never does: the engine can never start
-(500 ``engine_start_failed``), or the deadline passed (the last answer is named).
+(500 ``engine_start_failed``), the server refuses the key (the handler's 401, or the 400
+``InvalidKeyException`` of TorchServe's own token auth, whose keys expire), or the deadline
+passed (the last answer is named). Each wait asks with a 5 s timeout: a request the frontend
+holds in its queue while the model loads counts as one unanswered poll.
 
 Against a pooling model (e.g. --model minilm, model_configs/minilm-embeddings-cpu.yaml), which
 has no chat, it embeds and scores instead.
@@ -48,11 +51,31 @@ def _error(body: str) -> dict:
 
 
 def read_key(key_file: Path) -> str | None:
-    """The inference key in TorchServe's key_file.json, None while the file is not there."""
+    """The inference key in key_file.json (tsvllm's or TorchServe's), None while there is none."""
     try:
         return json.loads(key_file.read_text())["inference"]["key"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def key_refused(status: int, body: str, *, key_file: Path) -> str | None:
+    """What to tell the user when the server refused the key, else None: the handler's 401
+    (its message says why), or TorchServe's own token auth's 400 ``InvalidKeyException``
+    (the key is wrong, or expired: TorchServe's keys last ``token_expiration_min``)."""
+    if status == 401:
+        reason = _error(body).get("message") or body.strip()[:300]
+        return f"the server refused the key in {key_file}: {reason}"
+    try:
+        torchserve_refused = status == 400 and json.loads(body).get("type") == "InvalidKeyException"
+    except (ValueError, AttributeError):
+        torchserve_refused = False
+    if torchserve_refused:
+        return (
+            f"TorchServe's own token auth refused the key in {key_file}: it is wrong, or it "
+            "expired (TorchServe's keys last token_expiration_min, 60 minutes by default); "
+            f"`tsvllm key --file {key_file}` prints the current key, or how to get a new one"
+        )
+    return None
 
 
 def wait_ready(
@@ -65,10 +88,11 @@ def wait_ready(
     """Wait until the model at ``url`` serves; return the inference key.
 
     Raises NotReady at once when the handler says its engine can never start (500
-    ``engine_start_failed``), else when ``timeout`` seconds pass, naming the last answer.
+    ``engine_start_failed``) or the server refuses the key, else when ``timeout`` seconds
+    pass, naming the last answer.
     """
     deadline = time.monotonic() + timeout
-    last = f"no key in {key_file} yet (TorchServe writes it when it starts)"
+    last = f"no key in {key_file} yet (`tsvllm key --new --file {key_file}` writes one)"
     while True:
         key = read_key(key_file)
         if key is not None:
@@ -82,6 +106,9 @@ def wait_ready(
                     return key
                 if status == 500 and error.get("code") == "engine_start_failed":
                     raise NotReady(f"the engine can never start: {error.get('message')}")
+                refused = key_refused(status, body, key_file=key_file)
+                if refused:
+                    raise NotReady(refused)
                 last = f"HTTP {status}: {error.get('message') or body.strip()[:300]}"
         if time.monotonic() >= deadline:
             raise NotReady(f"the model was not ready after {timeout:.0f} s; last answer: {last}")
@@ -92,15 +119,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--url", required=True, help="OpenAI base URL (…/v1)")
     keys = parser.add_mutually_exclusive_group(required=True)
-    keys.add_argument("--key", help="TorchServe inference key")
-    keys.add_argument("--key-file", type=Path, help="TorchServe's key_file.json")
+    keys.add_argument("--key", help="the inference key")
+    keys.add_argument("--key-file", type=Path, help="the key file (quick start: key_file.json)")
     parser.add_argument(
         "--wait", type=float, default=0, help="seconds to wait for the model first (0: none)"
     )
     parser.add_argument("--model", default="smollm2")
     args = parser.parse_args(argv)
     if args.wait and not args.key_file:
-        parser.error("--wait needs --key-file (the key is written when TorchServe starts)")
+        parser.error("--wait needs --key-file (read again at each try)")
     if args.key_file:
         try:
             args.key = wait_ready(args.url, key_file=args.key_file, timeout=args.wait)

@@ -19,7 +19,14 @@ if curl -s -o /dev/null http://127.0.0.1:8080/ping; then
   echo "quickstart: something already listens on 127.0.0.1:8080 (torchserve --stop?)" >&2
   exit 1
 fi
-rm -f key_file.json
+# The inference key: tsvllm's, checked by the handler (401 with OpenAI's body), with no
+# lifetime: the printed command works for as long as this server runs. TorchServe's own token
+# auth is off (its keys expire after an hour, then get a 400 no handler can change); the
+# management API listens on a Unix socket in the private folder $RUN, not on a TCP port.
+RUN=.tsvllm/quickstart
+tsvllm key --new --file key_file.json >/dev/null
+CONFIG=$(python -c 'import sys; from tsvllm.host.launcher import write_handler_auth_config as w
+print(w(sys.argv[1], model_store="model_store"))' "$RUN")
 mkdir -p logs  # TorchServe's own logs go here too
 
 # On any failure from here on (the model never became ready, a request failed, Ctrl-C), stop
@@ -34,8 +41,8 @@ stop_on_failure() {
 }
 trap stop_on_failure EXIT
 trap 'exit 130' INT TERM
-torchserve --start --ncs --model-store model_store --models vllm --ts-config docker/config.properties \
-  > logs/torchserve.out 2>&1
+TSVLLM_API_KEY_FILE="$PWD/key_file.json" torchserve --start --ncs --model-store model_store \
+  --models vllm --ts-config "$CONFIG" > logs/torchserve.out 2>&1
 
 URL=http://127.0.0.1:8080/predictions/vllm/1.0/v1
 echo "quickstart: waiting for the model to load (about a minute on 2 cores)..."
@@ -45,11 +52,13 @@ if ! python scripts/demo_requests.py --url "$URL" --key-file key_file.json --wai
   echo "quickstart: see logs/torchserve.out and logs/model_log.log" >&2
   exit 1
 fi
-KEY=$(python -c 'import json; print(json.load(open("key_file.json"))["inference"]["key"])')
+KEY=$(tsvllm key --file key_file.json)
 cat <<MSG
 
 TorchServe is serving SmolLM2 with RAG and guards at $URL
-(OpenAI API; the auth key is in ./key_file.json).
+(OpenAI API). Its key works for as long as this server runs; a request without it gets 401:
   curl $URL/models -H "Authorization: Bearer $KEY"
+Print the key again: .venv/bin/tsvllm key   (replace it: .venv/bin/tsvllm key --new)
+Management API (owner only): curl --unix-socket $RUN/management.sock http://localhost/models
 Stop it with:  .venv/bin/torchserve --stop
 MSG

@@ -132,3 +132,33 @@ def test_main_exits_1_and_asks_nothing_when_the_model_never_becomes_ready(
     assert demo.main(argv) == 1
     assert "the model never became ready: the engine can never start" in capsys.readouterr().err
     assert frontend.paths() == ["/predictions/vllm/1.0/v1/models"]  # no question was sent
+
+
+WRONG_KEY = _error(401, "incorrect API key provided; run `tsvllm key`", "invalid_api_key")
+#: TorchServe 0.12's own token auth refusing a key (wrong or expired): its body, not OpenAI's
+TS_EXPIRED = (
+    400,
+    {
+        "code": 400,
+        "type": "InvalidKeyException",
+        "message": "Token Authorization failed. Token either incorrect, expired, or not provided "
+        "correctly",
+    },
+)
+
+
+@pytest.mark.parametrize(
+    ("frontend", "reason"),
+    [
+        ([STARTING, WRONG_KEY], "the server refused the key in .*: incorrect API key"),
+        ([TS_EXPIRED], r"TorchServe's own token auth refused the key .* expired .*tsvllm key"),
+    ],
+    indirect=["frontend"],
+)
+def test_a_refused_key_stops_the_wait_at_once_and_says_how_to_get_the_current_one(
+    frontend: Frontend, key_file: Path, reason: str
+):
+    start = time.monotonic()
+    with pytest.raises(demo.NotReady, match=reason):
+        demo.wait_ready(frontend.url, key_file=key_file, timeout=60, interval=0.01)
+    assert time.monotonic() - start < 30  # not the 60 s deadline

@@ -252,6 +252,44 @@ def check_ports_free(port: int, *, token_auth: bool) -> Any:
     return ports
 
 
+def write_handler_auth_config(
+    run_dir: str | Path,
+    *,
+    model_store: str | Path,
+    ports: Any = None,
+    extra: Mapping[str, str] | None = None,
+) -> Path:
+    """Write ``run_dir/config.properties`` for a TorchServe started with a plain
+    ``torchserve --start`` whose inference key the handler checks (the README quick start);
+    return its path.
+
+    It is ``docker/config.properties`` with two changes. TorchServe's token auth is off: its
+    keys expire after ``token_expiration_min`` (60 minutes by default), after which the same
+    request gets its 400 ``InvalidKeyException``, a body no handler can change. And the
+    management API, which the handler does not guard, listens on the Unix socket
+    ``run_dir/management.sock`` (``run_dir`` is made 0700: only its owner can connect) instead
+    of TCP. Start TorchServe with ``TSVLLM_API_KEY_FILE`` naming a keys file (``tsvllm key
+    --new --file F`` writes one): the handler then checks every request's key (401 with
+    OpenAI's body), and the key works for as long as the server runs.
+    """
+    from tsvllm.host.torchserve import Ports, ts_config_text
+
+    run = Path(run_dir).resolve()
+    run.mkdir(parents=True, exist_ok=True)
+    run.chmod(0o700)
+    path = run / "config.properties"
+    path.write_text(
+        ts_config_text(
+            ports=ports or Ports(),
+            model_store=Path(model_store).resolve(),
+            token_auth=False,
+            management_socket=run / "management.sock",
+            extra=extra,
+        )
+    )
+    return path
+
+
 #: ts.llm_launcher's spelling of each flag launch mirrors: accepted, not shown in ``--help``
 LLM_LAUNCHER_ALIASES = {
     "--model-id": "--model_id",
@@ -542,7 +580,8 @@ def _announce(ts: Any, model: str, config_path: Path) -> None:
         f"tsvllm launch: ready. OpenAI base URL: {url}\n"
         + (
             f"  auth: token auth is on; the key is in {ts.key_file} "
-            f"(inference key {keys['inference']}); a request without it gets 401\n"
+            f"(inference key {keys['inference']}), valid while this server runs (print it "
+            f"again: tsvllm key --file {ts.key_file}); a request without it gets 401\n"
             f"  management API: Unix socket {ts.management_socket} (owner only)\n"
             if keys
             else "  auth: token auth is off; management API: "
