@@ -8,18 +8,18 @@ from pathlib import Path
 
 from tests.unit.test_ts_config import parse
 from tsvllm.host.launcher import write_handler_auth_config
-from tsvllm.host.torchserve import Ports
+from tsvllm.host.torchserve import Ports, ts_config_text
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_it_is_the_shipped_config_with_token_auth_off_and_management_on_a_unix_socket(tmp_path):
+def test_it_is_the_default_config_with_token_auth_off_and_management_on_a_unix_socket(tmp_path):
     run = tmp_path / "run"
     path = write_handler_auth_config(run, model_store=tmp_path / "store")
     assert path == run / "config.properties"
     assert stat.S_IMODE(run.stat().st_mode) == 0o700  # only its owner reaches the socket
     props = parse(path.read_text())
-    shipped = parse((REPO / "docker" / "config.properties").read_text())
+    shipped = parse(ts_config_text())  # docker/config.properties (test_ts_config.py)
     changed = {k: v for k, v in props.items() if shipped.get(k) != v}
     assert changed == {
         "disable_token_authorization": "true",  # TorchServe's expiring keys: not used
