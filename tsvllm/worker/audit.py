@@ -8,6 +8,10 @@ Each line says who asked what and what it cost, never the text unless asked
      "prompt_tokens": 12, "completion_tokens": 32, "latency_ms": 210.4, "ttft_ms": 35.1,
      "finish_reasons": ["stop"], "guards": [...], "sources": ["history.md"]}
 
+The token counts are the reply's ``usage``: completions, chat, Vertex's envelope, Responses,
+Messages, and the pooling routes (embeddings, score, rerank, classify, pooling: prompt tokens
+only; :data:`tsvllm.worker.routes.POOLING`).
+
 Lines are queued by the request (a ``put``, nothing else on the loop) and written by one
 thread per worker. Every line is one ``write`` to a file opened with ``O_APPEND``, under an
 exclusive ``flock`` on ``<path>.lock`` that every worker takes, so workers never tear each

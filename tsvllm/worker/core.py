@@ -222,11 +222,15 @@ async def _serve_engine_route(
             payload = await _on_request(handler, body, ctx, record)
         raw = b"" if payload is None else json.dumps(payload, separators=(",", ":")).encode()
         reply = await engine.call(route.engine_route, path, raw, request_id=ctx.request_id)
-        if route.api is not None and reply.chunks is None and reply.status == 200:
+        if reply.chunks is not None or reply.status != 200:
+            return reply
+        if route.api is not None:
             result = json.loads(reply.body)
             record.usages.append(_usage(result))
             result = await _hook(handler, "on_response", record, result, ctx)
             reply.body = json.dumps(result, separators=(",", ":")).encode()
+        elif route.path in routes.POOLING:
+            record.usages.append(_reply_usage(reply))
         return reply
 
     reply = await _under_deadline(handler, record, start, deadline=deadline)
@@ -249,9 +253,22 @@ def _engine_body(request: dict[str, Any], headers: Headers, *, limit: int) -> di
     return decode_body(request, headers, limit=limit, limit_name="handler.max_body_bytes")
 
 
+def _reply_usage(reply: EngineReply) -> dict[str, Any]:
+    """:func:`_usage` of an engine route's JSON reply; nothing for another (e.g. pooling's
+    ``encoding_format: bytes``, whose counts are in a header)."""
+    if not reply.content_type.startswith(JSON):
+        return {}
+    try:
+        result = json.loads(reply.body)
+    except ValueError:  # metrics never fail a request
+        return {}
+    return _usage(result) if isinstance(result, dict) else {}
+
+
 def _usage(result: dict[str, Any]) -> dict[str, Any]:
-    """Token counts of a Responses/Messages body in OpenAI's completion terms."""
-    usage = result.get("usage") or {}
+    """Token counts of a reply body in OpenAI's completion terms: ``usage`` (Responses and
+    Messages name them input/output tokens) or Cohere's ``meta.billed_units`` (v2/embed)."""
+    usage = result.get("usage") or (result.get("meta") or {}).get("billed_units") or {}
     return {
         "prompt_tokens": usage.get("input_tokens", usage.get("prompt_tokens")),
         "completion_tokens": usage.get("output_tokens", usage.get("completion_tokens")),

@@ -76,6 +76,25 @@ GENERATE_UNHOOKED = frozenset(
 )
 
 
+#: engine routes that pool (embed, score, rerank, classify) and their aliases: their JSON
+#: reply's ``usage`` counts in the token metrics and the audit log, as a generation's does
+#: (``invocations``: SageMaker's route, which answers as the route its body is for)
+POOLING = frozenset(
+    {
+        "v1/embeddings",
+        "v2/embed",
+        "pooling",
+        "classify",
+        "score",
+        "v1/score",
+        "rerank",
+        "v1/rerank",
+        "v2/rerank",
+        "invocations",
+    }
+)
+
+
 def resolve(
     url_path: str | None, *, engine: Engine | None, hook_apis: frozenset[Api] | None
 ) -> Route:
