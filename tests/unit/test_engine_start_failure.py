@@ -473,6 +473,59 @@ def test_the_engine_client_is_built_in_a_thread_while_the_loop_runs(monkeypatch)
     assert kwargs["client_index"] == 0 and kwargs["disable_log_stats"] is True
 
 
+class ServingAsyncLLM(FakeAsyncLLM):
+    """An AsyncLLM the rest of the start goes on with (vLLM's app is built on it)."""
+
+    model_config = "the model config"
+    errored = False
+
+    async def get_supported_tasks(self) -> tuple[str, ...]:
+        return ("generate",)
+
+
+def test_vllms_app_is_built_in_a_thread_and_its_state_on_the_loop(monkeypatch):
+    """``build_app`` is synchronous (vLLM's routers, their imports, middleware): it runs in a
+    thread while the loop keeps running; ``init_app_state`` (a coroutine that binds vLLM's
+    serving objects to the engine client) runs on the loop, on the app that was built."""
+    from vllm.entrypoints.launchers import app as vllm_app
+    from vllm.entrypoints.launchers.api_server import app_state
+
+    from tsvllm.engine.vllm_engine import VllmEngine
+
+    ran: dict[str, tuple] = {}
+
+    def build_app(args, tasks, model_config):
+        time.sleep(1.0)  # a slow build: the loop must keep running meanwhile
+        ran["build_app"] = (threading.get_ident(), args, tasks, model_config)
+        return argparse.Namespace(state=argparse.Namespace(), routes=[])
+
+    async def init_app_state(client, state, args, tasks):
+        ran["init_app_state"] = (threading.get_ident(), asyncio.get_running_loop(), client)
+        state.openai_serving_chat = "chat"  # what vLLM builds for a generating model
+
+    monkeypatch.setattr(vllm_app, "build_app", build_app)
+    monkeypatch.setattr(app_state, "init_app_state", init_app_state)
+    fake_async_llm(monkeypatch, lambda **kwargs: ServingAsyncLLM(kwargs))
+    args = _args(nnodes=1)
+
+    async def run():
+        gaps: list[float] = []
+        engine = await _ticking(VllmEngine.start(args), gaps)
+        try:
+            return engine, gaps, threading.get_ident(), asyncio.get_running_loop()
+        finally:
+            await engine._exit_stack.aclose()
+
+    engine, gaps, loop_thread, loop = asyncio.run(run())
+    built_in, built_args, tasks, model_config = ran["build_app"]
+    assert built_in != loop_thread  # in a thread ...
+    assert len(gaps) > 10 and max(gaps[1:]) < 0.5  # ... while the loop ran (1 s build)
+    assert (built_args, tasks, model_config) == (args, ("generate",), "the model config")
+    state_in, state_loop, client = ran["init_app_state"]
+    assert (state_in, state_loop, client) == (loop_thread, loop, engine._client)
+    assert engine.generates and client.shutdowns == [7]
+
+
 def _call(handler, route: str, body=None):
     from tests.unit.conftest import make_context
 

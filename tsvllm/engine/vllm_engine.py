@@ -277,8 +277,9 @@ class VllmEngine:
     async def start(cls, args: argparse.Namespace, *, timeout_s: float | None = None) -> VllmEngine:
         """Start AsyncLLM and build vLLM's serving objects from parsed ``args``.
 
-        The event loop keeps running during the start: AsyncLLM is built in a thread
-        (:func:`engine_client`). ``timeout_s`` bounds the whole start. vLLM waits for its
+        The event loop keeps running during the start: AsyncLLM (:func:`engine_client`) and
+        vLLM's FastAPI app (``build_app``) are built in threads; only ``init_app_state``, a
+        coroutine, runs on the loop. ``timeout_s`` bounds the whole start. vLLM waits for its
         EngineCore's READY in a synchronous poll loop with no timeout
         (``wait_for_engine_startup``); a multi-node engine whose worker node never joins
         waits there for ever. So a watchdog thread ends the processes this start created
@@ -302,7 +303,10 @@ class VllmEngine:
                     engine_client(AsyncEngineArgs.from_cli_args(args))
                 )
                 tasks = await client.get_supported_tasks()
-                app = build_app(args, tasks, client.model_config)
+                # synchronous (routers, their imports, middleware): in a thread, as AsyncLLM;
+                # it uses no engine client and no loop. init_app_state binds vLLM's serving
+                # objects to the engine client: on the loop, as vLLM runs it
+                app = await asyncio.to_thread(build_app, args, tasks, client.model_config)
                 await init_app_state(client, app.state, args, tasks)
             except BaseException as exc:
                 await stack.aclose()
