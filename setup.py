@@ -31,6 +31,7 @@ setup(
     package_dir={"tsvllm.handler_files": "handlers"},
     package_data={
         "tsvllm.host": ["log4j2.xml"],
+        "tsvllm.host.frontend_plugin": ["*.java", "*.jar"],
         "tsvllm.deploy": ["schemas/*.yaml", "dashboards/*.json"],
         "tsvllm.handler_files": ["*.py"],
     },

@@ -38,6 +38,7 @@ from tsvllm.contract import (
 )
 from tsvllm.drain import CONTROL_DIR_ENV
 from tsvllm.errors import ENGINE_START_FAILED
+from tsvllm.host.frontend_plugin import plugin_dir
 from tsvllm.metrics_files import METRICS_DIR_ENV
 
 #: who checks the inference key: the handler (401, tsvllm.auth), TorchServe's frontend
@@ -151,6 +152,9 @@ def ts_config_text(
         # the frontend only routes bytes: a small heap and serial GC keep its RSS ~170 MB
         # instead of ~310 MB after load, at the same throughput (docs/PERFORMANCE.md)
         "vmargs": JVM_ARGS,
+        # tsvllm's frontend plugin: a /ping that is Healthy only when every model has a
+        # READY worker, and async worker restarts that work (tsvllm.host.frontend_plugin)
+        "plugins_path": str(plugin_dir()),
     }
     if management_socket is not None:
         props["use_native_io"] = "true"  # TorchServe needs it for Unix sockets
@@ -368,13 +372,19 @@ class TorchServe:
             return exc.code, exc.read().decode(errors="replace")
 
     def probe(self, model: str, *, version: str = "1.0") -> bool:
-        """True when ``model``'s handler answers ``GET v1/models`` through the frontend.
+        """True when ``model`` serves: ``/ping`` says Healthy (every model has a READY
+        worker, tsvllm's frontend plugin) and its handler answers ``GET v1/models``.
 
-        A real request, not the management API's worker status: after TorchServe restarts
-        an async worker, the management API reports it ``UNLOADING`` forever although it
-        serves (TorchServe 0.12). Raises ServeError when the handler answers that its
-        engine can never start (:func:`engine_start_failure`): waiting would not help.
+        ``/ping`` first: a request sent while no worker is READY waits in TorchServe's
+        queue instead of being answered. Raises ServeError when the handler answers that
+        its engine can never start (:func:`engine_start_failure`): waiting would not help.
         """
+        try:
+            status, _ = self._get(f"{self.inference_url}/ping", key=self.keys().get("inference"))
+        except (OSError, ValueError):
+            return False  # frontend not listening yet
+        if status != 200:
+            return False
         url = f"{self.inference_url}/predictions/{model}/{version}/v1/models"
         try:
             status, body = self._get(url, key=self.keys().get("inference"))

@@ -1,0 +1,89 @@
+"""tsvllm's TorchServe frontend plugin: a truthful ``/ping`` and working worker restarts.
+
+The plugin is a small jar built from the Java sources next to this file (``ReadyPing``,
+``RestartFix``; docs/TORCHSERVE.md says what each fixes in TorchServe 0.12). TorchServe
+loads it from its ``plugins_path``: ``tsvllm launch``, the container entrypoint and the
+quick start set it; with a plain ``torchserve --start`` add
+``--plugins-path "$(python -m tsvllm.host.frontend_plugin)"``.
+
+The jar is shipped prebuilt (a JRE is all TorchServe needs; building takes a JDK):
+``python -m tsvllm.host.frontend_plugin --build`` rebuilds it after a change to the sources,
+byte for byte the same on the same JDK.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+#: the jar TorchServe loads; the directory that holds it is the ``plugins_path``
+JAR_NAME = "tsvllm-frontend.jar"
+SOURCES = ("ReadyPing.java", "RestartFix.java")
+#: what ServiceLoader reads to find the endpoint (TorchServe's PluginsManager)
+SERVICE = "META-INF/services/org.pytorch.serve.servingsdk.ModelServerEndpoint"
+ENDPOINT_CLASS = "org.tsvllm.frontend.ReadyPing"
+#: a fixed time for every jar entry, so that the same classes make the same jar
+_EPOCH = (2025, 1, 1, 0, 0, 0)
+
+
+def plugin_dir() -> Path:
+    """The directory to pass as TorchServe's ``plugins_path``."""
+    return Path(__file__).resolve().parent
+
+
+def jar_path() -> Path:
+    return plugin_dir() / JAR_NAME
+
+
+def frontend_jar() -> Path:
+    """TorchServe's own ``model-server.jar`` (the plugin compiles against it)."""
+    import ts
+
+    return Path(ts.__file__).resolve().parent / "frontend" / "model-server.jar"
+
+
+def compile_classes(*, javac: str = "javac") -> dict[str, bytes]:
+    """The plugin's classes, compiled from the sources here: ``{path in jar: bytes}``."""
+    if shutil.which(javac) is None:
+        raise RuntimeError(f"{javac} not found: building the plugin needs a JDK (17 or newer)")
+    with tempfile.TemporaryDirectory() as out:
+        sources = [str(plugin_dir() / name) for name in SOURCES]
+        argv = [javac, "--release", "17", "-cp", str(frontend_jar()), "-d", out, *sources]
+        subprocess.run(argv, check=True)
+        root = Path(out)
+        return {
+            path.relative_to(root).as_posix(): path.read_bytes()
+            for path in sorted(root.rglob("*.class"))
+        }
+
+
+def jar_bytes(classes: dict[str, bytes]) -> bytes:
+    """A jar of ``classes`` plus the service entry, with fixed timestamps."""
+    buffer = io.BytesIO()
+    entries = {
+        "META-INF/MANIFEST.MF": b"Manifest-Version: 1.0\r\n\r\n",
+        SERVICE: f"{ENDPOINT_CLASS}\n".encode(),
+        **classes,
+    }
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as jar:
+        for name, data in entries.items():
+            jar.writestr(zipfile.ZipInfo(name, date_time=_EPOCH), data, zipfile.ZIP_DEFLATED)
+    return buffer.getvalue()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args == ["--build"]:
+        jar_path().write_bytes(jar_bytes(compile_classes()))
+        print(jar_path())
+        return 0
+    if args:
+        print("usage: python -m tsvllm.host.frontend_plugin [--build]", file=sys.stderr)
+        return 2
+    print(plugin_dir())
+    return 0
