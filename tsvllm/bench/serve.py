@@ -268,14 +268,38 @@ def side_ratios(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def plot(report: dict[str, Any], path: Path) -> None:
-    """Throughput per side and mode (bars: medians, dots: rounds), and stream TTFT, one
-    row of panels per load shape."""
+#: how to install what ``--plot`` needs
+PLOT_INSTALL = "pip install -e '.[plot]' (in a checkout; else pip install 'tsvllm[plot]')"
+
+
+def _pyplot() -> Any:
+    """matplotlib's pyplot, drawing to files only (Agg)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def check_plot(path: Path) -> None:
+    """Raise ValueError now if ``--plot path`` could not be written after the run: matplotlib
+    missing (the message names the install), or no folder to write it in."""
+    try:
+        _pyplot()
+    except ImportError as exc:
+        raise ValueError(
+            f"--plot needs matplotlib, which cannot be imported ({exc}); install it with "
+            f"{PLOT_INSTALL}, or leave --plot out"
+        ) from None
+    if not path.parent.is_dir():
+        raise ValueError(f"--plot {path}: the folder {path.parent} does not exist")
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    """Throughput per side and mode (bars: medians, dots: rounds), and stream TTFT, one
+    row of panels per load shape."""
+    plt = _pyplot()
     sides = list(report["sides"])
     shapes = report["load"]["shapes"]
     fig, axes = plt.subplots(len(shapes), 2, figsize=(11, 3.8 * len(shapes)), squeeze=False)
@@ -619,6 +643,8 @@ def main(
     json_path: str | None,
     plot_path: str | None,
 ) -> int:
+    if plot_path:  # before the run: never a failure after a long one
+        check_plot(Path(plot_path))
     report = run(
         model_dir=Path(model_dir).resolve(),
         config=Path(config),
