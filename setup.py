@@ -58,6 +58,8 @@ setup(
         # clients that fetch weights from gs:// and s3:// in the container
         "deploy": DEPLOY,
         "storage": STORAGE,
+        # tsvllm bench --plot draws its figures with matplotlib
+        "plot": ["matplotlib>=3.7"],
         "dev": [
             "pytest>=8",
             "pytest-timeout>=2.3",
