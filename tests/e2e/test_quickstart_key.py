@@ -205,8 +205,8 @@ def test_torchserves_own_key_expires_to_a_400_and_the_named_fix_gives_a_working_
     try:
         key_file = tmp_path / "key_file.json"
         predict = f"{bare.url}/predictions/none/1.0/v1/models"
-        poll("TorchServe's key file", key_file.exists, until=bool, timeout=120)
-        first = json.loads(key_file.read_text())
+        # TorchServe creates the file, then writes it: wait until it parses
+        first = poll("TorchServe's key file", lambda: _json(key_file), until=bool, timeout=120)
         # past its lifetime, the key TorchServe wrote at start is refused with its own 400
         status, body = poll(
             "the first key's expiry",
@@ -228,6 +228,13 @@ def test_torchserves_own_key_expires_to_a_400_and_the_named_fix_gives_a_working_
         assert status == 404, body  # past the key check: there is no model "none"
     finally:
         bare.stop()
+
+
+def _json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _ask(url: str, key: str) -> tuple[int, dict]:
