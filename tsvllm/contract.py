@@ -27,9 +27,10 @@ METRICS_PORT = 8082
 GRPC_INFERENCE_PORT = 7070
 GRPC_MANAGEMENT_PORT = 7071
 PREFIX = f"/predictions/{MODEL_NAME}/{MODEL_VERSION}"
-#: TorchServe's /ping: the frontend is up and the worker registered (process alive).
-LIVENESS_ROUTE = "/ping"
-#: the handler's v1/models answers 503 until the engine has started (model ready)
+#: tsvllm's frontend plugin: 200 whenever the frontend answers (process alive). Not /ping,
+#: which is 503 while the model loads or its worker restarts (tsvllm.host.frontend_plugin)
+LIVENESS_ROUTE = "/alive"
+#: the handler's v1/models: it answers once the model is READY (model ready)
 READINESS_ROUTE = f"{PREFIX}/{urls.MODELS}"
 CHAT_ROUTE = f"{PREFIX}/{urls.CHAT_COMPLETIONS}"
 OPENAI_BASE = f"{PREFIX}/v1"

@@ -26,7 +26,7 @@ PLATFORMS = ("azureml", "k8s", "vertex")
 
 # The values the platforms and our docs document, written out (never the constants under test):
 # the container's routes, as docs/DEPLOY.md lists them ("Routes (model `vllm`, version `1.0`)")
-LIVENESS = "/ping"
+LIVENESS = "/alive"
 READINESS = "/predictions/vllm/1.0/v1/models"
 VERTEX_PREDICT = "/predictions/vllm/1.0/vertex/predict"
 # Azure ML managed online deployment YAML reference, request_settings.request_timeout_ms:
@@ -238,7 +238,7 @@ BROKEN = [
     (
         "azureml",
         "environment.yml",
-        _set("inference_config", "readiness_route", value={"port": 8080, "path": "/ping"}),
+        _set("inference_config", "readiness_route", value={"port": 8080, "path": "/alive"}),
         "inference_config.readiness_route",
     ),
     # Kubernetes

@@ -195,7 +195,7 @@ def test_vertex_routes_must_be_the_ones_served():
     ep.check_vertex_routes(
         {"AIP_PREDICT_ROUTE": VERTEX_PREDICT_ROUTE, "AIP_HEALTH_ROUTE": READINESS_ROUTE}
     )
-    ep.check_vertex_routes({"AIP_HEALTH_ROUTE": "/ping"})
+    ep.check_vertex_routes({"AIP_HEALTH_ROUTE": "/alive"})
     with pytest.raises(EntrypointError, match=r"AIP_PREDICT_ROUTE=/predict: .*predictRoute"):
         ep.check_vertex_routes({"AIP_PREDICT_ROUTE": "/predict"})
     with pytest.raises(EntrypointError, match=r"AIP_HEALTH_ROUTE=/health: .*healthRoute"):

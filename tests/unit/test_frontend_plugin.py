@@ -22,8 +22,9 @@ def test_the_jar_names_its_endpoint_for_torchserves_service_loader():
     with zipfile.ZipFile(io.BytesIO(frontend_plugin.jar_path().read_bytes())) as jar:
         service = jar.read(frontend_plugin.SERVICE).decode().split()
         names = set(jar.namelist())
-    assert service == [frontend_plugin.ENDPOINT_CLASS]
+    assert service == list(frontend_plugin.ENDPOINT_CLASSES)
     assert "org/tsvllm/frontend/ReadyPing.class" in names
+    assert "org/tsvllm/frontend/Alive.class" in names
     assert "org/tsvllm/frontend/RestartFix.class" in names
 
 

@@ -60,8 +60,8 @@ def environment(target: Target) -> dict[str, Any]:
         "name": f"{target.name}-env",
         "image": target.image,
         "inference_config": {
-            # process alive (TorchServe's /ping) vs model ready (v1/models is 503 until the
-            # engine has started): a slow load is not restarted, and no traffic before ready
+            # process alive (/alive: the frontend answers) vs model ready (v1/models answers
+            # once the engine serves): a slow load is not restarted, no traffic before ready
             "liveness_route": {**route, "path": LIVENESS_ROUTE},
             "readiness_route": {**route, "path": READINESS_ROUTE},
             "scoring_route": {**route, "path": CHAT_ROUTE},
@@ -105,7 +105,7 @@ def deployment(target: Target, *, private: bool, instance: str, replicas: int) -
         },
         "liveness_probe": {
             **probe,
-            # /ping answers once the frontend is up; give the model's load a margin anyway
+            # /alive answers once the frontend is up; give the model's load a margin anyway
             "initial_delay": timing.initial_delay,
             "failure_threshold": 30,
         },

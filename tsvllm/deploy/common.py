@@ -48,7 +48,7 @@ IMAGE_GPU = "tsvllm:0.1.0"
 IMAGE_CPU = "tsvllm-cpu:0.1.0"
 #: Azure ML online endpoints cut a request after at most 180 s
 AZURE_MAX_REQUEST_TIMEOUT_MS = 180_000
-#: seconds between probes; the JVM + worker registration take about a minute before /ping
+#: seconds between probes; the JVM + worker registration take about a minute before /alive
 PROBE_PERIOD = 10
 FRONTEND_START = 60
 #: Kubernetes preStop sleep: the endpoints controller takes the terminating pod out of the

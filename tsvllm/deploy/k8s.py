@@ -66,7 +66,7 @@ def _probe_cmd(kind: str) -> dict[str, Any]:
 def probes(target: Target, *, token_auth: bool) -> dict[str, Any]:
     """startup (slow load), readiness (model ready) and liveness (process alive)."""
     timing = probe_timing(target.startup_timeout)
-    if token_auth:  # TorchServe wants the key even on /ping: probe from inside the pod
+    if token_auth:  # TorchServe wants the key even on /alive: probe from inside the pod
         ready, alive = _probe_cmd("ready"), _probe_cmd("alive")
     else:
         ready = {"httpGet": {"path": READINESS_ROUTE, "port": INFERENCE_PORT}}

@@ -635,7 +635,8 @@ def _announce_routes(ts: Any, env: Mapping[str, str]) -> None:
 
 
 def probe(kind: str, env: Mapping[str, str]) -> int:
-    """Exec probe: ``ready`` = the model answers v1/models; ``alive`` = /ping answers."""
+    """Exec probe: ``ready`` = the model serves (:meth:`TorchServe.probe`); ``alive`` =
+    the frontend answers (``/alive``)."""
     from tsvllm.host.torchserve import ServeError
 
     ts = _server(env, models=[])

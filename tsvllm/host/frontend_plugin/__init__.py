@@ -1,7 +1,8 @@
-"""tsvllm's TorchServe frontend plugin: a truthful ``/ping`` and working worker restarts.
+"""tsvllm's TorchServe frontend plugin: a truthful ``/ping``, ``/alive`` for liveness
+probes, and worker restarts that work.
 
 The plugin is a small jar built from the Java sources next to this file (``ReadyPing``,
-``RestartFix``; docs/TORCHSERVE.md says what each fixes in TorchServe 0.12). TorchServe
+``Alive``, ``RestartFix``; docs/TORCHSERVE.md says what each fixes in TorchServe 0.12). TorchServe
 loads it from its ``plugins_path``: ``tsvllm launch``, the container entrypoint and the
 quick start set it; with a plain ``torchserve --start`` add
 ``--plugins-path "$(python -m tsvllm.host.frontend_plugin)"``.
@@ -23,10 +24,10 @@ from pathlib import Path
 
 #: the jar TorchServe loads; the directory that holds it is the ``plugins_path``
 JAR_NAME = "tsvllm-frontend.jar"
-SOURCES = ("ReadyPing.java", "RestartFix.java")
-#: what ServiceLoader reads to find the endpoint (TorchServe's PluginsManager)
+SOURCES = ("ReadyPing.java", "Alive.java", "RestartFix.java")
+#: what ServiceLoader reads to find the endpoints (TorchServe's PluginsManager)
 SERVICE = "META-INF/services/org.pytorch.serve.servingsdk.ModelServerEndpoint"
-ENDPOINT_CLASS = "org.tsvllm.frontend.ReadyPing"
+ENDPOINT_CLASSES = ("org.tsvllm.frontend.ReadyPing", "org.tsvllm.frontend.Alive")
 #: a fixed time for every jar entry, so that the same classes make the same jar
 _EPOCH = (2025, 1, 1, 0, 0, 0)
 
@@ -67,7 +68,7 @@ def jar_bytes(classes: dict[str, bytes]) -> bytes:
     buffer = io.BytesIO()
     entries = {
         "META-INF/MANIFEST.MF": b"Manifest-Version: 1.0\r\n\r\n",
-        SERVICE: f"{ENDPOINT_CLASS}\n".encode(),
+        SERVICE: "".join(f"{name}\n" for name in ENDPOINT_CLASSES).encode(),
         **classes,
     }
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as jar:
