@@ -49,12 +49,15 @@ LOADING_BODY = json.dumps({"code": 503, "type": "ServiceUnavailableException"})
 
 
 class Frontend:
-    """What the fake frontend answers, and the paths it was asked for."""
+    """What the fake frontend answers, and the paths it was asked for (``/ping`` apart:
+    tsvllm's frontend plugin answers it, 200 once the model has a READY worker)."""
 
     def __init__(self) -> None:
         self.status = 500
         self.body = FAILED_BODY
         self.paths: list[str] = []
+        self.ping_status = 200
+        self.pings = 0
         self.port = 0
 
 
@@ -64,9 +67,15 @@ def frontend() -> Iterator[Frontend]:
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            state.paths.append(self.path)
-            data = state.body.encode()
-            self.send_response(state.status)
+            status, data = state.status, state.body.encode()
+            if self.path == "/ping":
+                state.pings += 1
+                status = state.ping_status
+                data = json.dumps({"status": "Healthy" if status == 200 else "Unhealthy"})
+                data = data.encode()
+            else:
+                state.paths.append(self.path)
+            self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
@@ -154,6 +163,20 @@ def test_a_503_while_loading_keeps_waiting_until_the_timeout(frontend, tmp_path)
     assert len(frontend.paths) >= 3 and waits  # probed again and again
 
 
+def test_no_request_is_sent_to_a_model_with_no_ready_worker(frontend, tmp_path):
+    """It would wait in TorchServe's queue: ``/ping`` (503 until a worker is READY) first."""
+    frontend.ping_status = 503
+    frontend.status, frontend.body = 200, json.dumps({"object": "list", "data": []})
+    ts = FakeTorchServe(tmp_path, frontend.port)
+    ts.start()
+    with pytest.raises(ServeError, match="not ready after 1s"):
+        ts.wait_ready("tiny", timeout=1.2)
+    assert frontend.pings >= 2 and frontend.paths == []
+    frontend.ping_status = 200
+    ts.wait_ready("tiny", timeout=5)
+    assert frontend.paths == ["/predictions/tiny/1.0/v1/models"]
+
+
 def test_a_200_is_ready(frontend, tmp_path):
     frontend.status, frontend.body = 200, json.dumps({"object": "list", "data": []})
     ts = FakeTorchServe(tmp_path, frontend.port)
@@ -239,9 +262,20 @@ ENGINE_2_NODES = {
 
 
 def _model_config(startup_timeout: int, **engine: object):
-    from tests.unit.test_engine_lifecycle import model_config
+    from tsvllm.config import validate_model_config
 
-    return model_config(startup_timeout, **{**ENGINE_2_NODES, **engine})
+    return validate_model_config(
+        {
+            "deviceType": "cpu",
+            "asyncCommunication": True,
+            "startupTimeout": startup_timeout,
+            "handler": {
+                "model_path": "/models/tiny",
+                "served_model_name": ["tiny"],
+                "vllm_engine_config": {"max_model_len": 512, **ENGINE_2_NODES, **engine},
+            },
+        }
+    )
 
 
 def _args(**over: object) -> argparse.Namespace:
@@ -537,97 +571,51 @@ def _call(handler, route: str, body=None):
     return run()
 
 
-def test_a_timed_out_start_is_503_with_its_reason_then_retried(blocking_vllm, monkeypatch):
-    """The handler's own build_engine passes startupTimeout; the first start blocks past it
-    (the worker node is missing), the retry starts (the worker node is back)."""
-    from tests.unit.conftest import FakeEngine
+def test_a_start_past_its_bound_fails_the_load_with_the_reason(blocking_vllm, monkeypatch):
+    """The handler's own build_engine passes what is left of startupTimeout; the start
+    blocks past it (the worker node is missing): the load fails (TorchServe restarts the
+    worker) naming the worker nodes, and nothing of the start is left running."""
     from tsvllm.engine import vllm_engine
     from tsvllm.engine.base import EngineCannotStart, EngineStartTimeout
-    from tsvllm.worker import handler as handler_module
-    from tsvllm.worker.handler import VLLMHandler
+    from tsvllm.worker.handler import EngineLoadFailed, VLLMHandler
 
-    monkeypatch.setattr(handler_module, "FIRST_RETRY_DELAY_S", 1.0)
     monkeypatch.setattr(vllm_engine, "parse_engine_args", lambda argv: _args())
     real_start = vllm_engine.VllmEngine.start.__func__
-    engine = FakeEngine()
     timeouts: list[float | None] = []
 
     async def start(cls, args, *, timeout_s=None):
         timeouts.append(timeout_s)
-        if len(timeouts) == 1:
-            return await real_start(cls, args, timeout_s=timeout_s)
-        return engine
+        return await real_start(cls, args, timeout_s=timeout_s)
 
     monkeypatch.setattr(vllm_engine.VllmEngine, "start", classmethod(start))
     handler = VLLMHandler()
-    handler.config = _model_config(startup_timeout=1)
-    handler.request_timeout_s = 60
+    handler.config = _model_config(startup_timeout=2)
 
-    async def run():
-        handler._starting = asyncio.ensure_future(handler._start_engine())
-        # a request that came during the first attempt waits for that attempt only
-        waited = await asyncio.wait_for(_call(handler, "v1/completions", {"prompt": "x"}), 30)
-        between = await _call(handler, "v1/models")  # a probe during the back-off
-        await asyncio.wait_for(handler._starting, 30)
-        return waited, between, await _call(handler, "v1/completions", {"prompt": "x"})
-
-    (status, body), (probe, probe_body), (later, _) = asyncio.run(run())
-    assert timeouts == [1, 1]  # startupTimeout, for each attempt
-    assert handler.start_error is None  # cleared by the successful retry
-    for code, answer in ((status, body), (probe, probe_body)):
-        message = answer["error"]["message"]
-        assert code == 503, answer
-        assert "EngineStartTimeout" in message and "retrying" in message
-        assert "startupTimeout 1 s" in message and "nnodes 2" in message
-        assert "worker-node" in message and "10.0.0.1:29500" in message
-    assert later == 200
+    with pytest.raises(EngineLoadFailed) as info:
+        asyncio.run(handler._start_engine())
+    message = str(info.value)
+    assert timeouts == [1.0]  # half of startupTimeout: the load began just now
+    assert "EngineStartTimeout" in message and "nnodes 2" in message
+    assert "worker-node" in message and "10.0.0.1:29500" in message
+    assert handler.engine is None
     assert [p.returncode for p in blocking_vllm] == [-signal.SIGKILL]
     assert not issubclass(EngineStartTimeout, EngineCannotStart)  # transient
 
 
-def test_timed_out_starts_give_up_after_the_last_attempt_with_the_reason(monkeypatch):
-    from tests.unit.test_engine_lifecycle import make
-    from tsvllm.engine.base import EngineStartTimeout
-    from tsvllm.engine.vllm_engine import start_timeout_message
-    from tsvllm.worker import handler as handler_module
-
-    monkeypatch.setattr(handler_module, "FIRST_RETRY_DELAY_S", 0.001)
-    failures = [EngineStartTimeout(start_timeout_message(_args(), 5), timeout_s=5)] * 10
-    handler = make(None, failures=failures)
-
-    async def run():
-        handler._starting = asyncio.ensure_future(handler._start_engine())
-        await asyncio.wait_for(handler._starting, 10)
-        return await _call(handler, "v1/completions", {"prompt": "x"})
-
-    status, body = asyncio.run(run())
-    assert type(handler).attempts == handler_module.START_ATTEMPTS
-    assert status == 500 and body["error"]["code"] == ENGINE_START_FAILED
-    message = body["error"]["message"]
-    assert "EngineStartTimeout" in message and "10.0.0.1:29500" in message
-    assert f"gave up after {handler_module.START_ATTEMPTS} attempts" in message
-
-
 def test_a_dead_multinode_engine_says_a_worker_node_may_have_gone():
     from tests.unit.conftest import FakeEngine
-    from tests.unit.test_engine_lifecycle import make
+    from tsvllm.errors import EngineUnavailable
+    from tsvllm.worker.handler import VLLMHandler
 
-    replacement = FakeEngine()
-    handler = make(replacement)
+    handler = VLLMHandler()
     handler.config = _model_config(startup_timeout=150)
-    dead = FakeEngine()
-    dead.dead = True
-    handler.engine = dead
-    handler._starting = object()  # initialized
+    handler.engine = FakeEngine()
+    handler.engine.dead = True
 
-    async def run():
-        answer = await _call(handler, "v1/completions", {"prompt": "x"})
-        await asyncio.wait_for(handler._starting, 10)  # the restart
-        return answer
-
-    status, body = asyncio.run(run())
-    message = body["error"]["message"]
-    assert status == 503
+    with pytest.raises(EngineUnavailable) as info:
+        handler.serving_engine()
+    message = str(info.value)
+    assert message.startswith("the engine died; this worker restarts")
     assert "nnodes 2" in message and "worker node may have gone" in message
-    assert "startupTimeout 150 s" in message
-    assert dead.shut_down and handler.engine is replacement
+    assert "10.0.0.1:29500" in message and message.endswith("retry shortly")
+    assert handler.engine_died is info.value  # every later request gets the same 503

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 
-from tests.unit.conftest import FakeEngine, make_context, until
+from tests.unit.conftest import make_context, until
 from tests.unit.test_handler import error_of, serve
 
 
@@ -59,30 +59,18 @@ def test_a_slow_stream_ends_with_a_timeout_event_and_is_aborted(handler, engine)
     assert engine.closed_streams == 1  # closing the stream aborts the generation
 
 
-def test_a_dead_engine_gets_503_and_is_replaced(handler, engine):
-    replacement = FakeEngine()
-    started = asyncio.Event()
-
-    async def build_engine(*, model_dir):
-        started.set()
-        return replacement
-
-    handler.build_engine = build_engine
+def test_a_dead_engine_gets_503_at_once(handler, engine):
+    """The worker then exits and TorchServe restarts it (test_engine_lifecycle.py)."""
     engine.dead = True
 
     async def scenario():
         ctx = make_context("v1/completions")
         first = await handler.handle([{"body": {"prompt": "hi"}}], ctx)
-        assert ctx.get_response_status(0)[0] == 503
-        assert "restarting" in error_of(first[0])["message"]
-        await asyncio.wait_for(handler._starting, 5)
-        assert engine.shut_down and started.is_set()
-        ctx = make_context("v1/completions")
-        await handler.handle([{"body": {"prompt": "hi"}}], ctx)
-        assert ctx.get_response_status(0)[0] == 200
-        assert handler.engine is replacement and len(replacement.calls) == 1
+        return ctx.get_response_status(0)[0], error_of(first[0])["message"]
 
-    asyncio.run(scenario())
+    status, message = asyncio.run(scenario())
+    assert status == 503 and message.startswith("the engine died; this worker restarts")
+    assert engine.calls == []  # never sent to the dead engine
 
 
 def test_deeply_nested_json_is_a_400_not_a_crash(handler):

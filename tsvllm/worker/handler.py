@@ -1,8 +1,8 @@
 """``VLLMHandler``: a TorchServe async handler serving the OpenAI API from vLLM.
 
-This module owns the engine's lifecycle (start in the background, bounded retries,
-replacement of a dead engine). Requests go through the one request path in
-:mod:`tsvllm.worker.core`; the routes are in :mod:`tsvllm.worker.routes`.
+This module owns the engine's lifecycle: the start inside TorchServe's model load, the
+failures that end it, and the worker's exit when its engine dies. Requests go through the
+one request path in :mod:`tsvllm.worker.core`; the routes are in :mod:`tsvllm.worker.routes`.
 """
 
 from __future__ import annotations
@@ -25,11 +25,21 @@ from tsvllm.worker.hooks import Hooks, check_torchserve_overrides, overrides
 
 logger = logging.getLogger(__name__)
 
-#: attempts to start the engine after a failure that may be transient (then: give up)
-START_ATTEMPTS = 5
-#: seconds before the first retry; doubled for each next one, up to MAX_RETRY_DELAY_S
-FIRST_RETRY_DELAY_S = 5.0
-MAX_RETRY_DELAY_S = 60.0
+#: seconds of ``startupTimeout`` kept for what a worker's load does besides the engine
+#: start (the handler's set-up, the reply): TorchServe ends a load that runs past it
+LOAD_MARGIN_S = 5.0
+#: how often a worker checks that its engine still runs
+ENGINE_CHECK_S = 1.0
+#: seconds a worker whose engine died gives its requests to get their error replies
+EXIT_GRACE_S = 5.0
+#: the worker's exit status when its engine died (TorchServe then restarts the worker)
+ENGINE_DIED_EXIT = 3
+
+
+class EngineLoadFailed(RuntimeError):
+    """The engine did not start, for a reason a new attempt may fix: raised out of
+    ``initialize`` so that TorchServe fails the load (its log shows the reason) and restarts
+    the worker. A RuntimeError, which TorchServe's worker answers with a failed load."""
 
 
 class VLLMHandler(Hooks):
@@ -39,22 +49,21 @@ class VLLMHandler(Hooks):
     subclass it in a handler file and override the hooks (:class:`Hooks` documents their
     call order) or :meth:`build_engine` to use another engine.
 
-    The engine starts in the background, without blocking the worker's event loop:
-    ``initialize`` returns at once; generation requests that arrive before the engine is up
-    wait for it (within their deadline; past it, 503 with the start's status) and probes
-    (``v1/models``, ``health``) answer 503 at once with what the start is doing
-    (:meth:`start_status`). (TorchServe 0.12 kills an async
-    worker that receives a request while it is still loading after a restart, so a slow
-    ``initialize`` could never recover under traffic.) A start failure that no retry can
-    fix (:class:`~tsvllm.engine.base.EngineCannotStart`, an invalid config) is final:
-    every request then gets HTTP 500 with code ``engine_start_failed`` and the reason.
-    Other failures are retried :data:`START_ATTEMPTS` times with back-off. Each start
-    attempt is bounded by the model config's ``startupTimeout`` (seconds): an engine that
-    has not started by then (e.g. one spanning several nodes whose worker node is gone) is
-    ended and the attempt fails with
-    :class:`~tsvllm.engine.base.EngineStartTimeout`, a transient failure. A generation
-    request that arrives during a start waits for that attempt only; between attempts,
-    requests get 503 with the reason of the last failure.
+    TorchServe's signals tell the truth (docs/TORCHSERVE.md, "Readiness"):
+
+    * ``initialize`` returns once the engine serves, so TorchServe marks the worker READY
+      (describe-model, a synchronous registration or scale-up, tsvllm's ``/ping``) only
+      when the next request will be served. The start is bounded by the model config's
+      ``startupTimeout``.
+    * A start that fails for a reason a retry may fix (a timeout, a crash) fails the load:
+      TorchServe logs the reason and restarts the worker with its own back-off, for up to
+      ``maxRetryTimeoutInSec``.
+    * A start that no retry can fix (:class:`~tsvllm.engine.base.EngineCannotStart`, an
+      invalid config) is final at once: the load succeeds so that every request gets HTTP
+      500 with code ``engine_start_failed`` and the reason, instead of waiting in
+      TorchServe's queue for a worker that never comes.
+    * An engine that dies under a running worker ends the worker (after its requests got
+      their 503): TorchServe restarts it, and it is READY again once its new engine serves.
     """
 
     #: optional ``handler:`` sections this class runs (subclasses add "rag", "guards")
@@ -69,13 +78,11 @@ class VLLMHandler(Hooks):
         self.initialized = False
         #: the key every request must carry (``TSVLLM_API_KEY_FILE``), see tsvllm.auth
         self.api_key: ApiKeys | None = None
-        self._starting: asyncio.Task | None = None
-        #: resolved when the running start attempt ends (requests wait for it, see ready_engine)
-        self._attempt_end: asyncio.Future | None = None
-        #: the running start attempt: its number and when it began (time.monotonic), or None
-        self._attempt: tuple[int, float] | None = None
-        #: why the last engine start failed (None once it runs)
-        self.start_error: Exception | None = None
+        #: when TorchServe asked this worker to load the model (time.monotonic)
+        self._created = time.monotonic()
+        #: set when the engine died: the worker answers 503 with it, then exits
+        self.engine_died: EngineUnavailable | None = None
+        self._engine_watch: asyncio.Task | None = None
         #: set when the engine can never start; every request gets it
         self.start_failed: EngineStartFailed | None = None
         #: why this worker's GPUs cannot be placed (:mod:`tsvllm.worker.placement`), or None
@@ -121,12 +128,12 @@ class VLLMHandler(Hooks):
         from tsvllm.worker.lifeline import start_reaper
 
         start_reaper()  # the engine's processes die with this worker, however it ends
-        # TorchServe runs this same loop right after initialize() returns.
+        # TorchServe runs this same loop right after initialize() returns
         loop = asyncio.get_event_loop()
-        self._starting = loop.create_task(self._start_engine())
         self._watch_drain(loop, model=context.model_name)
         engine_metrics.start(self, context)  # vllm:* series for the host's scrape endpoint
         self.initialized = True
+        loop.run_until_complete(self._start_engine())  # raises when a retry may help
 
     def _open_audit_log(self, cfg: Any) -> None:
         if cfg is None:
@@ -168,52 +175,32 @@ class VLLMHandler(Hooks):
                 )
 
     async def _start_engine(self) -> Engine | None:
-        """Start the engine and :meth:`setup`; retry a transient failure, with a bound.
+        """Start the engine and :meth:`setup` within the load's time.
 
-        The worker stays up even when it gives up, answering every request with the
-        reason: TorchServe 0.12 cannot restart an async worker while requests are queued
-        for it (IllegalStateException "more than 1 control command"), and a worker that
-        exited would be restarted, and fail again, forever.
+        Returns the engine, or None when the start failed for good (:meth:`_give_up`).
+        Raises :class:`EngineLoadFailed` for a failure a new attempt may fix: TorchServe's
+        load fails and it restarts the worker with its own back-off.
         """
         from tsvllm.config import ConfigError
 
-        delay = FIRST_RETRY_DELAY_S
-        for attempt in range(1, START_ATTEMPTS + 1):
-            self._attempt = (attempt, time.monotonic())
-            try:
-                self.engine = await self._start_once()
-            except (EngineCannotStart, ConfigError) as exc:
-                self._give_up(exc)
-                self._attempt_ended()
-                return None
-            except Exception as exc:
-                self.start_error = exc
-                if attempt == START_ATTEMPTS:
-                    self._give_up(exc, attempts=attempt)
-                    self._attempt_ended()
-                    return None
-                logger.exception(
-                    "tsvllm: the engine failed to start (attempt %d of %d); retrying in %.0fs",
-                    attempt,
-                    START_ATTEMPTS,
-                    delay,
-                )
-                self._attempt_ended()  # requests waiting for it get 503 with the reason
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, MAX_RETRY_DELAY_S)
-                continue
-            self.start_error = None
-            self._attempt_ended()
-            logger.info("tsvllm: engine ready")
-            return self.engine
-        return None
+        try:
+            self.engine = await self._start_once()
+        except (EngineCannotStart, ConfigError) as exc:
+            self._give_up(exc)
+            return None
+        except Exception as exc:
+            logger.exception("tsvllm: the engine did not start; TorchServe restarts the worker")
+            raise EngineLoadFailed(f"the engine did not start ({_reason(exc)})") from exc
+        self._engine_watch = asyncio.get_running_loop().create_task(self._watch_engine())
+        logger.info("tsvllm: engine ready")
+        return self.engine
 
-    def _attempt_ended(self) -> None:
-        """Wake the requests waiting for the start attempt that just ended."""
-        self._attempt = None
-        end, self._attempt_end = self._attempt_end, None
-        if end is not None and not end.done():
-            end.set_result(None)
+    def start_timeout_s(self) -> float:
+        """What is left of ``startupTimeout`` for the engine start: TorchServe counts it
+        from when it asked this worker to load the model."""
+        limit = float(self.config.startupTimeout)
+        left = limit - (time.monotonic() - self._created) - LOAD_MARGIN_S
+        return max(left, limit / 2)
 
     async def _start_once(self) -> Engine:
         """One engine plus the handler's set-up; a failure leaves nothing running."""
@@ -231,115 +218,71 @@ class VLLMHandler(Hooks):
                 core.emit_hook_time(self._context, "setup", time.perf_counter() - started)
         return engine
 
-    def _give_up(self, exc: Exception, *, attempts: int = 1) -> None:
+    def _give_up(self, exc: Exception) -> None:
         """Stop trying: every request gets :class:`EngineStartFailed` from now on."""
-        self.start_error = exc
         reason = f"{type(exc).__name__}: {exc}"
-        if attempts > 1:
-            reason += f" (gave up after {attempts} attempts)"
         self.start_failed = EngineStartFailed(reason)
         logger.error("tsvllm: %s; fix the model config and register the model again", reason)
 
     async def ready_engine(self) -> Engine:
-        """The engine, once started: generation requests that arrive during start-up wait
-        here (within their deadline) for the running start attempt, not for the retries:
-        when that attempt fails they get 503 with its reason (or the final failure)."""
-        while True:
-            engine = self._engine_now()  # raises when the last attempt failed
-            if engine is not None:
-                return engine
-            starting = self._starting
-            if starting.done():  # the start ended without an engine
-                if not starting.cancelled() and starting.exception() is not None:
-                    raise EngineUnavailable(
-                        f"the engine did not start ({_reason(starting.exception())})"
-                    )
-                raise self.start_failed or EngineUnavailable("the engine did not start")
-            if self._attempt_end is None or self._attempt_end.done():
-                self._attempt_end = asyncio.get_running_loop().create_future()
-            # neither is cancelled when this request is
-            await asyncio.wait({self._attempt_end, starting}, return_when=asyncio.FIRST_COMPLETED)
+        """The engine that serves requests; raise (503, or the start failure) when none
+        does. (TorchServe sends requests only once the load, i.e. the start, is over.)"""
+        return self.serving_engine()
 
     def serving_engine(self) -> Engine:
-        """The engine if it serves now; else raise at once (503 with :meth:`start_status`,
-        or the start failure)."""
-        engine = self._engine_now()
-        if engine is None:
-            raise EngineUnavailable(self.start_status())
-        return engine
-
-    def start_status(self) -> str:
-        """What the engine is doing while it starts, for a 503: the running attempt's time
-        against ``startupTimeout`` and, for an engine across nodes, what it waits for."""
-        text = "the engine is starting"
-        if self._attempt is not None:
-            number, began = self._attempt
-            text += f" ({time.monotonic() - began:.0f} s"
-            limit = getattr(self.config, "startupTimeout", None)
-            if limit is not None:
-                text += f" of startupTimeout {limit} s"
-            if number > 1:
-                text += f", attempt {number} of {START_ATTEMPTS}"
-                if self.start_error is not None:
-                    text += f" after {type(self.start_error).__name__}"
-            text += ")"
-        nnodes = _nnodes(self.config)
-        if nnodes > 1:
-            from tsvllm.engine.vllm_engine import DEFAULT_MASTER_PORT
-
-            engine_cfg = self.config.handler.vllm_engine_config
-            hint = worker_nodes_hint(
-                nnodes=nnodes,
-                master_addr=engine_cfg.get("master_addr"),  # required with nnodes > 1
-                master_port=engine_cfg.get("master_port", DEFAULT_MASTER_PORT),
-            )
-            text += f"; {hint}"
-        return text
-
-    def _engine_now(self) -> Engine | None:
-        """The engine if it serves, None while it starts; raise when it cannot serve.
-
-        A dead engine (its process was killed, it crashed) is shut down and a new one
-        started in the background; until it serves, requests get 503. During a start attempt
-        this returns None (requests may wait for it); between two attempts it raises the
-        last failure's reason.
-        """
-        engine = self.engine
-        if engine is not None and not engine.dead:
-            return engine
-        if engine is not None:
-            self._replace(engine)
+        """The engine if it serves now; else raise at once: the start failure (500), or 503
+        while the worker is not initialized or its engine died."""
         if self.start_failed is not None:
             raise self.start_failed
-        if self._starting is None:
+        if self.engine_died is not None:
+            raise self.engine_died
+        engine = self.engine
+        if engine is None:
             raise EngineUnavailable("the handler is not initialized")
-        if self.start_error is not None and self._attempt is None:  # between two attempts
-            raise EngineUnavailable(
-                f"the engine failed to start ({_reason(self.start_error)}) and is "
-                "retrying; see the worker log"
-            )
-        return None
+        if engine.dead:
+            raise self._mark_dead()
+        return engine
 
-    def _replace(self, engine: Engine) -> None:
-        """Shut a dead engine down (off the event loop) and start a new one."""
-        logger.error("tsvllm: the engine died; starting a new one")
-        self.engine = None
+    def _mark_dead(self) -> EngineUnavailable:
+        """Note that the engine died: from now on every request gets this 503."""
+        if self.engine_died is None:
+            message = "the engine died; this worker restarts (TorchServe starts a new one)"
+            nnodes = _nnodes(self.config)
+            if nnodes > 1:
+                from tsvllm.engine.vllm_engine import DEFAULT_MASTER_PORT
 
-        async def restart() -> Engine | None:
-            await asyncio.to_thread(engine.shutdown)  # reaps whatever is left of it
-            await self.teardown()
-            return await self._start_engine()
+                engine_cfg = self.config.handler.vllm_engine_config
+                message += (
+                    f". The engine spans nnodes {nnodes} hosts: a worker node may have gone; "
+                    + worker_nodes_hint(
+                        nnodes=nnodes,
+                        master_addr=engine_cfg.get("master_addr"),
+                        master_port=engine_cfg.get("master_port", DEFAULT_MASTER_PORT),
+                    )
+                )
+            self.engine_died = EngineUnavailable(message + "; retry shortly")
+            logger.error("tsvllm: %s", message)
+        return self.engine_died
 
-        self._starting = asyncio.get_running_loop().create_task(restart())
-        message = "the engine died and is restarting; retry shortly"
-        nnodes = _nnodes(self.config)
-        if nnodes > 1:
-            message += (
-                f". The engine spans nnodes {nnodes} hosts: a worker node may have gone "
-                f"(check `tsvllm worker-node` on each worker host); the restart waits up to "
-                f"startupTimeout {self.config.startupTimeout} s for every worker node to join"
-            )
-        raise EngineUnavailable(message)
+    async def _watch_engine(self) -> None:
+        """End this worker once its engine dies, so that TorchServe stops showing it READY
+        and restarts it (a new load, a new engine). Its running requests get their error
+        replies first, within :data:`EXIT_GRACE_S`; the engine's processes are reaped."""
+        engine = self.engine
+        while engine is not None and not engine.dead:
+            await asyncio.sleep(ENGINE_CHECK_S)
+        self._mark_dead()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + EXIT_GRACE_S
+        while self.inflight and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        if self.inflight:  # stuck on the dead engine: 503 now (their deadline's path)
+            core.end_inflight(self)
+            while self.inflight and loop.time() < deadline + 1:
+                await asyncio.sleep(0.05)
+        if engine is not None:
+            await asyncio.to_thread(engine.shutdown)
+        ts_worker.exit_worker(ENGINE_DIED_EXIT)
 
     async def build_engine(self, *, model_dir: Path) -> Engine:
         """Start the vLLM engine described by ``handler:`` (override for another engine)."""
@@ -354,7 +297,7 @@ class VLLMHandler(Hooks):
         os.environ.update(engine_environ(self.config.handler))
         await asyncio.to_thread(import_vllm)  # seconds, cold: not on the event loop
         argv = handler_argv(self.config.handler, resolve=lambda p: _in_archive(p, model_dir))
-        return await VllmEngine.start(parse_engine_args(argv), timeout_s=self.config.startupTimeout)
+        return await VllmEngine.start(parse_engine_args(argv), timeout_s=self.start_timeout_s())
 
     # -- requests ----------------------------------------------------------------------
 

@@ -274,6 +274,18 @@ def _message_code(message: bytes | bytearray) -> int:
     return struct.unpack_from("!i", message)[0]
 
 
+def exit_worker(status: int) -> None:
+    """End this worker process now, after the frames already queued for the frontend: the
+    frontend sees the worker gone and restarts it (its own back-off). ``os._exit``, because
+    TorchServe's worker loop would catch SystemExit, and nothing of the worker is to be
+    cleaned up (the engine was shut down; :mod:`tsvllm.worker.lifeline` reaps the rest)."""
+    import os
+
+    _WRITER.flush()
+    logging.shutdown()
+    os._exit(status)
+
+
 def request_id(context: Any) -> str:
     """TorchServe's id for the (single) request in this call."""
     return next(iter(context.request_ids.values()))
