@@ -215,11 +215,12 @@ def _full_outcome(status: int, text: str) -> str:
     return f"broken: {status}: {text[:300]}"
 
 
-def test_a_killed_engine_fails_requests_in_flight_with_503_and_is_replaced(own_server):
+def test_a_killed_engine_fails_requests_in_flight_with_503_and_its_worker_restarts(own_server):
     """Every request started is counted exactly once: each of them is in flight when the
     engine dies, so each ends as a 503 (non-streamed) or a 503 error event (streamed, the
     headers went out with the first chunk); a stream cut short or a request that raises or
-    hangs is counted as broken."""
+    hangs is counted as broken. Then the worker exits and TorchServe restarts it: it is not
+    READY (describe-model, /ping) until its new engine serves, and READY means served."""
     ts = own_server
     worker = worker_process(ts)
     old_engine = engine_processes(ts)
@@ -259,11 +260,37 @@ def test_a_killed_engine_fails_requests_in_flight_with_503_and_is_replaced(own_s
     assert sum(counts.values()) == started_n
     # all were running when the engine died: none may succeed, none may be cut or raise
     assert counts == {"503": started_n // 2, "error event": started_n // 2}, outcomes
-    # the worker stays, builds a new engine, and serves again; the old engine is gone
-    assert wait_for(lambda: health(ts).status_code == 200)
-    assert chat_ok(ts)
-    assert worker_process(ts).pid == worker.pid
-    assert wait_gone(old_engine, GONE_WITHIN) == []
+    # the worker exits with its engine; TorchServe starts a new one, READY once it serves
+    assert wait_gone([worker, *old_engine], GONE_WITHIN) == []
+    seen = watch_readiness(ts, "lifecycle")
+    assert ("not ready", 503) in seen, seen  # it stopped showing READY ...
+    assert seen[-1] == ("READY", 200), seen  # ... until its new engine served
+    assert chat_ok(ts)  # right after READY: served
+    assert worker_process(ts).pid != worker.pid
+
+
+def watch_readiness(ts: TorchServe, model: str, *, timeout: float = 600) -> list[tuple]:
+    """Poll describe-model and /ping every 0.5 s until the model's worker is READY; then
+    send a request at once, which must be served. Returns the distinct (worker status,
+    /ping status) pairs seen, in order. Every poll must answer within 2 s."""
+    from tests.e2e.ts_features import describe
+
+    seen: list[tuple] = []
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        t0 = time.monotonic()
+        workers = describe(ts, model)[0]["workers"]
+        ping = httpx.get(f"{ts.inference_url}/ping", headers=auth(ts), timeout=2).status_code
+        assert time.monotonic() - t0 < 2, "a readiness poll did not answer at once"
+        ready = any(w["status"] == "READY" for w in workers)
+        pair = ("READY" if ready else "not ready", ping)
+        if not seen or seen[-1] != pair:
+            seen.append(pair)
+        if ready or ping == 200:
+            assert chat_ok(ts), seen  # the very next request is served
+            return seen
+        time.sleep(0.5)
+    raise AssertionError(f"not READY within {timeout} s: {seen}")
 
 
 def test_engine_dies_with_a_killed_worker_and_the_worker_comes_back(own_server):

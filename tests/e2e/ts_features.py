@@ -95,6 +95,12 @@ def versioned_archive(
 
 
 def management(ts: TorchServe) -> httpx.Client:
+    """The management API: on its TCP port, or on the Unix socket of a server whose
+    handler checks the keys (``auth="key"``)."""
+    socket = ts.management_socket
+    if socket is not None:
+        transport = httpx.HTTPTransport(uds=str(socket))
+        return httpx.Client(base_url="http://localhost", transport=transport, timeout=600)
     return httpx.Client(base_url=f"http://127.0.0.1:{ts.ports.management}", timeout=600)
 
 
