@@ -201,7 +201,8 @@ def test_register_a_mar_at_runtime_use_it_and_unregister(farm, tiny_model, tmp_p
     reply, took = tf.register(ts, "runtime.mar", "runtime")
     print(f"register runtime.mar: {reply.status_code} in {took:.1f}s: {reply.text}")
     assert reply.status_code == 200, reply.text
-    tf.wait_probe(ts, "runtime", "1.0")
+    # a synchronous registration returns once the engine serves: no wait, the first
+    # request right after it is served
     assert served_ids(ts, "runtime") == ["runtime"]
     assert completion_tokens(ts, "runtime", "runtime") == 5
     (worker,) = tf.worker_pids(ts, "runtime")
@@ -234,6 +235,18 @@ def scaled_up(ts: TorchServe) -> list[int]:
     assert reply.status_code == 200, reply.text
     workers = tf.describe(ts, "alpha")[0]["workers"]
     assert [w["status"] for w in workers] == ["READY", "READY"], workers
+    # READY means serving: requests sent right after the scale-up (to either worker) are
+    # served, with no wait
+    replies = []
+    threads = [
+        threading.Thread(target=lambda: replies.append(completion_tokens(ts, "alpha", "alpha")))
+        for _ in range(4)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert replies == [5] * 4
     pids = [w["pid"] for w in workers]
     for pid in pids:
         tf.wait_engine_idle(pid)
