@@ -13,13 +13,14 @@ import signal
 import threading
 import time
 from collections import Counter
+from dataclasses import dataclass
 
 import httpx
 import psutil
 import pytest
 from openai import OpenAI
 
-from tests.e2e.conftest import archive, base_url, started
+from tests.e2e.conftest import archive, base_url
 from tsvllm.host.torchserve import TorchServe
 
 GONE_WITHIN = 15.0
@@ -75,9 +76,66 @@ def own_server(tmp_path_factory, tiny_model):
     )
     ts = TorchServe(workdir=root / "ts", model_store=store, models=["lifecycle.mar"])
     try:
-        yield started(ts, ["lifecycle"])
+        ts.start()  # `torchserve --start`
+        ts.startup = watch_startup(ts, "lifecycle")
+        ts.wait_ready("lifecycle", timeout=60)
+        yield ts
     finally:
         ts.stop()
+
+
+@dataclass
+class Poll:
+    """One second's look at the server while it starts: /ping, describe-model's worker
+    status, and GET v1/models (None: no answer within its 1 s, i.e. it waits in
+    TorchServe's queue because no worker is READY)."""
+
+    ping: int | None
+    ready: bool | None
+    models: int | None
+    took: float  # seconds the /ping and describe-model polls took together
+
+
+def watch_startup(ts: TorchServe, model: str, *, timeout: float = 600) -> list[Poll]:
+    """Poll once a second from ``torchserve --start`` until v1/models answers 200."""
+    from tests.e2e.ts_features import describe
+
+    polls: list[Poll] = []
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        t0 = time.monotonic()
+        try:
+            ping = httpx.get(f"{ts.inference_url}/ping", headers=auth(ts), timeout=1).status_code
+            workers = describe(ts, model)[0]["workers"]
+            ready = any(w["status"] == "READY" for w in workers)
+        except (httpx.TransportError, OSError):
+            ping = ready = None  # the frontend does not listen yet
+        took = time.monotonic() - t0
+        try:
+            url = f"{base_url(ts, model)}/models"
+            models = httpx.get(url, headers=auth(ts), timeout=1).status_code
+        except httpx.TransportError:
+            models = None
+        polls.append(Poll(ping, ready, models, took))
+        if models == 200:
+            return polls
+        time.sleep(max(0.0, 1 - (time.monotonic() - t0)))
+    raise AssertionError(f"{model} did not serve within {timeout} s: {polls}")
+
+
+def test_torchserves_signals_say_ready_only_when_the_model_serves(own_server):
+    """From `torchserve --start` until v1/models is 200: /ping (Healthy) and describe-model
+    (READY) never say ready while a request would not be served, and they answer at once.
+    (A request sent before a worker is READY is not refused by TorchServe: it waits in the
+    frontend's queue, so the v1/models poll has no answer within its second.)"""
+    polls = own_server.startup
+    print(f"{len(polls)} polls: " + ", ".join(f"{p.ping}/{p.ready}/{p.models}" for p in polls))
+    listening = [p for p in polls if p.ping is not None]
+    assert listening and all(p.took < 1 for p in listening), polls  # answered at once
+    said_ready = [p for p in listening if p.ping == 200 or p.ready]
+    assert all(p.models == 200 for p in said_ready), polls  # never a lie
+    assert any(p.ping == 503 and p.ready is False for p in listening), polls  # it did load
+    assert polls[-1].models == 200
 
 
 def auth(ts: TorchServe) -> dict[str, str]:
