@@ -9,7 +9,10 @@ environment):
   unregistering it): each worker of that model answers new requests (and its readiness
   probe) 503 with ``Retry-After``, keeps serving the running ones, and writes its status
   to ``worker-<pid>.json`` (``{"pid": .., "running": n}``) several times a second;
-* the host creates ``abort`` (or ``abort@<model>``) once the drain timeout has passed:
+* the host creates ``drain-pid-<pid>`` to drain one worker process only (``tsvllm scale``
+  drains the workers TorchServe is about to remove, the others keep serving);
+* the host creates ``abort`` (``abort@<model>``, ``abort-pid-<pid>``) once the drain
+  timeout has passed:
   each worker ends what is still
   running (a stream gets an error event and ``[DONE]``, a plain request 503) and the
   engine aborts it;
@@ -44,29 +47,48 @@ def control_dir(environ: Mapping[str, str]) -> Path | None:
     return Path(value) if value else None
 
 
-def _name(what: str, model: str | None) -> str:
+def _name(what: str, model: str | None = None, *, pid: int | None = None) -> str:
+    """The control file's name: every model, one ``model``, or one worker ``pid`` (``-``
+    is not ``@``: no model name can take a worker's file)."""
     if what not in (DRAIN, ABORT):
         raise ValueError(f"what must be {DRAIN!r} or {ABORT!r}, not {what!r}")
+    if model is not None and pid is not None:
+        raise ValueError("name a model or a worker pid, not both")
+    if pid is not None:
+        return f"{what}-pid-{pid}"
     return what if model is None else f"{what}@{model}"
 
 
-def request(directory: Path, what: str, *, model: str | None = None) -> None:
-    """Host side: ask the workers (of ``model``, else all) to ``DRAIN`` or to ``ABORT``."""
+def request(
+    directory: Path, what: str, *, model: str | None = None, pid: int | None = None
+) -> None:
+    """Host side: ask the workers (of ``model``, or the worker ``pid``, else all) to
+    ``DRAIN`` or to ``ABORT``."""
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / _name(what, model)).touch()
+    (directory / _name(what, model, pid=pid)).touch()
 
 
-def cancel(directory: Path, *, model: str | None = None) -> None:
+def cancel(directory: Path, *, model: str | None = None, pid: int | None = None) -> None:
     """Host side: end a drain that was not aborted (the workers take requests again),
     e.g. after a scale-down that kept some of a model's workers."""
-    (directory / _name(DRAIN, model)).unlink(missing_ok=True)
+    (directory / _name(DRAIN, model, pid=pid)).unlink(missing_ok=True)
 
 
-def requested(directory: Path, *, model: str) -> tuple[bool, bool]:
-    """Worker side: ``(drain, abort)`` as the host asked, for all models or ``model``."""
+def forget_worker(directory: Path, pid: int) -> None:
+    """Host side: remove what was asked of worker ``pid`` (its drain and abort files)."""
+    for what in (DRAIN, ABORT):
+        (directory / _name(what, pid=pid)).unlink(missing_ok=True)
+
+
+def requested(directory: Path, *, model: str, pid: int | None = None) -> tuple[bool, bool]:
+    """Worker side: ``(drain, abort)`` as the host asked, for all models, ``model`` or
+    this worker (``pid``)."""
 
     def asked(what: str) -> bool:
-        return (directory / what).exists() or (directory / _name(what, model)).exists()
+        names = [what, _name(what, model)]
+        if pid is not None:
+            names.append(_name(what, pid=pid))
+        return any((directory / name).exists() for name in names)
 
     return asked(DRAIN), asked(ABORT)
 

@@ -6,6 +6,8 @@ import asyncio
 import json
 import os
 
+import pytest
+
 from tests.unit.conftest import make_context, until
 from tsvllm import drain
 from tsvllm.worker import core
@@ -130,3 +132,37 @@ def test_an_aborted_drain_is_not_cancelled(handler, tmp_path):
 
     asyncio.run(run())
     assert watch.draining and watch.aborted
+
+
+def test_a_worker_drain_is_this_workers_alone(handler, tmp_path):
+    """``tsvllm scale`` drains the workers TorchServe removes by pid; the others serve."""
+    watch = watch_for(handler, tmp_path)
+    drain.request(tmp_path, drain.DRAIN, pid=os.getpid() + 1)
+    watch.poll()
+    assert not watch.draining
+    drain.request(tmp_path, drain.DRAIN, pid=os.getpid())
+    watch.poll()
+    assert watch.draining and status(tmp_path) == {"pid": os.getpid(), "running": 0}
+    drain.cancel(tmp_path, pid=os.getpid())
+    watch.poll()
+    assert not watch.draining
+
+
+def test_a_worker_abort_ends_its_requests_and_forget_removes_its_files(tmp_path):
+    ended = []
+    watch = DrainWatch(tmp_path, model="tiny", running=lambda: 0, on_abort=lambda: ended.append(1))
+    drain.request(tmp_path, drain.DRAIN, pid=os.getpid())
+    drain.request(tmp_path, drain.ABORT, pid=os.getpid())
+    watch.poll()
+    assert watch.aborted and ended == [1]
+    assert {p.name for p in tmp_path.iterdir()} >= {
+        f"drain-pid-{os.getpid()}",
+        f"abort-pid-{os.getpid()}",
+    }
+    drain.forget_worker(tmp_path, os.getpid())
+    assert [p.name for p in tmp_path.iterdir()] == [f"worker-{os.getpid()}.json"]
+
+
+def test_a_control_file_names_a_model_or_a_worker_not_both(tmp_path):
+    with pytest.raises(ValueError, match="not both"):
+        drain.request(tmp_path, drain.DRAIN, model="tiny", pid=1)

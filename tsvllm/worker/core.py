@@ -19,6 +19,11 @@
 8. **errors**: any failure becomes an OpenAI error body with its own status and headers
    (:mod:`tsvllm.errors`), *returned* (never raised: TorchServe would fail every request
    in flight on the worker); a hook's unexpected exception is a 500 naming the hook.
+
+A stream that TorchServe hands to this worker after the worker sending it was removed (a
+scale-down puts the removed worker's requests back in the queue) is refused before step 5:
+its client already has part of a generation, so it gets an error event and ``[DONE]``,
+never a second generation in the same response (:mod:`tsvllm.worker.stream_marks`).
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ from tsvllm.worker.hooks import EndStream, RequestContext, closing_events, overr
 
 if TYPE_CHECKING:
     from tsvllm.worker.handler import VLLMHandler
+    from tsvllm.worker.stream_marks import StreamMarks
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +69,9 @@ HOOK_STAGES = ("setup", "on_request", "on_response", "on_chunk", "on_stream_end"
 JSON = "application/json"
 SSE = "text/event-stream"
 DONE = b"data: [DONE]\n\n"
+#: seconds between a stream's end and the removal of its started-mark: its last bytes are
+#: with the frontend by then (a worker killed sooner leaves the mark: the safe side)
+RELEASE_AFTER_S = 1.0
 
 
 @dataclass(eq=False)  # kept in a set by identity (VLLMHandler.inflight)
@@ -152,6 +161,9 @@ async def _serve(
         for i, call in enumerate(calls)
     ]
 
+    if contexts[0].stream and _started_elsewhere(handler, request_id):
+        return _refused_stream(context)
+
     async def start() -> Any:
         engine = await _ready_engine(handler, record)
         if contexts[0].stream:
@@ -214,6 +226,8 @@ async def _serve_engine_route(
     record.contexts = [ctx]
     if handler.audit_content and isinstance(body, dict):
         record.requests = [body]
+    if ctx.stream and _started_elsewhere(handler, ctx.request_id):
+        return _refused_stream(context, done=b"")
 
     async def start() -> EngineReply:
         engine = await _ready_engine(handler, record)
@@ -238,7 +252,7 @@ async def _serve_engine_route(
     if reply.chunks is None:
         return reply.body
     if route.api is None or not overrides(handler, "on_chunk"):
-        return await _relay(handler, reply.chunks, context, record, deadline=deadline)
+        return await _relay(handler, reply.chunks, ctx, context, record, deadline=deadline)
     events = _sse_events(reply.chunks)
     return await _stream(handler, events, ctx, context, record, deadline=deadline, done=b"")
 
@@ -293,6 +307,7 @@ async def _sse_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[StreamEvent
 async def _relay(
     handler: VLLMHandler,
     chunks: AsyncIterator[bytes],
+    ctx: RequestContext,
     context: Any,
     record: Record,
     *,
@@ -300,20 +315,53 @@ async def _relay(
 ) -> bytes:
     """Pass a stream on as it comes (no hook looks at it); the empty return closes it."""
     timer = record.timer = asyncio.timeout_at(deadline)
+    marks = handler.stream_marks
+    claimed = False
+    tail = b""
     try:
         async with timer:
             async for chunk in chunks:
                 if record.ttft_ms is None:
                     record.ttft_ms = (time.perf_counter() - record.start) * 1000
+                if marks is not None and not claimed:
+                    marks.claim(ctx.request_id)
+                    claimed = True
                 ts_worker.send_chunk(context, chunk)
     except TimeoutError:
         if not timer.expired():
             raise
         _, err = to_error_body(_deadline_error(handler, record))
-        return StreamEvent.from_payload(err).encode().encode()
+        tail = StreamEvent.from_payload(err).encode().encode()
     finally:
         await chunks.aclose()
-    return b""
+    if claimed:
+        _release_later(marks, ctx.request_id)
+    return tail
+
+
+def _started_elsewhere(handler: VLLMHandler, request_id: str) -> bool:
+    """True when another worker already sent chunks of this stream (it was removed, and
+    TorchServe handed its request to this worker)."""
+    marks = handler.stream_marks
+    return marks is not None and marks.started(request_id)
+
+
+def _refused_stream(context: Any, *, done: bytes = DONE) -> bytes:
+    """The end of a stream another worker began: an error event and ``done`` (the client
+    already has that worker's 200 and first chunks; the engine is not asked)."""
+    ts_worker.set_reply(context, status=200, content_type=SSE)
+    exc = EngineUnavailable(
+        "the worker serving this stream was removed (the model was scaled down) after it "
+        "had sent part of it; the stream ends here: retry the request"
+    )
+    _, err = to_error_body(exc)
+    return StreamEvent.from_payload(err).encode().encode() + done
+
+
+def _release_later(marks: StreamMarks, request_id: str) -> None:
+    """Remove the stream's started-mark once its last bytes are surely sent (only when the
+    stream ended here: a worker stopping or killed mid-stream leaves it)."""
+    asyncio.get_running_loop().call_later(RELEASE_AFTER_S, marks.release, request_id)
 
 
 async def _ready_engine(handler: VLLMHandler, record: Record) -> Any:
@@ -458,6 +506,8 @@ async def _stream(
     ts_worker.set_reply(context, status=200, content_type=SSE)
     hooked = overrides(handler, "on_chunk")
     audited = handler.audit is not None
+    marks = handler.stream_marks
+    claimed = False
     tail: list[StreamEvent] = []
     last: StreamEvent | None = None
     before_last: StreamEvent | None = None
@@ -476,6 +526,9 @@ async def _stream(
                 else:
                     sent = (event,)
                 for out in sent:
+                    if marks is not None and not claimed:
+                        marks.claim(ctx.request_id)
+                        claimed = True
                     ts_worker.send_chunk(context, out.encode().encode())
                     if audited and handler.audit_content:  # what the client saw
                         _add_stream_text(record, out)
@@ -499,6 +552,8 @@ async def _stream(
         tail = [StreamEvent.from_payload(err)]
     finally:
         await events.aclose()
+    if claimed:
+        _release_later(marks, ctx.request_id)
     return b"".join(e.encode().encode() for e in tail) + done
 
 

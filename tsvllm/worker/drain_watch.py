@@ -1,7 +1,8 @@
 """The worker's side of the drain protocol (:mod:`tsvllm.drain`).
 
 :class:`DrainWatch` polls the control directory on the worker's event loop. Once the host
-asks for a drain, :attr:`DrainWatch.draining` turns true (the request core then answers
+asks for a drain (of every model, this worker's model, or this worker process alone),
+:attr:`DrainWatch.draining` turns true (the request core then answers
 new requests and probes 503 with ``Retry-After``) and the worker reports its running
 count; once the host asks to abort, ``on_abort`` ends what still runs.
 """
@@ -32,6 +33,7 @@ class DrainWatch:
         self.model = model
         self._running = running
         self._on_abort = on_abort
+        self.pid = os.getpid()
         self.draining = False
         self.aborted = False
 
@@ -45,8 +47,8 @@ class DrainWatch:
             await asyncio.sleep(drain.POLL_S)
 
     def poll(self) -> None:
-        """One look at the control files (two ``stat`` calls while nothing is asked)."""
-        asked_drain, asked_abort = drain.requested(self.directory, model=self.model)
+        """One look at the control files (six ``stat`` calls while nothing is asked)."""
+        asked_drain, asked_abort = drain.requested(self.directory, model=self.model, pid=self.pid)
         if not (asked_drain or asked_abort or self.draining):
             return
         if self.draining and not asked_drain and not self.aborted:
@@ -59,4 +61,4 @@ class DrainWatch:
             self.aborted = self.draining = True
             logger.warning("tsvllm: drain timeout: ending %d running requests", self._running())
             self._on_abort()
-        drain.write_status(self.directory, pid=os.getpid(), running=self._running())
+        drain.write_status(self.directory, pid=self.pid, running=self._running())

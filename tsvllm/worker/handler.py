@@ -22,6 +22,7 @@ from tsvllm.worker import core, engine_metrics, ts_worker
 from tsvllm.worker.audit import AuditLog
 from tsvllm.worker.drain_watch import DrainWatch
 from tsvllm.worker.hooks import Hooks, check_torchserve_overrides, overrides
+from tsvllm.worker.stream_marks import StreamMarks, open_marks
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +93,8 @@ class VLLMHandler(Hooks):
         #: the host's drain requests (None without ``TSVLLM_CONTROL_DIR``)
         self.drain_watch: DrainWatch | None = None
         self._drain_task: asyncio.Task | None = None
+        #: the streams started on this host (:mod:`tsvllm.worker.stream_marks`)
+        self.stream_marks: StreamMarks | None = None
         #: one JSON line per request (``handler.audit_log``), and whether with the text
         self.audit: AuditLog | None = None
         self.audit_content = False
@@ -131,6 +134,7 @@ class VLLMHandler(Hooks):
         # TorchServe runs this same loop right after initialize() returns
         loop = asyncio.get_event_loop()
         self._watch_drain(loop, model=context.model_name)
+        self.stream_marks = open_marks(os.environ, stale_after_s=2 * self.request_timeout_s)
         engine_metrics.start(self, context)  # vllm:* series for the host's scrape endpoint
         self.initialized = True
         loop.run_until_complete(self._start_engine())  # raises when a retry may help
