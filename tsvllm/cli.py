@@ -15,6 +15,8 @@ Subcommands:
                                         parses them)
   drain --control-dir DIR [--model N]   drain a running server's model before unregistering
                                         or scaling it down (tsvllm.host.shutdown)
+  scale --model M --workers N           scale a running server's model; a scale-down drains
+                                        the workers it removes first (tsvllm.host.scale)
   key [--file F] [--new]                print the current inference key (--new: write a new
                                         one; a running server takes it within a second)
 """
@@ -215,10 +217,71 @@ def _after_drain(model: str | None, control_dir: Path) -> str:
         "&synchronous=true'\n"
         "  (tsvllm launch's management API is a Unix socket: curl --unix-socket "
         "DIR/management.sock http://localhost/models/...)\n"
-        f"  to keep serving instead (e.g. after scaling down to fewer workers): tsvllm drain "
-        f"--control-dir {control_dir}{f' --model {model}' if model else ''} --cancel "
-        f"(removes {flag}; workers started while it exists drain at once)"
+        f"  to keep serving instead: tsvllm drain --control-dir {control_dir}"
+        f"{f' --model {model}' if model else ''} --cancel (removes {flag}; workers started "
+        "while it exists drain at once)\n"
+        f"  to remove some workers and keep the others serving: tsvllm scale --model {name} "
+        "--workers N (drains only the workers TorchServe removes)"
     )
+
+
+def _cmd_scale(args: argparse.Namespace) -> int:
+    import os
+
+    from tsvllm.host.scale import ScaleError, find_server, scale
+    from tsvllm.host.shutdown import parse_drain_timeout
+
+    timeout_s = parse_drain_timeout(args.timeout, source="--timeout")
+    try:
+        server = find_server(
+            workdir=args.workdir,
+            management=args.management,
+            control_dir=args.control_dir,
+            environ=os.environ,
+        )
+        return scale(
+            server,
+            model=args.model,
+            workers=args.workers,
+            timeout_s=timeout_s,
+            say=lambda message: print(f"tsvllm scale: {message}", flush=True),
+        )
+    except ScaleError as exc:
+        print(f"tsvllm scale: {exc}", file=sys.stderr)
+        return 2
+
+
+def _add_scale(sub: argparse._SubParsersAction) -> None:
+    """``tsvllm scale``"""
+    p = sub.add_parser(
+        "scale",
+        help="scale a running server's model; a scale-down first drains the workers it removes",
+    )
+    p.add_argument("--model", required=True, help="TorchServe model name")
+    p.add_argument("--workers", type=int, required=True, help="the number of workers wanted")
+    p.add_argument(
+        "--workdir",
+        help="TorchServe's working folder, with its config.properties (tsvllm launch: "
+        "MODEL_STORE/.torchserve; the container: $TSVLLM_WORKDIR/ts; default: whichever of "
+        "those exists)",
+    )
+    p.add_argument(
+        "--management",
+        help="the management API, e.g. http://127.0.0.1:8081 or unix:/path/management.sock "
+        "(default: from the workdir's config.properties)",
+    )
+    p.add_argument(
+        "--control-dir",
+        help="the TSVLLM_CONTROL_DIR the server runs with (default: the workdir's control "
+        "folder, else $TSVLLM_CONTROL_DIR); a scale-down needs it",
+    )
+    p.add_argument(
+        "--timeout",
+        default="300",
+        help="seconds the removed workers get to finish their requests; then they are ended "
+        "(default 300)",
+    )
+    p.set_defaults(func=_cmd_scale)
 
 
 def _cmd_key(args: argparse.Namespace) -> int:
@@ -268,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_validate(sub)
     _add_deploy(sub)
     _add_drain(sub)
+    _add_scale(sub)
     _add_key(sub)
     from tsvllm.host.worker_node import add_parser as _add_worker_node
 

@@ -101,12 +101,18 @@ def write_status(directory: Path, *, pid: int, running: int) -> None:
     os.replace(tmp, path)
 
 
-def running(directory: Path, pids: Iterable[int]) -> dict[int, int | None]:
-    """Host side: each worker's last reported running count (None: not reported yet)."""
+def running(
+    directory: Path, pids: Iterable[int], *, since: float | None = None
+) -> dict[int, int | None]:
+    """Host side: each worker's last reported running count (None: not reported yet, or,
+    with ``since`` (wall clock), not since then)."""
     out: dict[int, int | None] = {}
     for pid in pids:
+        path = directory / f"worker-{pid}.json"
         try:
-            out[pid] = int(json.loads((directory / f"worker-{pid}.json").read_text())["running"])
+            if since is not None and path.stat().st_mtime < since:
+                raise ValueError("an older status")
+            out[pid] = int(json.loads(path.read_text())["running"])
         except (OSError, ValueError, KeyError, TypeError):
             out[pid] = None
     return out
