@@ -87,13 +87,13 @@ def own_server(tmp_path_factory, tiny_model):
 @dataclass
 class Poll:
     """One second's look at the server while it starts: /ping, describe-model's worker
-    status, and GET v1/models (None: no answer within its 1 s, i.e. it waits in
-    TorchServe's queue because no worker is READY)."""
+    status, GET v1/models (its status and its error's type), and how long they took."""
 
     ping: int | None
     ready: bool | None
     models: int | None
-    took: float  # seconds the /ping and describe-model polls took together
+    error: str | None
+    took: float
 
 
 def watch_startup(ts: TorchServe, model: str, *, timeout: float = 600) -> list[Poll]:
@@ -108,15 +108,11 @@ def watch_startup(ts: TorchServe, model: str, *, timeout: float = 600) -> list[P
             ping = httpx.get(f"{ts.inference_url}/ping", headers=auth(ts), timeout=1).status_code
             workers = describe(ts, model)[0]["workers"]
             ready = any(w["status"] == "READY" for w in workers)
+            reply = httpx.get(f"{base_url(ts, model)}/models", headers=auth(ts), timeout=1)
+            models, error = reply.status_code, reply.json().get("error", {}).get("type")
         except (httpx.TransportError, OSError):
-            ping = ready = None  # the frontend does not listen yet
-        took = time.monotonic() - t0
-        try:
-            url = f"{base_url(ts, model)}/models"
-            models = httpx.get(url, headers=auth(ts), timeout=1).status_code
-        except httpx.TransportError:
-            models = None
-        polls.append(Poll(ping, ready, models, took))
+            ping = ready = models = error = None  # the frontend does not listen yet
+        polls.append(Poll(ping, ready, models, error, time.monotonic() - t0))
         if models == 200:
             return polls
         time.sleep(max(0.0, 1 - (time.monotonic() - t0)))
@@ -124,17 +120,19 @@ def watch_startup(ts: TorchServe, model: str, *, timeout: float = 600) -> list[P
 
 
 def test_torchserves_signals_say_ready_only_when_the_model_serves(own_server):
-    """From `torchserve --start` until v1/models is 200: /ping (Healthy) and describe-model
-    (READY) never say ready while a request would not be served, and they answer at once.
-    (A request sent before a worker is READY is not refused by TorchServe: it waits in the
-    frontend's queue, so the v1/models poll has no answer within its second.)"""
+    """From `torchserve --start` until v1/models is 200, once a second: /ping (Healthy) and
+    describe-model (READY) never say ready while v1/models is not 200, and every poll
+    answers at once: before a worker is READY, v1/models gets an OpenAI-style 503 (tsvllm's
+    frontend plugin; TorchServe alone would hold it in its queue)."""
     polls = own_server.startup
     print(f"{len(polls)} polls: " + ", ".join(f"{p.ping}/{p.ready}/{p.models}" for p in polls))
     listening = [p for p in polls if p.ping is not None]
     assert listening and all(p.took < 1 for p in listening), polls  # answered at once
     said_ready = [p for p in listening if p.ping == 200 or p.ready]
     assert all(p.models == 200 for p in said_ready), polls  # never a lie
-    assert any(p.ping == 503 and p.ready is False for p in listening), polls  # it did load
+    loading = [p for p in listening if p.models != 200]
+    assert loading, polls  # it did load while polled
+    assert all(p.models == 503 and p.error == "ServiceUnavailableError" for p in loading), polls
     assert polls[-1].models == 200
 
 

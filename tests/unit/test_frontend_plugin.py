@@ -23,8 +23,8 @@ def test_the_jar_names_its_endpoint_for_torchserves_service_loader():
         service = jar.read(frontend_plugin.SERVICE).decode().split()
         names = set(jar.namelist())
     assert service == list(frontend_plugin.ENDPOINT_CLASSES)
-    assert "org/tsvllm/frontend/ReadyPing.class" in names
-    assert "org/tsvllm/frontend/Alive.class" in names
+    for source in frontend_plugin.SOURCES:
+        assert f"org/tsvllm/frontend/{source.removesuffix('.java')}.class" in names
     assert "org/tsvllm/frontend/RestartFix.class" in names
 
 

@@ -27,7 +27,7 @@ import org.pytorch.serve.wlm.WorkerThread;
  * WorkerThread.isHealthy). tsvllm's worker reports the model loaded only once the engine
  * serves, so READY (WorkerState.WORKER_MODEL_LOADED) is the signal to use.
  *
- * <p>Loading this plugin also starts {@link RestartFix}.
+ * <p>Loading this plugin also starts {@link Sweeper}.
  */
 @Endpoint(
         urlPattern = "ping",
@@ -36,7 +36,7 @@ import org.pytorch.serve.wlm.WorkerThread;
 public class ReadyPing extends ModelServerEndpoint {
 
     public ReadyPing() {
-        RestartFix.start();
+        Sweeper.start();
     }
 
     @Override

@@ -22,15 +22,12 @@ import org.slf4j.LoggerFactory;
  * command", again and again under traffic; and (b) never becomes READY: the management API
  * shows it UNLOADING for good, even while it serves.
  *
- * <p>This daemon clears {@code loadingFinished} on every async worker that TorchServe has
+ * <p>Each sweep clears {@code loadingFinished} on every async worker that TorchServe has
  * marked STOPPED (it retries no sooner than 1 s later, WorkerThread.BACK_OFF), so each
- * restart loads like the first start did. Written against TorchServe 0.12.0 (the last
- * release); on a frontend without that field it logs once and does nothing.
+ * restart loads like the first start did.
  */
-final class RestartFix implements Runnable {
+final class RestartFix {
     private static final Logger logger = LoggerFactory.getLogger(RestartFix.class);
-    private static final long PERIOD_MS = 50;
-    private static boolean started;
 
     private final Field loadingFinished;
 
@@ -38,43 +35,19 @@ final class RestartFix implements Runnable {
         this.loadingFinished = loadingFinished;
     }
 
-    static synchronized void start() {
-        if (started) {
-            return;
-        }
-        started = true;
-        Field field;
+    /** The fix, or null (logged) on a frontend whose internals differ from 0.12.0. */
+    static RestartFix create() {
         try {
-            field = AsyncWorkerThread.class.getDeclaredField("loadingFinished");
+            Field field = AsyncWorkerThread.class.getDeclaredField("loadingFinished");
             field.setAccessible(true);
+            return new RestartFix(field);
         } catch (ReflectiveOperationException | RuntimeException e) {
             logger.warn("tsvllm: async worker restarts are left as TorchServe does them", e);
-            return;
-        }
-        Thread thread = new Thread(new RestartFix(field), "tsvllm-restart-fix");
-        thread.setDaemon(true);
-        thread.start();
-        logger.info("tsvllm: async worker restarts wait for their model load (READY again)");
-    }
-
-    @Override
-    public void run() {
-        while (true) {
-            try {
-                Thread.sleep(PERIOD_MS);
-                ModelManager manager = ModelManager.getInstance();
-                if (manager != null) {
-                    sweep(manager);
-                }
-            } catch (InterruptedException e) {
-                return;
-            } catch (ReflectiveOperationException | RuntimeException e) {
-                logger.warn("tsvllm: restart fix failed once", e);
-            }
+            return null;
         }
     }
 
-    private void sweep(ModelManager manager) throws ReflectiveOperationException {
+    void sweep(ModelManager manager) throws ReflectiveOperationException {
         for (Map.Entry<String, ModelVersionedRefs> entry : manager.getAllModels()) {
             for (Map.Entry<String, Model> version : entry.getValue().getAllVersions()) {
                 Model model = version.getValue();

@@ -1,8 +1,10 @@
 """tsvllm's TorchServe frontend plugin: a truthful ``/ping``, ``/alive`` for liveness
-probes, and worker restarts that work.
+probes, worker restarts that work, and a 503 at once for a request to a model with no
+READY worker (TorchServe leaves it waiting in its queue).
 
 The plugin is a small jar built from the Java sources next to this file (``ReadyPing``,
-``Alive``, ``RestartFix``; docs/TORCHSERVE.md says what each fixes in TorchServe 0.12). TorchServe
+``Alive``, ``Sweeper``, ``RestartFix``, ``QueueGuard``; docs/TORCHSERVE.md says what each
+fixes in TorchServe 0.12). TorchServe
 loads it from its ``plugins_path``: ``tsvllm launch``, the container entrypoint and the
 quick start set it; with a plain ``torchserve --start`` add
 ``--plugins-path "$(python -m tsvllm.host.frontend_plugin)"``.
@@ -24,7 +26,7 @@ from pathlib import Path
 
 #: the jar TorchServe loads; the directory that holds it is the ``plugins_path``
 JAR_NAME = "tsvllm-frontend.jar"
-SOURCES = ("ReadyPing.java", "Alive.java", "RestartFix.java")
+SOURCES = ("ReadyPing.java", "Alive.java", "Sweeper.java", "RestartFix.java", "QueueGuard.java")
 #: what ServiceLoader reads to find the endpoints (TorchServe's PluginsManager)
 SERVICE = "META-INF/services/org.pytorch.serve.servingsdk.ModelServerEndpoint"
 ENDPOINT_CLASSES = ("org.tsvllm.frontend.ReadyPing", "org.tsvllm.frontend.Alive")

@@ -1,0 +1,62 @@
+package org.tsvllm.frontend;
+
+import org.pytorch.serve.wlm.ModelManager;
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
+
+/**
+ * One daemon thread that runs {@link RestartFix} and {@link QueueGuard} every
+ * {@link #PERIOD_MS} ms. Started once, when TorchServe loads the plugin. Written against
+ * TorchServe 0.12.0 (the last release); a part whose frontend internals are missing logs
+ * once and is left out.
+ */
+final class Sweeper implements Runnable {
+    private static final Logger logger = LoggerFactory.getLogger(Sweeper.class);
+    static final long PERIOD_MS = 50;
+    private static boolean started;
+
+    private final RestartFix restartFix;
+    private final QueueGuard queueGuard;
+
+    private Sweeper(RestartFix restartFix, QueueGuard queueGuard) {
+        this.restartFix = restartFix;
+        this.queueGuard = queueGuard;
+    }
+
+    static synchronized void start() {
+        if (started) {
+            return;
+        }
+        started = true;
+        Thread thread = new Thread(new Sweeper(RestartFix.create(), QueueGuard.create()));
+        thread.setName("tsvllm-sweeper");
+        thread.setDaemon(true);
+        thread.start();
+        logger.info(
+                "tsvllm: worker restarts wait for their load; requests for a model with no"
+                        + " READY worker get 503 at once");
+    }
+
+    @Override
+    public void run() {
+        while (true) {
+            try {
+                Thread.sleep(PERIOD_MS);
+                ModelManager manager = ModelManager.getInstance();
+                if (manager == null) {
+                    continue;
+                }
+                if (restartFix != null) {
+                    restartFix.sweep(manager);
+                }
+                if (queueGuard != null) {
+                    queueGuard.sweep(manager);
+                }
+            } catch (InterruptedException e) {
+                return;
+            } catch (ReflectiveOperationException | RuntimeException e) {
+                logger.warn("tsvllm: a sweep failed", e);
+            }
+        }
+    }
+}
