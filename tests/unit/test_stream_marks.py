@@ -52,6 +52,7 @@ def test_a_stream_started_by_a_removed_worker_is_refused_without_the_engine(hand
     ctx = make_context("v1/chat/completions", request_id="r-2")
     reply = asyncio.run(handler.handle([{"body": STREAM}], ctx))
     assert ctx.get_response_status(0)[0] == 200  # the client has its 200 already
+    assert ctx.get_response_headers(0)["ts_stream_next"] == "false"  # the frontend ends it
     assert ctx.cl_socket.frames == [] and engine.calls == []
     head, done = reply[0].split(b"\n\n", 1)
     err = json.loads(head.removeprefix(b"data: "))["error"]

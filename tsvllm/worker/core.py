@@ -348,8 +348,13 @@ def _started_elsewhere(handler: VLLMHandler, request_id: str) -> bool:
 
 def _refused_stream(context: Any, *, done: bytes = DONE) -> bytes:
     """The end of a stream another worker began: an error event and ``done`` (the client
-    already has that worker's 200 and first chunks; the engine is not asked)."""
+    already has that worker's 200 and first chunks; the engine is not asked).
+
+    ``ts_stream_next: false`` marks it as the stream's last part: the frontend's job counted
+    the other worker's chunks, and without it the frontend would append this reply and
+    never end the response."""
     ts_worker.set_reply(context, status=200, content_type=SSE)
+    ts_worker.set_header(context, "ts_stream_next", "false")
     exc = EngineUnavailable(
         "the worker serving this stream was removed (the model was scaled down) after it "
         "had sent part of it; the stream ends here: retry the request"
