@@ -615,3 +615,26 @@ def test_device_ids_too_few_without_parallel_level(tmp_path: Path) -> None:
 def test_shipped_configs_have_no_warnings() -> None:
     for path in sorted((REPO / "model_configs").glob("*.yaml")):
         assert load_model_config(path).warnings() == [], path.name
+
+
+@pytest.mark.parametrize(
+    ("retry", "warned"), [(None, True), (299, True), (1199, True), (1200, False)]
+)
+def test_a_multinode_engine_needs_torchserve_to_retry_a_failed_load(retry, warned):
+    """Its load waits for the worker nodes; one that was away needs another load."""
+    data = {
+        "asyncCommunication": True,
+        "startupTimeout": 600,
+        "handler": {
+            "model_path": "m",
+            "vllm_engine_config": {"nnodes": 2, "tensor_parallel_size": 2, "master_addr": "x"},
+        },
+    }
+    if retry is not None:
+        data["maxRetryTimeoutInSec"] = retry
+    warnings = validate_model_config(data).warnings()
+    assert bool(warnings) is warned
+    if warned:
+        assert warnings[0].endswith("set maxRetryTimeoutInSec: 2400 (4 × startupTimeout)")
+    single = {**data, "handler": {"model_path": "m"}}
+    assert validate_model_config(single).warnings() == []

@@ -342,13 +342,13 @@ def test_start_timeout_message_names_the_worker_nodes_and_the_fix():
     from tsvllm.engine.vllm_engine import start_timeout_message
 
     two = start_timeout_message(_args(), 150)
-    assert "did not start within startupTimeout 150 s" in two
+    assert "did not start within 150 s (the model's startupTimeout)" in two
     assert "nnodes 2" in two and "10.0.0.1:29500" in two
     assert "tsvllm worker-node --config model-config.yaml --node-rank 1`" in two
     four = start_timeout_message(_args(nnodes=4, tensor_parallel_size=4), 60)
     assert "--node-rank 1..3" in four
     one = start_timeout_message(_args(nnodes=1), 60)
-    assert "worker node" not in one and "did not start within startupTimeout 60 s" in one
+    assert "worker node" not in one and "did not start within 60 s (the model's startupT" in one
 
 
 def test_the_watchdog_ends_the_processes_a_start_created_past_its_bound():
@@ -418,7 +418,7 @@ def test_a_start_past_its_bound_raises_the_timeout_and_leaves_nothing(blocking_v
     assert len(gaps) > 10 and max(gaps[1:]) < 0.5
     assert info.value.timeout_s == 1
     message = str(info.value)
-    assert "startupTimeout 1 s" in message and "10.0.0.1:29500" in message
+    assert "within 1 s (the model's startupTimeout)" in message and "10.0.0.1:29500" in message
     assert "worker-node" in message
     assert isinstance(info.value.__cause__, RuntimeError)  # vLLM's own failure, chained
     assert [p.returncode for p in blocking_vllm] == [-signal.SIGKILL]

@@ -42,7 +42,7 @@ def _flag(argv: list[str], flag: str) -> str | None:
 
 
 def test_cpu_tp_across_nodes_is_one_rank_per_node():
-    cfg = _cfg()
+    cfg = _cfg(frontend={"maxRetryTimeoutInSec": 4800})  # room for a worker node to return
     assert cfg.handler.nnodes == 2
     assert cfg.handler.parallel_per_node == 1
     assert cfg.warnings() == []

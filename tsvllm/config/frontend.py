@@ -277,6 +277,25 @@ class ModelConfig(BaseModel):
         ``tsvllm validate`` prints them and the worker logs them at ``initialize``; only
         the problems in :class:`ConfigError` stop a config.
         """
+        return self._retry_warnings() + self._gpu_warnings()
+
+    def _retry_warnings(self) -> list[str]:
+        """A multi-node engine waits for its worker nodes within each load: TorchServe must
+        retry a failed load (for maxRetryTimeoutInSec after the first failure) long enough
+        for a worker node that is away to come back."""
+        retry = self.maxRetryTimeoutInSec
+        needed = 2 * self.startupTimeout
+        if self.handler.nnodes <= 1 or (retry is not None and retry >= needed):
+            return []
+        shown = "unset (TorchServe: 300 s)" if retry is None else f"{retry} s"
+        return [
+            f"maxRetryTimeoutInSec {shown} is less than 2 × startupTimeout "
+            f"{self.startupTimeout} s: a worker whose load failed (a worker node was away) is "
+            f"retried for that long, then never again; set maxRetryTimeoutInSec: {2 * needed} "
+            "(4 × startupTimeout)"
+        ]
+
+    def _gpu_warnings(self) -> list[str]:
         n = self.handler.parallel_per_node
         if self.deviceType != "gpu" or n == 1 or self._own_gpus():
             return []

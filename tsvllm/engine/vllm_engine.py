@@ -233,7 +233,7 @@ def _timed_out(args: Any, watchdog: StartWatchdog) -> EngineStartTimeout:
 
 def start_timeout_message(args: Any, timeout_s: float) -> str:
     """Why a start ran past ``timeout_s``, and the fix when the engine spans nodes."""
-    message = f"the engine did not start within startupTimeout {timeout_s:g} s"
+    message = f"the engine did not start within {timeout_s:g} s (the model's startupTimeout)"
     nnodes = getattr(args, "nnodes", 1) or 1
     if nnodes <= 1:
         return message + "; see the worker log for where it stopped"
