@@ -248,6 +248,7 @@ def test_a_guard_chain_that_fails_to_build_shuts_down_the_engine_it_started(monk
         raise RuntimeError("the guard chain could not be built")
 
     monkeypatch.setattr(rag_guard, "build_guard_chain", broken_chain)
+    monkeypatch.setattr("tsvllm.worker.handler.LOAD_MARGIN_S", 10_000)  # no time to retry
     cfg = {**CONFIG, "handler": {k: v for k, v in CONFIG["handler"].items() if k != "rag"}}
     h = Handler()
     h.config = validate_model_config(cfg)

@@ -29,6 +29,9 @@ logger = logging.getLogger(__name__)
 #: seconds of ``startupTimeout`` kept for what a worker's load does besides the engine
 #: start (the handler's set-up, the reply): TorchServe ends a load that runs past it
 LOAD_MARGIN_S = 5.0
+#: seconds before the first retry of a start that failed; doubled each time, up to the max
+FIRST_RETRY_DELAY_S = 5.0
+MAX_RETRY_DELAY_S = 60.0
 #: how often a worker checks that its engine still runs
 ENGINE_CHECK_S = 1.0
 #: seconds a worker whose engine died gives its requests to get their error replies
@@ -38,9 +41,9 @@ ENGINE_DIED_EXIT = 3
 
 
 class EngineLoadFailed(RuntimeError):
-    """The engine did not start, for a reason a new attempt may fix: raised out of
-    ``initialize`` so that TorchServe fails the load (its log shows the reason) and restarts
-    the worker. A RuntimeError, which TorchServe's worker answers with a failed load."""
+    """The engine did not start within the load's time, for a reason a new worker may not
+    meet (a worker node that was away, a crash): TorchServe is left to end this worker at
+    its ``startupTimeout`` and start a new one (:func:`ts_worker.await_load_timeout`)."""
 
 
 class VLLMHandler(Hooks):
@@ -56,9 +59,10 @@ class VLLMHandler(Hooks):
       (describe-model, a synchronous registration or scale-up, tsvllm's ``/ping``) only
       when the next request will be served. The start is bounded by the model config's
       ``startupTimeout``.
-    * A start that fails for a reason a retry may fix (a timeout, a crash) fails the load:
-      TorchServe logs the reason and restarts the worker with its own back-off, for up to
-      ``maxRetryTimeoutInSec``.
+    * A start that fails for a reason a retry may fix (a timeout, a crash) is retried with
+      back-off while the load's time lasts, each failure in the worker log. Then the worker
+      waits for TorchServe to end the load at ``startupTimeout`` and start a new worker
+      (its own back-off, for up to ``maxRetryTimeoutInSec``).
     * A start that no retry can fix (:class:`~tsvllm.engine.base.EngineCannotStart`, an
       invalid config) is final at once: the load succeeds so that every request gets HTTP
       500 with code ``engine_start_failed`` and the reason, instead of waiting in
@@ -137,7 +141,10 @@ class VLLMHandler(Hooks):
         self.stream_marks = open_marks(os.environ, stale_after_s=2 * self.request_timeout_s)
         engine_metrics.start(self, context)  # vllm:* series for the host's scrape endpoint
         self.initialized = True
-        loop.run_until_complete(self._start_engine())  # raises when a retry may help
+        try:
+            loop.run_until_complete(self._start_engine())
+        except EngineLoadFailed as exc:
+            ts_worker.await_load_timeout(str(exc), left_s=self.load_time_left())
 
     def _open_audit_log(self, cfg: Any) -> None:
         if cfg is None:
@@ -181,30 +188,43 @@ class VLLMHandler(Hooks):
     async def _start_engine(self) -> Engine | None:
         """Start the engine and :meth:`setup` within the load's time.
 
-        Returns the engine, or None when the start failed for good (:meth:`_give_up`).
-        Raises :class:`EngineLoadFailed` for a failure a new attempt may fix: TorchServe's
-        load fails and it restarts the worker with its own back-off.
+        Returns the engine, or None when the start failed for good (:meth:`_give_up`). A
+        failure a new attempt may fix is retried with back-off while the load's time lasts;
+        then :class:`EngineLoadFailed` says why the last attempt failed.
         """
         from tsvllm.config import ConfigError
 
-        try:
-            self.engine = await self._start_once()
-        except (EngineCannotStart, ConfigError) as exc:
-            self._give_up(exc)
-            return None
-        except Exception as exc:
-            logger.exception("tsvllm: the engine did not start; TorchServe restarts the worker")
-            raise EngineLoadFailed(f"the engine did not start ({_reason(exc)})") from exc
+        delay = FIRST_RETRY_DELAY_S
+        attempt = 1
+        while True:
+            try:
+                self.engine = await self._start_once()
+                break
+            except (EngineCannotStart, ConfigError) as exc:
+                self._give_up(exc)
+                return None
+            except Exception as exc:
+                reason = f"the engine did not start ({_reason(exc)}; attempt {attempt})"
+                if self.load_time_left() <= delay:
+                    logger.exception("tsvllm: %s; no time left within startupTimeout", reason)
+                    raise EngineLoadFailed(reason) from exc
+                logger.exception("tsvllm: %s; retrying in %.0f s", reason, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, MAX_RETRY_DELAY_S)
+            attempt += 1
         self._engine_watch = asyncio.get_running_loop().create_task(self._watch_engine())
         logger.info("tsvllm: engine ready")
         return self.engine
 
+    def load_time_left(self) -> float:
+        """Seconds left of ``startupTimeout`` for the engine start (TorchServe counts it from
+        when it asked this worker to load the model), keeping :data:`LOAD_MARGIN_S`."""
+        elapsed = time.monotonic() - self._created
+        return float(self.config.startupTimeout) - elapsed - LOAD_MARGIN_S
+
     def start_timeout_s(self) -> float:
-        """What is left of ``startupTimeout`` for the engine start: TorchServe counts it
-        from when it asked this worker to load the model."""
-        limit = float(self.config.startupTimeout)
-        left = limit - (time.monotonic() - self._created) - LOAD_MARGIN_S
-        return max(left, limit / 2)
+        """The bound of one engine start: what is left of the load's time (at least 1 s)."""
+        return max(self.load_time_left(), 1.0)
 
     async def _start_once(self) -> Engine:
         """One engine plus the handler's set-up; a failure leaves nothing running."""

@@ -274,6 +274,31 @@ def _message_code(message: bytes | bytearray) -> int:
     return struct.unpack_from("!i", message)[0]
 
 
+def await_load_timeout(reason: str, *, left_s: float) -> None:
+    """Leave a model load that failed unanswered until the frontend ends it.
+
+    A failed LOAD reply (or a worker that exits during its load) sends TorchServe 0.12's
+    AsyncWorkerThread down a path that swallows the interrupt, takes the next queued request
+    and loses it ("Received more than 1 control command", docs/TORCHSERVE.md). A load that
+    runs past ``startupTimeout`` takes the clean path instead: the frontend ends this
+    worker and starts a new one with its back-off. So: log, and wait for that (``left_s``
+    plus a margin); exit only if it never comes.
+    """
+    import os
+    import time
+
+    logger.error(
+        "tsvllm: %s; TorchServe ends this worker at its startupTimeout (in about %.0f s) "
+        "and starts a new one",
+        reason,
+        max(left_s, 0.0),
+    )
+    time.sleep(max(left_s, 0.0) + 60)
+    logger.error("tsvllm: TorchServe did not end this worker's load; exiting")
+    logging.shutdown()
+    os._exit(1)
+
+
 def exit_worker(status: int) -> None:
     """End this worker process now, after the frames already queued for the frontend: the
     frontend sees the worker gone and restarts it (its own back-off). ``os._exit``, because
