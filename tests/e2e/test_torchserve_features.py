@@ -4,7 +4,8 @@ runtime, scaling workers, a registration whose engine can never start, and archi
 a server made exactly the way TorchServe's docs make them.
 
 One module server (``auth="off"``: management API on a loopback TCP port,
-``enable_model_api=true`` as TorchServe's own tests set it) serves ``alpha`` and ``ver``
+``enable_model_api=true`` as TorchServe's own tests set it; its drain control directory,
+which ``tsvllm scale`` uses, in its working folder) serves ``alpha`` and ``ver``
 1.0 and 2.0; the tests run in file order and share it (vLLM's own benchmark client runs
 against ``alpha`` too: it needs a server without keys). The last test starts its own
 server with the blog's command line.
@@ -291,90 +292,160 @@ def test_scale_workers_up_and_down(farm):
     assert completion_tokens(ts, "alpha", "alpha") == 5
 
 
+STREAMS = 8
+STREAM_TOKENS = 1200  # long enough to be mid-stream at the scale-down (>= 400)
+SCALE_ROUNDS = 5
+#: the rounds stop once this much time has gone (each scales up: an engine start)
+SCALE_BUDGET_S = 240.0
+#: a stream that gets no bytes for this long is "lost" (a stream gets a chunk per token)
+LOST_AFTER_S = 60.0
+
+
 def stream_kind(seen: dict, max_tokens: int) -> str:
     """What one stream amounts to. "complete": 200, every token, [DONE], one generation;
-    "restarted": the frontend re-ran the request on the kept worker and the client got the
-    partial first run followed by a whole second one in the same response; "reset": 200
-    and some chunks, then the connection reset with no error event and no [DONE]; anything
-    else is returned as it is."""
-    if seen["status"] == 200 and seen["done"] and not seen["error"] and seen["runs"] > 1:
-        return "restarted"
+    "refused": TorchServe handed the stream of a removed worker to the kept worker, which
+    ended it with an OpenAI error event (503, the worker was removed) and [DONE] after the
+    removed worker's chunks; "reset": 200 and some chunks, then the connection reset with
+    no error event and no [DONE] (TorchServe's doing); "lost": 200 and some chunks, then
+    nothing (TorchServe dropped the request: its worker thread ended before the scale-down
+    could put the request back in the queue); "spliced": a second generation in
+    the same response (two ``created`` values, or more chunks than tokens); anything else
+    is returned as it is."""
+    if seen["runs"] > 1 or seen["chunks"] > max_tokens:
+        return "spliced"
+    ok = seen["status"] == 200 and not seen["error"]
     if (
-        seen["status"] == 200
+        ok
         and seen["done"]
-        and not seen["error"]
+        and seen["error_event"] is None
         and seen["chunks"] >= max_tokens * 0.9
         and '"finish_reason":"length"' in seen["tail"]
     ):
         return "complete"
-    reset = seen["error"] or ""
+    event = seen["error_event"] or {}
+    if (
+        ok
+        and seen["done"]
+        and 0 < seen["chunks"] < max_tokens
+        and event.get("code") == 503
+        and "removed" in event.get("message", "")
+    ):
+        return "refused"
+    cut = seen["error"] or ""
     if (
         seen["status"] == 200
         and 0 < seen["chunks"] < max_tokens
         and not seen["done"]
-        and ("ReadError" in reset or "RemoteProtocolError" in reset)
-        and '"error"' not in seen["tail"]
+        and seen["error_event"] is None
     ):
-        return "reset"
+        if "ReadError" in cut or "RemoteProtocolError" in cut:
+            return "reset"
+        if "ReadTimeout" in cut:
+            return "lost"
     return f"other: {seen}"
 
 
-def test_streams_on_a_worker_scaled_down(farm):
-    """What clients see when TorchServe scales down the worker their streams run on (it
-    kills the process): measured, the streams there had their 200 headers and first chunks,
-    then either a connection reset (no error event, no [DONE]), or (other runs) the frontend
-    re-ran them on the kept worker and the client got the first run's partial output
-    followed by a whole new generation in one response; the streams on the kept worker
-    complete. docs/TORCHSERVE.md."""
-    ts = farm
-    pids = scaled_up(ts)
+def start_streams(ts: TorchServe, pids: list[int]) -> tuple[list[threading.Thread], dict]:
+    """STREAMS long streams, each started once the one before has its first chunk (the
+    frontend's worker threads take turns); returns once both workers stream."""
     stream_url = url(ts, "alpha", "1.0", "/v1/completions")
-    n, max_tokens = 6, 1900
     progress: dict[int, dict] = {}
     threads = []
     cpu = {pid: tf.subtree_cpu(pid) for pid in pids}
-    for i in range(n):  # one at a time: the frontend's two worker threads take turns
+    for i in range(STREAMS):
         body = {
             "model": "alpha",
             "prompt": f"go on {i}",
-            "max_tokens": max_tokens,
+            "max_tokens": STREAM_TOKENS,
             "ignore_eos": True,
             "stream": True,
         }
-        thread = threading.Thread(target=tf.stream_outcome, args=(stream_url, body, progress, i))
+        args = (stream_url, body, progress, i, LOST_AFTER_S)
+        thread = threading.Thread(target=tf.stream_outcome, args=args)
         thread.start()
         threads.append(thread)
         end = time.monotonic() + 120
         while time.monotonic() < end and not (i in progress and progress[i]["chunks"] > 0):
             time.sleep(0.02)
         assert progress[i]["chunks"] > 0, progress[i]
-    time.sleep(1.0)
-    busy = {pid: tf.subtree_cpu(pid) - cpu[pid] for pid in pids}
-    assert all(progress[i]["chunks"] < max_tokens for i in range(n))  # all still running
-    procs = {pid: [psutil.Process(pid), *tf.engines_under(pid)] for pid in pids}
-    reply, took = scale(ts, "alpha", 1)
-    scaled_at = time.monotonic()
+    end = time.monotonic() + 30
+    while time.monotonic() < end:  # both workers' engines generate
+        busy = {pid: tf.subtree_cpu(pid) - cpu[pid] for pid in pids}
+        if all(seconds > 0.3 for seconds in busy.values()):
+            break
+        time.sleep(0.2)
+    assert all(seconds > 0.3 for seconds in busy.values()), busy
+    assert all(progress[i]["chunks"] < STREAM_TOKENS for i in range(STREAMS))  # all running
+    return threads, progress
+
+
+def scale_down_outcome(ts: TorchServe, pids: list[int], threads: list, progress: dict) -> dict:
+    """After a scale-down to 1 (already asked): wait for the streams; the kept worker is the
+    first, the removed one's processes are gone. Returns the outcome of each stream."""
     for t in threads:
         t.join(timeout=300)
-    (kept,) = tf.worker_pids(ts, "alpha")
-    (removed,) = [pid for pid in pids if pid != kept]
-    alive = tf.wait_gone(procs[removed], GONE_WITHIN)
-    gone_after = time.monotonic() - scaled_at
-    kinds = [stream_kind(progress[i], max_tokens) for i in range(n)]
-    print(f"scale down under {n} streams: {reply.status_code} in {took:.2f}s; cpu before {busy}")
-    print(f"outcomes {kinds}; removed worker's processes gone after {gone_after:.1f}s")
-    for i in range(n):
-        print(i, {k: v for k, v in progress[i].items() if k != "tail"})
-    assert reply.status_code == 200, reply.text
     assert not any(t.is_alive() for t in threads)
-    # both workers were streaming when one was scaled down
-    assert all(seconds > 0.3 for seconds in busy.values()), busy
-    # the removed worker's streams were either cut (reset) or re-run on the kept worker
-    # after their first chunks (restarted): both measured, neither is a clean stream
-    assert set(kinds) <= {"complete", "reset", "restarted"}, kinds
-    assert set(kinds) - {"complete"}, kinds
-    assert alive == []
+    assert tf.worker_pids(ts, "alpha") == pids[:1]  # TorchServe removes the newest worker
+    return {i: stream_kind(progress[i], STREAM_TOKENS) for i in range(STREAMS)}
+
+
+def test_streams_on_a_worker_scaled_down(farm):
+    """8 streams, scale 2 -> 1 through the management API mid-stream, in rounds (up to
+    SCALE_ROUNDS while SCALE_BUDGET_S lasts: each round starts an engine). TorchServe kills
+    the removed worker and puts its requests back in the queue; the kept worker receives
+    them and refuses those whose stream had begun: no stream is ever spliced (two
+    generations in one response). What TorchServe itself does to the others is counted
+    (docs/TORCHSERVE.md): a reset of the connection with no error event, or (a race in its
+    scale-down) a request dropped, whose client waits until its own timeout."""
+    ts = farm
+    started = time.monotonic()
+    totals: dict[str, int] = {}
+    rounds = 0
+    while rounds < SCALE_ROUNDS:
+        round_start = time.monotonic()
+        pids = scaled_up(ts)
+        threads, progress = start_streams(ts, pids)
+        procs = [psutil.Process(pids[1]), *tf.engines_under(pids[1])]
+        reply, took = scale(ts, "alpha", 1)
+        assert reply.status_code == 200, reply.text
+        kinds = scale_down_outcome(ts, pids, threads, progress)
+        assert tf.wait_gone(procs, GONE_WITHIN) == []
+        rounds += 1
+        counts = {k: list(kinds.values()).count(k) for k in sorted(set(kinds.values()))}
+        for kind, count in counts.items():
+            totals[kind] = totals.get(kind, 0) + count
+        print(f"round {rounds}: scale down in {took:.2f}s; outcomes {counts}")
+        for i in range(STREAMS):
+            print(" ", i, kinds[i], {k: v for k, v in progress[i].items() if k != "tail"})
+        assert set(kinds.values()) <= {"complete", "refused", "reset", "lost"}, kinds
+        assert set(kinds.values()) - {"complete"}, kinds  # the removed worker had streams
+        assert completion_tokens(ts, "alpha", "alpha") == 5  # the kept worker serves
+        spent = time.monotonic() - started
+        if spent + (time.monotonic() - round_start) > SCALE_BUDGET_S:
+            break
+    print(f"{rounds} rounds of {STREAMS} streams in {time.monotonic() - started:.0f}s: {totals}")
+
+
+def test_tsvllm_scale_loses_no_stream(farm):
+    """The same 8 streams, scaled 2 -> 1 with ``tsvllm scale``: it drains only the worker
+    TorchServe removes (the newest), waits for its streams, then scales down. Every stream
+    completes, and the kept worker serves the next request."""
+    ts = farm
+    pids = scaled_up(ts)
+    threads, progress = start_streams(ts, pids)
+    procs = [psutil.Process(pids[1]), *tf.engines_under(pids[1])]
+    tsvllm = Path(sys.executable).parent / "tsvllm"
+    command = [str(tsvllm), "scale", "--model", "alpha", "--workers", "1"]
+    command += ["--workdir", str(ts.workdir), "--timeout", "240"]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=420)
+    print(out.stdout, out.stderr)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"draining worker {pids[1]}" in out.stdout
+    kinds = scale_down_outcome(ts, pids, threads, progress)
+    assert list(kinds.values()) == ["complete"] * STREAMS, kinds
+    assert tf.wait_gone(procs, GONE_WITHIN) == []
     assert completion_tokens(ts, "alpha", "alpha") == 5
+    assert not list((ts.control_dir).glob("*-pid-*"))  # the drain files are gone
 
 
 # -- 6. a registration whose engine can never start ----------------------------------------

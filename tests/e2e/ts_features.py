@@ -193,20 +193,24 @@ def wait_probe(ts: TorchServe, model: str, version: str, timeout: float = 900) -
     raise AssertionError(f"{model}/{version} not ready after {timeout}s")
 
 
-def stream_outcome(url: str, body: dict, progress: dict, index: int) -> dict:
-    """Stream ``body``; record what the client saw: status, content chunks, [DONE],
-    the exception if any, and the tail of the body."""
+def stream_outcome(url: str, body: dict, progress: dict, index: int, timeout: float = 300) -> dict:
+    """Stream ``body``; record what the client saw: status, content chunks, [DONE], an
+    OpenAI error event (``error_event``: its ``error`` object), the exception if any, and
+    the tail of the body. ``timeout``: the longest wait for the next bytes."""
     seen = {"status": None, "chunks": 0, "done": False, "error": None, "tail": "", "runs": 0}
+    seen["error_event"] = None
     progress[index] = seen
     text = ""
     started: set[str] = set()  # each chunk's "created": one value per generation run
     try:
-        with httpx.stream("POST", url, json=body, timeout=300) as reply:
+        with httpx.stream("POST", url, json=body, timeout=timeout) as reply:
             seen["status"] = reply.status_code
             for line in reply.iter_lines():
                 text += line + "\n"
                 if line == "data: [DONE]":
                     seen["done"] = True
+                elif line.startswith('data: {"error"'):
+                    seen["error_event"] = json.loads(line.removeprefix("data: "))["error"]
                 elif line.startswith("data: "):
                     seen["chunks"] += 1
                     created = re.search(r'"created":(\d+)', line)
