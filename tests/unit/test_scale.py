@@ -128,6 +128,19 @@ def test_a_failed_scale_down_lets_the_drained_worker_serve_again(tmp_path):
     assert any("take requests again" in line for line in said), said
 
 
+def test_a_worker_replaced_during_the_drain_stops_the_scale_down(tmp_path):
+    """TorchServe restarted the leaving worker (a new pid, not draining): nothing removed."""
+    api = Api([KEPT, os.getpid()])
+    server = sc.Server(management="unused", control_dir=tmp_path)
+    with Worker(tmp_path, running=0):
+        replaced = iter([[KEPT, os.getpid()], [KEPT, 99999]])
+        api.workers = lambda model: [{"pid": pid} for pid in next(replaced)]
+        code, said = run(server, api)
+    assert code == sc.EXIT_FAILED and api.puts == []
+    assert any("workers changed during the drain" in line for line in said), said
+    assert not list(tmp_path.glob("*-pid-*"))
+
+
 def test_a_worker_that_does_not_report_stops_the_scale_down(tmp_path, monkeypatch):
     monkeypatch.setattr(sc, "SILENT_S", 0.3)
     api = Api([KEPT, os.getpid()])

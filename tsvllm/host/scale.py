@@ -242,21 +242,22 @@ def scale(
         )
     directory = server.control_dir
     say(f"scaling {model!r} down from {len(now)} to {workers}: draining {_pids(leaving)}")
-    code = EXIT_FAILED
+    scaled = False
     try:
         code = _drain(directory, running, timeout_s=timeout_s, say=say, interval=interval)
-        tail = [int(w["pid"]) for w in api.workers(model)[workers:]]
-        if code != EXIT_FAILED and tail != leaving:
-            say(f"the workers changed during the drain (now leaving: {_pids(tail)}); run again")
-            code = EXIT_FAILED
+        if code != EXIT_FAILED:
+            tail = [int(w["pid"]) for w in api.workers(model)[workers:]]
+            if tail != leaving:
+                say(f"the workers changed during the drain (now leaving: {_pids(tail)}); rerun")
+                code = EXIT_FAILED
         if code != EXIT_FAILED:
             time.sleep(FLUSH_S)  # the last replies pass the worker's sender and the frontend
-            if _set(api, model, workers, say) != EXIT_CLEAN:
-                code = EXIT_FAILED
+            scaled = _set(api, model, workers, say) == EXIT_CLEAN
+            code = code if scaled else EXIT_FAILED
     finally:
         for pid in running:
             protocol.forget_worker(directory, pid)
-        if code == EXIT_FAILED:
+        if not scaled:
             say(f"drain cancelled: {_pids(leaving)} take requests again (unless aborted)")
     return code
 
