@@ -197,7 +197,7 @@ def test_multinode_tp2_across_two_hosts(tmp_path, tiny_model):
                         _complete(client)
                     assert err.value.status_code == 503 and time.monotonic() - t2 < 5
                     lines = worker_log.read_text(errors="replace").splitlines()
-                    failed = next((x for x in lines if "EngineLoadFailed" in x), "")
+                    failed = next((x for x in lines if "TorchServe ends this worker" in x), "")
                     time.sleep(3)
                 prober.stop.set()
                 prober.join(timeout=PROBE_TIMEOUT_S + 5)

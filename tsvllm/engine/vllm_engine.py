@@ -231,9 +231,14 @@ def _timed_out(args: Any, watchdog: StartWatchdog) -> EngineStartTimeout:
     return EngineStartTimeout(message, timeout_s=watchdog.timeout_s)
 
 
+#: the 503 of a request the engine's death ended (its worker then exits and is restarted)
+ENGINE_DIED = "the engine died; its worker restarts: retry shortly"
+ENGINE_NOT_RUNNING = "the engine is not running; its worker restarts: retry shortly"
+
+
 def start_timeout_message(args: Any, timeout_s: float) -> str:
     """Why a start ran past ``timeout_s``, and the fix when the engine spans nodes."""
-    message = f"the engine did not start within {timeout_s:g} s (the model's startupTimeout)"
+    message = f"the engine did not start within {timeout_s:.0f} s (the model's startupTimeout)"
     nnodes = getattr(args, "nnodes", 1) or 1
     if nnodes <= 1:
         return message + "; see the worker log for where it stopped"
@@ -345,7 +350,7 @@ class VllmEngine:
         from vllm.exceptions import VLLMValidationError
 
         if self._client.errored:
-            raise EngineUnavailable("the engine is not running; it is being restarted")
+            raise EngineUnavailable(ENGINE_NOT_RUNNING)
         if api is Api.CHAT:
             schema, create = ChatCompletionRequest, self._state.openai_serving_chat
             create = create.create_chat_completion
@@ -371,7 +376,7 @@ class VllmEngine:
             result = await create(request, None)
         except Exception as exc:  # vLLM raises some request errors instead of returning them
             if self._client.errored:
-                raise EngineUnavailable("the engine died; it is being restarted") from exc
+                raise EngineUnavailable(ENGINE_DIED) from exc
             raise _from_vllm_exception(exc) from exc
         finally:
             self._running.pop(request_id, None)
@@ -400,11 +405,11 @@ class VllmEngine:
                     if data == "[DONE]":
                         return
                     if data.startswith('{"error"') and self._client.errored:
-                        raise EngineUnavailable("the engine died; it is being restarted")
+                        raise EngineUnavailable(ENGINE_DIED)
                     yield StreamEvent(data)
         except Exception as exc:
             if self._client.errored and not isinstance(exc, EngineUnavailable):
-                raise EngineUnavailable("the engine died; it is being restarted") from exc
+                raise EngineUnavailable(ENGINE_DIED) from exc
             raise
         finally:
             self._running.pop(request_id, None)
@@ -423,7 +428,7 @@ class VllmEngine:
         self, route: EngineRoute, path: str, body: bytes, *, request_id: str
     ) -> EngineReply:
         if self._client.errored:
-            raise EngineUnavailable("the engine is not running; it is being restarted")
+            raise EngineUnavailable(ENGINE_NOT_RUNNING)
         method = "POST" if body and "POST" in route.methods else None
         if method is None:
             method = "GET" if "GET" in route.methods else sorted(route.methods)[0]
