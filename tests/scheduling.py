@@ -46,6 +46,7 @@ COSTLIEST_FIRST = (
     "e2e:test_engine_metrics.py",
     "e2e:test_runtime_lora.py",
     "e2e:test_embeddings.py",
+    "e2e:test_quickstart_key.py",
 )
 
 
