@@ -18,7 +18,7 @@ from tsvllm import drain
 from tsvllm.auth import ApiKeys
 from tsvllm.engine.base import Engine, EngineCannotStart, worker_nodes_hint
 from tsvllm.errors import EngineStartFailed, EngineUnavailable, RequestTimeout
-from tsvllm.worker import core, engine_metrics, ts_worker
+from tsvllm.worker import core, engine_metrics, report, ts_worker
 from tsvllm.worker.audit import AuditLog
 from tsvllm.worker.drain_watch import DrainWatch
 from tsvllm.worker.hooks import Hooks, check_torchserve_overrides, overrides
@@ -239,7 +239,7 @@ class VLLMHandler(Hooks):
             raise
         finally:
             if self._context is not None and overrides(self, "setup"):
-                core.emit_hook_time(self._context, "setup", time.perf_counter() - started)
+                report.emit_hook_time(self._context, "setup", time.perf_counter() - started)
         return engine
 
     def _give_up(self, exc: Exception) -> None:
