@@ -20,6 +20,9 @@ environment):
   removes the ``drain`` file (:func:`cancel`) to let a worker that was not aborted take
   requests again.
 
+* tsvllm's frontend plugin creates ``gone/<request id>`` when a request's client has closed
+  its connection: the worker running it ends it (:func:`gone_requests`).
+
 Files, not signals: a worker polls one ``stat`` every :data:`POLL_S`, and the host can
 read every worker's state without asking through the frontend (which routes a request to
 one worker of its choice).
@@ -35,6 +38,8 @@ from pathlib import Path
 CONTROL_DIR_ENV = "TSVLLM_CONTROL_DIR"
 DRAIN = "drain"
 ABORT = "abort"
+#: the folder where tsvllm's frontend plugin marks requests whose client has gone
+GONE = "gone"
 #: how often a worker looks for the control files
 POLL_S = 0.1
 #: the Retry-After (seconds) a draining worker answers with
@@ -91,6 +96,16 @@ def requested(directory: Path, *, model: str, pid: int | None = None) -> tuple[b
         return any((directory / name).exists() for name in names)
 
     return asked(DRAIN), asked(ABORT)
+
+
+def gone_requests(directory: Path) -> set[str]:
+    """Worker side: the ids of requests whose client has gone, as tsvllm's frontend plugin
+    marks them (``gone/<request id>``, removed once the request has left the worker)."""
+    try:
+        with os.scandir(directory / GONE) as entries:
+            return {entry.name for entry in entries}
+    except FileNotFoundError:
+        return set()
 
 
 def write_status(directory: Path, *, pid: int, running: int) -> None:

@@ -146,6 +146,18 @@ class RequestTimeout(TsVllmError):
     error_type = "TimeoutError"
 
 
+#: nginx's status for a request whose client closed the connection first (not in HTTPStatus)
+CLIENT_CLOSED_REQUEST = 499
+
+
+class ClientGone(TsVllmError):
+    """The client closed its connection before the reply; the generation was stopped
+    (499, which nobody receives: it is for the logs, the audit line and the metrics)."""
+
+    status = CLIENT_CLOSED_REQUEST  # type: ignore[assignment]
+    error_type = "ClientClosedRequest"
+
+
 #: the OpenAI error ``type`` of each 4xx status a hook may answer with (the names of the
 #: ``openai`` client's exceptions), when :class:`ClientError` is given none
 CLIENT_ERROR_TYPES = {

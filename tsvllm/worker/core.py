@@ -41,6 +41,7 @@ from tsvllm import drain
 from tsvllm.engine.base import EngineReply, StreamEvent
 from tsvllm.errors import (
     BadRequest,
+    ClientGone,
     EngineUnavailable,
     HookFailed,
     PayloadTooLarge,
@@ -80,8 +81,12 @@ class Record:
     timed_out: bool = False
     #: the deadline now running (the drain's abort makes it expire at once)
     timer: asyncio.Timeout | None = None
+    #: TorchServe's id of the request
+    request_id: str = "?"
     #: ended by the drain's abort, not by its own deadline
     ended_by_shutdown: bool = False
+    #: ended because its client closed the connection (tsvllm's frontend plugin saw it)
+    client_gone: bool = False
     #: waiting for the engine to start (nothing of the request has run yet)
     waiting_for_engine: bool = False
     #: for the audit log: the route, whose key, the bodies as the client sent them, and
@@ -95,7 +100,7 @@ class Record:
 
 async def handle(handler: VLLMHandler, data: list[dict[str, Any]], context: Any) -> list[bytes]:
     """Serve one TorchServe request; always returns ``[reply]``, errors included."""
-    record = Record()
+    record = Record(request_id=_request_id(context))
     try:
         return [await _serve(handler, data[0], context, record)]
     except asyncio.CancelledError:  # only the worker's loop stopping cancels a request
@@ -375,6 +380,8 @@ def _deadline_error(handler: VLLMHandler, record: Record) -> Exception:
     """Why a request's deadline fired: its own limit (504), the drain's abort (503), or it
     passed while the request still waited for the engine to start (503 with the start's
     status: the request never ran)."""
+    if record.client_gone:
+        return ClientGone("the client closed the connection; the generation was stopped")
     if record.ended_by_shutdown:
         return EngineUnavailable(
             "the server is shutting down and ended this request; retry",
@@ -387,6 +394,18 @@ def _deadline_error(handler: VLLMHandler, record: Record) -> Exception:
             return exc
     record.timed_out = True
     return handler.timeout_error()
+
+
+def end_gone(handler: VLLMHandler, request_ids: set[str]) -> None:
+    """End the running requests whose client has gone, as if their deadline had come (the
+    engine aborts them; what they answer reaches nobody)."""
+    now = asyncio.get_running_loop().time()
+    for record in handler.inflight:
+        if record.request_id in request_ids and not record.client_gone:
+            record.client_gone = True
+            logger.info("request %s: its client has gone; ending it", record.request_id)
+            if record.timer is not None:
+                record.timer.reschedule(now)
 
 
 def end_inflight(handler: VLLMHandler) -> None:

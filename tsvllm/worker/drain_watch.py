@@ -4,7 +4,8 @@
 asks for a drain (of every model, this worker's model, or this worker process alone),
 :attr:`DrainWatch.draining` turns true (the request core then answers
 new requests and probes 503 with ``Retry-After``) and the worker reports its running
-count; once the host asks to abort, ``on_abort`` ends what still runs.
+count; once the host asks to abort, ``on_abort`` ends what still runs. Requests whose
+client has gone (marked by tsvllm's frontend plugin) are passed to ``on_gone``.
 """
 
 from __future__ import annotations
@@ -28,11 +29,13 @@ class DrainWatch:
         model: str,
         running: Callable[[], int],
         on_abort: Callable[[], None],
+        on_gone: Callable[[set[str]], None] = lambda ids: None,
     ):
         self.directory = directory
         self.model = model
         self._running = running
         self._on_abort = on_abort
+        self._on_gone = on_gone
         self.pid = os.getpid()
         self.draining = False
         self.aborted = False
@@ -47,7 +50,11 @@ class DrainWatch:
             await asyncio.sleep(drain.POLL_S)
 
     def poll(self) -> None:
-        """One look at the control files (six ``stat`` calls while nothing is asked)."""
+        """One look at the control files (six ``stat`` calls and one folder listing while
+        nothing is asked)."""
+        gone = drain.gone_requests(self.directory)
+        if gone:
+            self._on_gone(gone)
         asked_drain, asked_abort = drain.requested(self.directory, model=self.model, pid=self.pid)
         if not (asked_drain or asked_abort or self.draining):
             return

@@ -164,6 +164,7 @@ class VLLMHandler(Hooks):
             model=model,
             running=lambda: len(self.inflight),
             on_abort=lambda: core.end_inflight(self),
+            on_gone=lambda ids: core.end_gone(self, ids),
         )
         self._drain_task = loop.create_task(self.drain_watch.run())
 

@@ -94,6 +94,8 @@ def emit_request_metrics(handler: VLLMHandler, context: Any, record: Record) -> 
                 counters.append((name, sum(counts), {"Key": record.key or "-"}))
         if record.timed_out:
             counters.append(("RequestTimeouts", 1, {}))
+        if record.client_gone:
+            counters.append(("ClientDisconnects", 1, {}))
         if record.ttft_ms is not None:
             times.append(("TimeToFirstToken", record.ttft_ms, {}))
         for ctx in record.contexts:

@@ -248,7 +248,7 @@ def _error_response(service: Any, batch: Any, exc: BaseException) -> bytes | Non
     context.stopping_criteria = None
     status, body = to_error_body(exc)
     for idx in req_id_map:
-        context.set_response_status(status, HTTPStatus(status).phrase, idx)
+        context.set_response_status(status, _phrase(status), idx)
         context.set_response_content_type(idx, "application/json")
     payload = json.dumps(body).encode()
     return create_predict_response([payload] * size, req_id_map, "Prediction failed", 200, context)
@@ -311,6 +311,13 @@ def exit_worker(status: int) -> None:
     os._exit(status)
 
 
+def _phrase(status: int) -> str:
+    """The reason phrase of ``status`` (nginx's for 499, which HTTPStatus lacks)."""
+    if status == 499:
+        return "Client Closed Request"
+    return HTTPStatus(status).phrase
+
+
 def request_id(context: Any) -> str:
     """TorchServe's id for the (single) request in this call."""
     return next(iter(context.request_ids.values()))
@@ -331,7 +338,7 @@ def request_headers(context: Any) -> dict[str, str]:
 
 def set_reply(context: Any, *, status: int, content_type: str) -> None:
     """Status and content type of the (single) request, sent with message code 200."""
-    context.set_response_status(status, HTTPStatus(status).phrase, 0)
+    context.set_response_status(status, _phrase(status), 0)
     context.set_response_content_type(0, content_type)
 
 

@@ -5,8 +5,8 @@ import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
 
 /**
- * One daemon thread that runs {@link RestartFix} and {@link QueueGuard} every
- * {@link #PERIOD_MS} ms. Started once, when TorchServe loads the plugin. Written against
+ * One daemon thread that runs {@link RestartFix}, {@link QueueGuard} and {@link ClientWatch}
+ * every {@link #PERIOD_MS} ms. Started once, when TorchServe loads the plugin. Written against
  * TorchServe 0.12.0 (the last release); a part whose frontend internals are missing logs
  * once and is left out.
  */
@@ -17,10 +17,12 @@ final class Sweeper implements Runnable {
 
     private final RestartFix restartFix;
     private final QueueGuard queueGuard;
+    private final ClientWatch clientWatch;
 
-    private Sweeper(RestartFix restartFix, QueueGuard queueGuard) {
+    private Sweeper(RestartFix restartFix, QueueGuard queueGuard, ClientWatch clientWatch) {
         this.restartFix = restartFix;
         this.queueGuard = queueGuard;
+        this.clientWatch = clientWatch;
     }
 
     static synchronized void start() {
@@ -28,7 +30,9 @@ final class Sweeper implements Runnable {
             return;
         }
         started = true;
-        Thread thread = new Thread(new Sweeper(RestartFix.create(), QueueGuard.create()));
+        Sweeper sweeper =
+                new Sweeper(RestartFix.create(), QueueGuard.create(), ClientWatch.create());
+        Thread thread = new Thread(sweeper);
         thread.setName("tsvllm-sweeper");
         thread.setDaemon(true);
         thread.start();
@@ -51,6 +55,9 @@ final class Sweeper implements Runnable {
                 }
                 if (queueGuard != null) {
                     queueGuard.sweep(manager);
+                }
+                if (clientWatch != null) {
+                    clientWatch.sweep(manager);
                 }
             } catch (InterruptedException e) {
                 return;
