@@ -10,6 +10,7 @@ Subcommands:
   index CORPUS_DIR --out INDEX_DIR      build a RAG index (all-MiniLM-L6-v2, exact cosine)
   bench hooks [--json PATH]             time retrieval, query embedding and rule guards
   bench serve --model-dir DIR ...       vLLM's own server vs TorchServe + VLLMHandler
+  bench abandon --model-dir DIR ...     clients that hang up mid-stream, on both servers
   launch --model-id DIR_OR_ID ...       quick start (ts.llm_launcher's flags, kebab-case; its
                                         underscore spellings work too; tsvllm.host.launcher
                                         parses them)
@@ -80,6 +81,20 @@ def _cmd_bench_hooks(args: argparse.Namespace) -> int:
     from tsvllm.bench import hooks
 
     return hooks.main(chunks=args.chunks, repeat=args.repeat, json_path=args.json)
+
+
+def _cmd_bench_abandon(args: argparse.Namespace) -> int:
+    from tsvllm.bench import abandon
+
+    return abandon.main(
+        model_dir=args.model_dir,
+        config=args.config,
+        workdir=args.workdir,
+        streams=args.streams,
+        tokens=args.tokens,
+        probe_tokens=args.probe_tokens,
+        json_path=args.json,
+    )
 
 
 def _cmd_bench_serve(args: argparse.Namespace) -> int:
@@ -404,7 +419,7 @@ def _add_index(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
-    """``tsvllm bench hooks`` and ``tsvllm bench serve``"""
+    """``tsvllm bench hooks``, ``tsvllm bench serve`` and ``tsvllm bench abandon``"""
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
     p = bench.add_parser("hooks", help="retrieval, query embedding and rule guards vs targets")
     p.add_argument("--chunks", type=int, default=100_000, help="index size for retrieval")
@@ -434,6 +449,16 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", help="write the report here")
     p.add_argument("--plot", help="write a PNG plot here")
     p.set_defaults(func=_cmd_bench_serve)
+
+    p = bench.add_parser("abandon", help="clients that hang up mid-stream, on both servers")
+    p.add_argument("--model-dir", required=True, help="model folder both sides serve")
+    p.add_argument("--config", default="model_configs/tiny-cpu.yaml", help="engine args from")
+    p.add_argument("--workdir", default=".tsvllm/bench", help="logs and artifacts")
+    p.add_argument("--streams", type=int, default=32, help="clients that hang up")
+    p.add_argument("--tokens", type=int, default=1900, help="max_tokens of their streams")
+    p.add_argument("--probe-tokens", type=int, default=64, help="tokens of the timed request")
+    p.add_argument("--json", help="write the report here")
+    p.set_defaults(func=_cmd_bench_abandon)
 
 
 def _add_validate(sub: argparse._SubParsersAction) -> None:

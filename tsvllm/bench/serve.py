@@ -468,7 +468,7 @@ def run(
     # cold start: the first reply of the API the loads use (a pooling model has no completions)
     embeds_only = all(api == "embeddings" for api, _ in parsed.values())
     probe_api = "embeddings" if embeds_only else "completions"
-    cfg, served = _bench_config(config, model_dir=model_dir)
+    cfg, served = bench_config(config, model_dir=model_dir)
     workdir.mkdir(parents=True, exist_ok=True)
     report: dict[str, dict[str, Any]] = {s: {"shapes": {}} for s in sides}
     running: dict[str, _Side] = {}
@@ -476,7 +476,7 @@ def run(
         for name in sides:  # one at a time: cold starts are not measured against each other
             progress(f"bench: starting side {name}: {SIDES[name]}")
             start = time.monotonic()
-            side = _start_side(name, cfg, workdir=workdir)
+            side = start_side(name, cfg, workdir=workdir)
             running[name] = side
             cold = first_token_s(side.url, served, start=start, proc=side.proc, api=probe_api)
             report[name]["cold_start_s"] = round(cold, 2)
@@ -500,7 +500,7 @@ def run(
     return _summary(report, shapes=shapes, rounds=rounds, warmup=warmup)
 
 
-def _bench_config(config: Path, *, model_dir: Path) -> tuple[Any, str]:
+def bench_config(config: Path, *, model_dir: Path) -> tuple[Any, str]:
     """The model config every side serves, pointed at ``model_dir``, and the served name."""
     from tsvllm.config import load_model_config
 
@@ -517,7 +517,7 @@ def _bench_config(config: Path, *, model_dir: Path) -> tuple[Any, str]:
     return cfg, served
 
 
-def _start_side(name: str, cfg: Any, *, workdir: Path) -> _Side:
+def start_side(name: str, cfg: Any, *, workdir: Path) -> _Side:
     """Start side ``name``: vLLM's own server for a, else TorchServe."""
     from tsvllm.engine.vllm_engine import handler_argv
 
