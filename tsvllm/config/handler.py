@@ -108,8 +108,8 @@ class HandlerConfig(BaseModel):
         gt=0,
         description=(
             "Longest a request may run; then its generation is aborted (504, or an error "
-            "event in a stream). TorchServe never tells the handler that a client left, so "
-            "this deadline is what frees the engine from a disconnected client."
+            "event in a stream). A client that leaves ends its request at once when tsvllm's "
+            "frontend plugin runs with TSVLLM_CONTROL_DIR; otherwise this deadline frees it."
         ),
     )
     drain_timeout_s: float | None = Field(
