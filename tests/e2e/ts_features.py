@@ -94,14 +94,14 @@ def versioned_archive(
     return target
 
 
-def management(ts: TorchServe) -> httpx.Client:
+def management(ts: TorchServe, *, timeout: float = 600) -> httpx.Client:
     """The management API: on its TCP port, or on the Unix socket of a server whose
     handler checks the keys (``auth="key"``)."""
     socket = ts.management_socket
     if socket is not None:
         transport = httpx.HTTPTransport(uds=str(socket))
-        return httpx.Client(base_url="http://localhost", transport=transport, timeout=600)
-    return httpx.Client(base_url=f"http://127.0.0.1:{ts.ports.management}", timeout=600)
+        return httpx.Client(base_url="http://localhost", transport=transport, timeout=timeout)
+    return httpx.Client(base_url=f"http://127.0.0.1:{ts.ports.management}", timeout=timeout)
 
 
 def register(ts: TorchServe, url: str, name: str) -> tuple[httpx.Response, float]:
@@ -121,8 +121,8 @@ def register(ts: TorchServe, url: str, name: str) -> tuple[httpx.Response, float
     return reply, time.monotonic() - start
 
 
-def describe(ts: TorchServe, path: str) -> list[dict]:
-    with management(ts) as api:
+def describe(ts: TorchServe, path: str, *, timeout: float = 600) -> list[dict]:
+    with management(ts, timeout=timeout) as api:
         reply = api.get(f"/models/{path}")
     reply.raise_for_status()
     return reply.json()
