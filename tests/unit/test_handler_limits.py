@@ -59,8 +59,9 @@ def test_a_slow_stream_ends_with_a_timeout_event_and_is_aborted(handler, engine)
     assert engine.closed_streams == 1  # closing the stream aborts the generation
 
 
-def test_a_dead_engine_gets_503_at_once(handler, engine):
-    """The worker then exits and TorchServe restarts it (test_engine_lifecycle.py)."""
+def test_a_dead_engine_gets_503_at_once(handler, engine, caplog):
+    """The worker then exits and TorchServe restarts it (test_engine_lifecycle.py). An
+    expected 503 is one log line, not a traceback."""
     engine.dead = True
 
     async def scenario():
@@ -68,9 +69,13 @@ def test_a_dead_engine_gets_503_at_once(handler, engine):
         first = await handler.handle([{"body": {"prompt": "hi"}}], ctx)
         return ctx.get_response_status(0)[0], error_of(first[0])["message"]
 
-    status, message = asyncio.run(scenario())
+    with caplog.at_level("INFO", logger="tsvllm.worker.core"):
+        status, message = asyncio.run(scenario())
     assert status == 503 and message.startswith("the engine died; this worker restarts")
     assert engine.calls == []  # never sent to the dead engine
+    [line] = [r for r in caplog.records if r.name == "tsvllm.worker.core"]
+    assert line.levelname == "WARNING" and line.exc_info is None
+    assert line.getMessage().startswith("request req-1: 503 the engine died")
 
 
 def test_deeply_nested_json_is_a_400_not_a_crash(handler):

@@ -624,10 +624,13 @@ def json_reply(context: Any, body: dict[str, Any], *, status: int = 200) -> byte
 def error_reply(context: Any, exc: BaseException) -> bytes:
     """The OpenAI error reply for ``exc``: its status, body and headers (``Retry-After``,
     ``WWW-Authenticate``, ...). A 500 (a bug, not a busy server) is logged with its
-    traceback."""
+    traceback; a 503 (an expected answer: the engine died and its worker restarts) with one
+    line; a client's error not at all."""
     status, body = to_error_body(exc)
     headers = error_headers(exc)
-    if status >= 500 and "Retry-After" not in headers and not isinstance(exc, HookFailed):
+    if status == 503 and "Retry-After" not in headers:
+        logger.warning("request %s: 503 %s", _request_id(context), exc)
+    elif status >= 500 and "Retry-After" not in headers and not isinstance(exc, HookFailed):
         logger.error("request %s failed: %s", _request_id(context), exc, exc_info=exc)
     reply = json_reply(context, body, status=status)
     for name, value in headers.items():
