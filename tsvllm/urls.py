@@ -8,5 +8,7 @@ COMPLETIONS = "v1/completions"
 CHAT_COMPLETIONS = "v1/chat/completions"
 MODELS = "v1/models"
 HEALTH = "health"
+#: vLLM's server load (``--enable-server-load-tracking``)
+LOAD = "load"
 #: Vertex AI's ``{"instances": [...]}`` envelope (:mod:`tsvllm.worker.adapters`)
 VERTEX_PREDICT = "vertex/predict"

@@ -44,6 +44,7 @@ from tsvllm.errors import (
     ClientGone,
     EngineUnavailable,
     HookFailed,
+    NotFound,
     PayloadTooLarge,
     TsVllmError,
     error_headers,
@@ -420,6 +421,13 @@ def end_inflight(handler: VLLMHandler) -> None:
 
 
 async def _answer_probe(handler: VLLMHandler, probe: routes.Probe) -> dict[str, Any]:
+    if probe is routes.Probe.LOAD:  # vLLM's /load: the requests this worker serves now
+        if not handler.config.handler.vllm_engine_config.get("enable_server_load_tracking"):
+            raise NotFound(
+                "server load tracking is off; set vllm_engine_config."
+                "enable_server_load_tracking: true (vLLM's --enable-server-load-tracking)"
+            )
+        return {"server_load": len(handler.inflight)}
     engine = handler.serving_engine()  # 503 (or the start failure) at once, never waits
     if probe is routes.Probe.MODELS:
         return await engine.models()

@@ -35,6 +35,7 @@ class Probe(str, Enum):
 
     MODELS = "models"
     HEALTH = "health"
+    LOAD = "load"
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ ROUTES: dict[str, Route] = {
         Route(urls.VERTEX_PREDICT, adapter=VERTEX),
         Route(urls.MODELS, probe=Probe.MODELS),
         Route(urls.HEALTH, probe=Probe.HEALTH),
+        Route(urls.LOAD, probe=Probe.LOAD),
     )
 }
 
