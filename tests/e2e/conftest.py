@@ -126,6 +126,22 @@ def server(tmp_path_factory, tiny_model, smollm2_model, rag_index) -> Iterator[T
         ts.stop()
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """Stop the session server after the last test that uses it, not when this xdist
+    worker's session ends: its five engines hold about 12 GB, and the worker's next units
+    start their own servers beside it (a run with both thrashed for memory). The tests
+    that use it run together, one unit (tests/scheduling.py); the fixture's own finalizer
+    then finds it stopped."""
+    if "server" not in item.fixturenames:
+        return
+    if nextitem is not None and "server" in nextitem.fixturenames:
+        return
+    ts = item.funcargs.get("server")
+    if ts is not None:
+        ts.stop()
+
+
 def base_url(ts: TorchServe, model: str) -> str:
     return f"{ts.inference_url}/predictions/{model}/1.0/v1"
 
