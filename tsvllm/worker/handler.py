@@ -41,8 +41,8 @@ ENGINE_DIED_EXIT = 3
 
 
 class EngineLoadFailed(RuntimeError):
-    """The engine did not start within the load's time, for a reason a new worker may not
-    meet (a worker node that was away, a crash): TorchServe is left to end this worker at
+    """The engine did not start within the load's time, for a reason a new worker may get
+    past (a worker node that was away, a crash): TorchServe is left to end this worker at
     its ``startupTimeout`` and start a new one (:func:`ts_worker.await_load_timeout`)."""
 
 
