@@ -20,6 +20,7 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -147,7 +148,19 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument(
         "--master-addr", help="the leader's address (default: master_addr from the config)"
     )
-    p.set_defaults(
-        func=lambda args: run(args.config, node_rank=args.node_rank, master_addr=args.master_addr)
-    )
+    p.set_defaults(func=_command)
     return p
+
+
+def _command(args: argparse.Namespace) -> int:
+    """``tsvllm worker-node``. When the leader went away, this node's vLLM processes are
+    ended by then, and the process exits at once (``os._exit``): a normal interpreter exit
+    waited for vLLM's leftover threads (measured under load: more than 45 s after its
+    workers were killed), and a supervisor restarting the node should not wait for that."""
+    code = run(args.config, node_rank=args.node_rank, master_addr=args.master_addr)
+    if code == 1:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
+    return code
