@@ -294,11 +294,11 @@ def test_scale_workers_up_and_down(farm):
 
 STREAMS = 8
 STREAM_TOKENS = 1200  # long enough to be mid-stream at the scale-down (>= 400)
+#: scale-downs under streams, each after a scale-up (an engine start)
 SCALE_ROUNDS = 5
-#: the rounds stop once this much time has gone (each scales up: an engine start)
-SCALE_BUDGET_S = 240.0
-#: a stream that gets no bytes for this long is "lost" (a stream gets a chunk per token)
-LOST_AFTER_S = 60.0
+#: a stream that gets no bytes for this long is "lost" (a stream gets a chunk per token,
+#: one every ~0.1 s here)
+LOST_AFTER_S = 30.0
 
 
 def stream_kind(seen: dict, max_tokens: int) -> str:
@@ -390,8 +390,8 @@ def scale_down_outcome(ts: TorchServe, pids: list[int], threads: list, progress:
 
 
 def test_streams_on_a_worker_scaled_down(farm):
-    """8 streams, scale 2 -> 1 through the management API mid-stream, in rounds (up to
-    SCALE_ROUNDS while SCALE_BUDGET_S lasts: each round starts an engine). TorchServe kills
+    """8 streams, scale 2 -> 1 through the management API mid-stream, SCALE_ROUNDS times
+    (each round scales up first: an engine start). TorchServe kills
     the removed worker and puts its requests back in the queue; the kept worker receives
     them and refuses those whose stream had begun: no stream is ever spliced (two
     generations in one response). What TorchServe itself does to the others is counted
@@ -402,7 +402,6 @@ def test_streams_on_a_worker_scaled_down(farm):
     totals: dict[str, int] = {}
     rounds = 0
     while rounds < SCALE_ROUNDS:
-        round_start = time.monotonic()
         pids = scaled_up(ts)
         threads, progress = start_streams(ts, pids)
         procs = [psutil.Process(pids[1]), *tf.engines_under(pids[1])]
@@ -420,9 +419,6 @@ def test_streams_on_a_worker_scaled_down(farm):
         assert set(kinds.values()) <= {"complete", "refused", "reset", "lost"}, kinds
         assert set(kinds.values()) - {"complete"}, kinds  # the removed worker had streams
         assert completion_tokens(ts, "alpha", "alpha") == 5  # the kept worker serves
-        spent = time.monotonic() - started
-        if spent + (time.monotonic() - round_start) > SCALE_BUDGET_S:
-            break
     print(f"{rounds} rounds of {STREAMS} streams in {time.monotonic() - started:.0f}s: {totals}")
 
 
