@@ -296,37 +296,3 @@ def error_for_status(
     if error_type:
         exc.error_type = error_type
     return exc
-
-
-_MAX_REPORTED = 10
-_MAX_INPUT_CHARS = 200
-
-
-def validation_message(exc: BaseException) -> str:
-    """A bounded, readable message for a pydantic ValidationError (or any exception).
-
-    Lists up to ten problems as ``field.path: message``; the offending input is never
-    echoed in full (a huge body must not produce a huge error).
-    """
-    errors = getattr(exc, "errors", None)
-    if not callable(errors):
-        return str(exc)[:1000]
-    try:
-        items = errors(include_input=False, include_url=False)
-    except TypeError:
-        items = errors()
-    lines = []
-    for err in items[:_MAX_REPORTED]:
-        loc = ".".join(str(p) for p in err.get("loc", ()) if not _internal_loc(str(p)))
-        msg = str(err.get("msg", ""))[:_MAX_INPUT_CHARS]
-        lines.append(f"{loc}: {msg}" if loc else msg)
-    if len(items) > _MAX_REPORTED:
-        lines.append(f"...and {len(items) - _MAX_REPORTED} more")
-    count = len(items)
-    head = f"{count} validation error{'s' if count != 1 else ''}"
-    return head + ": " + "; ".join(lines) if lines else head
-
-
-def _internal_loc(segment: str) -> bool:
-    """pydantic-internal wrapper names in ``loc`` (``function-wrap[...]``, union branches)."""
-    return any(c in segment for c in "[](){}") or segment in {"function-after", "union"}

@@ -82,6 +82,19 @@ def test_schema_and_model_errors_are_ours(engine):
         )
 
 
+def test_a_schema_error_is_written_as_vllm_serve_writes_it(engine):
+    """The message vLLM's own handler writes (pydantic's error type included); the e2e
+    parity test compares whole bodies with a running ``vllm serve``."""
+    eng, loop = engine
+    body = {"model": "tiny", "prompt": "a", "seed": 2**64}
+    with pytest.raises(BadRequest) as info:
+        loop.run_until_complete(eng.generate(Api.COMPLETIONS, body, request_id="r6"))
+    err = info.value
+    assert (err.error_type, err.param) == ("Bad Request", "body.seed")
+    assert err.message.startswith("1 validation error:\n  {'type': 'less_than_equal', ")
+    assert "'loc': 'body.seed'" in err.message
+
+
 def test_closing_a_stream_early_aborts_the_engine_request(engine):
     eng, loop = engine
     body = {"model": "tiny", "prompt": "hi", "max_tokens": 1000, "ignore_eos": True, "stream": True}

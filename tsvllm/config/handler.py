@@ -95,6 +95,16 @@ class HandlerConfig(BaseModel):
         gt=0,
         description="Largest accepted request body in bytes; larger bodies get HTTP 413.",
     )
+    max_response_bytes: int | None = Field(
+        None,
+        gt=0,
+        description=(
+            "Largest non-streamed reply in bytes; a larger one is refused with HTTP 400 "
+            "(code response_too_large) naming this setting. None: no cap, as vllm serve "
+            "(a large reply goes to TorchServe in 4 MiB frames, never over its "
+            "max_response_size)."
+        ),
+    )
     lean_worker: bool = Field(
         True,
         description=(

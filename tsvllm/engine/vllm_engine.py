@@ -31,7 +31,7 @@ from tsvllm.engine.base import (
     worker_nodes_hint,
 )
 from tsvllm.engine.start_watchdog import StartWatchdog
-from tsvllm.errors import BadRequest, EngineUnavailable, error_for_status, validation_message
+from tsvllm.errors import EngineUnavailable, error_for_status
 
 logger = logging.getLogger(__name__)
 
@@ -344,10 +344,10 @@ class VllmEngine:
     async def generate(
         self, api: Api, body: Mapping[str, Any], *, request_id: str
     ) -> GenerateResult:
+        from pydantic import ValidationError
         from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
         from vllm.entrypoints.openai.completion.protocol import CompletionRequest
         from vllm.entrypoints.serve.engine.protocol import ErrorResponse
-        from vllm.exceptions import VLLMValidationError
 
         if self._client.errored:
             raise EngineUnavailable(ENGINE_NOT_RUNNING)
@@ -359,14 +359,8 @@ class VllmEngine:
             create = self._state.openai_serving_completion.create_completion
         try:
             request = schema.model_validate(body)
-        except Exception as exc:  # pydantic ValidationError or a validator's ValueError
-            param = None
-            for err in getattr(exc, "errors", lambda: [])():
-                ctx_err = err.get("ctx", {}).get("error")
-                if isinstance(ctx_err, VLLMValidationError):
-                    param = ctx_err.parameter
-                    break
-            raise BadRequest(validation_message(exc), param=param) from None
+        except ValidationError as exc:
+            raise await self._validation_error(exc) from None
         # Our id (TorchServe's) becomes vLLM's request id, so logs line up.
         if not body.get("request_id"):
             request.request_id = request_id
@@ -390,6 +384,27 @@ class VllmEngine:
         if hasattr(result, "model_dump"):
             return result.model_dump(mode="json", exclude_unset=False)
         return self._events(result, request_id=request_id)
+
+    async def _validation_error(self, exc: Any) -> Exception:
+        """The 400 ``vllm serve`` answers for a body its request schema rejects, to the byte:
+        FastAPI wraps the schema's errors as a ``RequestValidationError`` under ``body``
+        (``fastapi.routing``, ``request_body_to_args``) and vLLM's own handler writes the
+        body (``exception_handling/handlers/validation.py``), run here on the same errors."""
+        from fastapi.exceptions import RequestValidationError
+        from starlette.requests import Request
+        from vllm.entrypoints.serve.exception_handling.handlers.validation import (
+            validation_exception_handler,
+        )
+
+        errors = [
+            {**err, "loc": ("body", *err.get("loc", ()))} for err in exc.errors(include_url=False)
+        ]
+        request = Request({"type": "http", "app": self._app, "method": "POST", "headers": []})
+        response = await validation_exception_handler(request, RequestValidationError(errors))
+        error = json.loads(response.body)["error"]
+        return error_for_status(
+            response.status_code, error["message"], error_type=error["type"], param=error["param"]
+        )
 
     async def _events(
         self, sse: AsyncIterator[str], *, request_id: str

@@ -13,7 +13,9 @@
    engine to start): wait for the engine, then per engine request ``on_request`` → engine →
    ``on_response``; or for a stream ``on_chunk`` per chunk and ``on_stream_end``
    (:class:`tsvllm.worker.hooks.Hooks` documents the hooks);
-6. the adapter builds the reply body;
+6. the adapter builds the reply body: a non-streamed one over
+   ``handler.max_response_bytes`` is refused (400 ``response_too_large``); one over 4 MiB
+   goes to TorchServe as several frames (:func:`tsvllm.worker.ts_worker.last_frame`);
 7. **metrics** (tokens, time to first token, deadline hits, retrieval, guard decisions,
    the time spent in each hook) and the audit line, once per HTTP request whatever
    happened (:mod:`tsvllm.worker.report`);
@@ -103,7 +105,7 @@ async def handle(handler: VLLMHandler, data: list[dict[str, Any]], context: Any)
     """Serve one TorchServe request; always returns ``[reply]``, errors included."""
     record = Record(request_id=_request_id(context))
     try:
-        return [await _serve(handler, data[0], context, record)]
+        return [ts_worker.last_frame(context, await _serve(handler, data[0], context, record))]
     except asyncio.CancelledError:  # only the worker's loop stopping cancels a request
         exc = EngineUnavailable("the request was cancelled: the worker is stopping; retry")
         return [error_reply(context, exc)]
@@ -172,7 +174,7 @@ async def _serve(
     result = await _under_deadline(handler, record, start, deadline=deadline)
     if contexts[0].stream:
         return await _stream(handler, result, contexts[0], context, record, deadline=deadline)
-    return json_reply(context, adapter.to_reply(result))
+    return json_reply(context, adapter.to_reply(result), cap=handler.max_response_bytes)
 
 
 def _resolve(handler: VLLMHandler, url_path: str | None) -> routes.Route:
@@ -249,7 +251,7 @@ async def _serve_engine_route(
     reply = await _under_deadline(handler, record, start, deadline=deadline)
     ts_worker.set_reply(context, status=reply.status, content_type=reply.content_type)
     if reply.chunks is None:
-        return reply.body
+        return _capped(reply.body, cap=handler.max_response_bytes)
     if route.api is None or not overrides(handler, "on_chunk"):
         return await _relay(handler, reply.chunks, ctx, context, record, deadline=deadline)
     events = _sse_events(reply.chunks)
@@ -624,9 +626,24 @@ def _parse_json(raw: bytes | bytearray | str) -> Any:
         ) from None
 
 
-def json_reply(context: Any, body: dict[str, Any], *, status: int = 200) -> bytes:
+def json_reply(
+    context: Any, body: dict[str, Any], *, status: int = 200, cap: int | None = None
+) -> bytes:
     ts_worker.set_reply(context, status=status, content_type=JSON)
-    return json.dumps(body, separators=(",", ":")).encode()
+    return _capped(json.dumps(body, separators=(",", ":")).encode(), cap=cap)
+
+
+def _capped(body: bytes, *, cap: int | None) -> bytes:
+    """A whole (non-streamed) reply, refused when it is over ``cap``
+    (``handler.max_response_bytes``; None: no cap, as ``vllm serve``)."""
+    if cap is not None and len(body) > cap:
+        raise BadRequest(
+            f"the reply is {len(body)} bytes, over this server's cap of {cap} bytes "
+            "(handler.max_response_bytes); ask for less (fewer prompt_logprobs, logprobs, "
+            "top_logprobs, n or inputs) or raise handler.max_response_bytes",
+            code="response_too_large",
+        )
+    return body
 
 
 def error_reply(context: Any, exc: BaseException) -> bytes:

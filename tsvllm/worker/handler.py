@@ -78,6 +78,7 @@ class VLLMHandler(Hooks):
         self.engine: Engine | None = None
         self.config: Any = None
         self.max_body_bytes: int = 1 << 20
+        self.max_response_bytes: int | None = None
         self.request_timeout_s: float = 300.0
         self._model_dir = Path(".")
         self.initialized = False
@@ -121,6 +122,7 @@ class VLLMHandler(Hooks):
             logger.warning("tsvllm: %s: %s", source, warning)
         handler_cfg = self.config.handler
         self.max_body_bytes = handler_cfg.max_body_bytes
+        self.max_response_bytes = handler_cfg.max_response_bytes
         self.request_timeout_s = handler_cfg.request_timeout_s
         self._model_dir = model_dir
         self.api_key = ApiKeys.from_environ(os.environ)

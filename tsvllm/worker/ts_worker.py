@@ -30,6 +30,12 @@ _SOCKET_LOCK = threading.Lock()
 _installed = False
 #: the TorchServe version whose worker internals :func:`install_worker_path` patches
 PATCHED_VERSION = "0.12.0"
+#: the largest body one frame to the frontend carries. The frontend refuses a frame whose
+#: body is over its ``max_response_size`` (TorchServe's default 6,553,500 bytes) by dropping
+#: the worker's connection: the worker restarts and every request on it is lost
+#: (docs/TORCHSERVE.md, "Replies of any size"). A larger reply or stream chunk goes as
+#: several frames (:func:`send_chunk`, :func:`last_frame`).
+FRAME_BODY_BYTES = 4 << 20
 
 
 class _FrameWriter:
@@ -347,12 +353,30 @@ def set_header(context: Any, name: str, value: str) -> None:
     context.set_response_header(0, name, value)
 
 
-def send_chunk(context: Any, chunk: bytes) -> None:
-    """Send one intermediate chunk of a streamed reply (the return value ends it)."""
+def send_chunk(context: Any, chunk: bytes | memoryview) -> None:
+    """Send one intermediate chunk of a streamed reply (the return value ends it), as
+    several frames when it is larger than :data:`FRAME_BODY_BYTES`."""
+    view = memoryview(chunk)
+    for start in range(0, len(chunk), FRAME_BODY_BYTES):
+        _send_frame(context, bytes(view[start : start + FRAME_BODY_BYTES]))
+
+
+def last_frame(context: Any, reply: bytes) -> bytes:
+    """The body of a reply's last frame: a reply larger than :data:`FRAME_BODY_BYTES` goes
+    out as intermediate frames now (the client gets one chunked HTTP body, status and
+    headers from the first frame), and only its tail is left for the return value."""
+    if len(reply) <= FRAME_BODY_BYTES:
+        return reply
+    tail = (len(reply) - 1) // FRAME_BODY_BYTES * FRAME_BODY_BYTES
+    send_chunk(context, memoryview(reply)[:tail])
+    return reply[tail:]
+
+
+def _send_frame(context: Any, body: bytes) -> None:
     from ts.protocol.otf_message_handler import create_predict_response
 
     message = create_predict_response(
-        [chunk], context.request_ids, "Intermediate Prediction success", 200, context, True
+        [body], context.request_ids, "Intermediate Prediction success", 200, context, True
     )
     if message is None:  # not rank 0
         return
