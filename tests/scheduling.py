@@ -42,6 +42,7 @@ COSTLIEST_FIRST = (
     "e2e:test_lifecycle.py",
     "e2e:test_multinode_lws.py",
     "e2e:test_torchserve_vllm_flow.py",
+    "e2e:test_vllm_parity.py",
     "e2e:test_audit.py",
     "e2e:test_engine_metrics.py",
     "e2e:test_runtime_lora.py",

@@ -361,6 +361,8 @@ class VllmEngine:
             request = schema.model_validate(body)
         except ValidationError as exc:
             raise await self._validation_error(exc) from None
+        except Exception as exc:  # a validator's own error (VLLMValidationError), as vLLM's
+            raise _from_vllm_exception(exc) from None
         # Our id (TorchServe's) becomes vLLM's request id, so logs line up.
         if not body.get("request_id"):
             request.request_id = request_id

@@ -6,23 +6,31 @@ import org.slf4j.LoggerFactory;
 
 /**
  * One daemon thread that runs {@link RestartFix}, {@link QueueGuard} and {@link ClientWatch}
- * every {@link #PERIOD_MS} ms. Started once, when TorchServe loads the plugin. Written against
+ * every {@link #PERIOD_MS} ms, and {@link BodyLimit} every {@link #BODY_LIMIT_EVERY} sweeps. Started once, when TorchServe loads the plugin. Written against
  * TorchServe 0.12.0 (the last release); a part whose frontend internals are missing logs
  * once and is left out.
  */
 final class Sweeper implements Runnable {
     private static final Logger logger = LoggerFactory.getLogger(Sweeper.class);
     static final long PERIOD_MS = 50;
+    /** {@link BodyLimit} looks for new listening channels once a second */
+    static final int BODY_LIMIT_EVERY = 20;
     private static boolean started;
 
     private final RestartFix restartFix;
     private final QueueGuard queueGuard;
     private final ClientWatch clientWatch;
+    private final BodyLimit bodyLimit;
 
-    private Sweeper(RestartFix restartFix, QueueGuard queueGuard, ClientWatch clientWatch) {
+    private Sweeper(
+            RestartFix restartFix,
+            QueueGuard queueGuard,
+            ClientWatch clientWatch,
+            BodyLimit bodyLimit) {
         this.restartFix = restartFix;
         this.queueGuard = queueGuard;
         this.clientWatch = clientWatch;
+        this.bodyLimit = bodyLimit;
     }
 
     static synchronized void start() {
@@ -31,7 +39,11 @@ final class Sweeper implements Runnable {
         }
         started = true;
         Sweeper sweeper =
-                new Sweeper(RestartFix.create(), QueueGuard.create(), ClientWatch.create());
+                new Sweeper(
+                        RestartFix.create(),
+                        QueueGuard.create(),
+                        ClientWatch.create(),
+                        BodyLimit.create());
         Thread thread = new Thread(sweeper);
         thread.setName("tsvllm-sweeper");
         thread.setDaemon(true);
@@ -43,9 +55,12 @@ final class Sweeper implements Runnable {
 
     @Override
     public void run() {
-        while (true) {
+        for (long sweeps = 0; ; sweeps++) {
             try {
                 Thread.sleep(PERIOD_MS);
+                if (bodyLimit != null && sweeps % BODY_LIMIT_EVERY == 0) {
+                    bodyLimit.sweep();
+                }
                 ModelManager manager = ModelManager.getInstance();
                 if (manager == null) {
                     continue;

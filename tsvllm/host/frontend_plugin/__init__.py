@@ -1,13 +1,14 @@
 """tsvllm's TorchServe frontend plugin: a truthful ``/ping``, ``/alive`` for liveness
 probes, worker restarts that work, a 503 at once for a request to a model with no READY
-worker (TorchServe leaves it waiting in its queue), and word to the worker when a request's
-client has gone (TorchServe never tells it).
+worker (TorchServe leaves it waiting in its queue), word to the worker when a request's
+client has gone (TorchServe never tells it), and an OpenAI 413 for a body over
+``max_request_size`` (TorchServe's has no body).
 
 The plugin is a small jar built from the Java sources next to this file (``ReadyPing``,
-``Alive``, ``Sweeper``, ``RestartFix``, ``QueueGuard``, ``ClientWatch``; docs/TORCHSERVE.md
-says what each fixes in TorchServe 0.12). TorchServe loads it from its ``plugins_path``:
-``tsvllm launch``, the container entrypoint and the quick start set it; with a plain
-``torchserve --start`` add ``--plugins-path "$(python -m tsvllm.host.frontend_plugin)"``.
+``Alive``, ``Sweeper``, ``RestartFix``, ``QueueGuard``, ``ClientWatch``, ``BodyLimit``;
+docs/TORCHSERVE.md says what each fixes in TorchServe 0.12). TorchServe loads it from its
+``plugins_path``: ``tsvllm launch``, the container entrypoint and the quick start set it; with a
+plain ``torchserve --start`` add ``--plugins-path "$(python -m tsvllm.host.frontend_plugin)"``.
 ``ClientWatch`` needs ``TSVLLM_CONTROL_DIR`` (set by ``tsvllm launch`` and the container).
 
 The jar is shipped prebuilt (a JRE is all TorchServe needs; building takes a JDK):
@@ -34,6 +35,7 @@ SOURCES = (
     "RestartFix.java",
     "QueueGuard.java",
     "ClientWatch.java",
+    "BodyLimit.java",
 )
 #: what ServiceLoader reads to find the endpoints (TorchServe's PluginsManager)
 SERVICE = "META-INF/services/org.pytorch.serve.servingsdk.ModelServerEndpoint"
