@@ -6,7 +6,8 @@
 #   scripts/test.sh tests/e2e/test_launch.py     # one e2e file
 # Tests run in TSVLLM_TEST_WORKERS pytest-xdist workers (default 2: this suite is sized for
 # 2 cores and ~24 GB; each e2e group starts its own TorchServe and vLLM engines).
-# The multi-node e2e tests need root (network namespaces); CI runs as root.
+# The multi-node e2e tests need root (network namespaces), and the container tests podman,
+# which scripts/container-tools.sh installs with apt-get; CI runs as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,6 +26,7 @@ report() {
 trap report EXIT
 
 phase setup scripts/setup.sh
+phase tools scripts/container-tools.sh  # podman for the image tests (tests/e2e/test_container.py)
 phase lint sh -c '.venv/bin/ruff check . && .venv/bin/ruff format --check .'
 phase tests .venv/bin/python -m pytest -n "${TSVLLM_TEST_WORKERS:-2}" --durations=15 \
   "${@:-tests}"

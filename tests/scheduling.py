@@ -36,6 +36,7 @@ SESSION_SERVER_UNIT = "e2e:session-server"
 COSTLIEST_FIRST = (
     SESSION_SERVER_UNIT,
     "e2e:test_multinode.py",
+    "e2e:test_container.py",
     "e2e:test_torchserve_features.py",
     "e2e:test_launch.py",
     "e2e:test_entrypoint.py",

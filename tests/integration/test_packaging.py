@@ -100,6 +100,15 @@ def test_a_plain_pip_install_ships_the_handler_files(tmp_path):
     assert out["default"] == str(shipped / "vllm_handler.py")
 
 
+def test_a_plain_pip_install_ships_every_module(tmp_path):
+    """A package folder without ``__init__.py`` is left out by find_packages: the
+    container's non-editable install once lacked tsvllm.engine."""
+    _, target = pip_install(tmp_path, editable=False)
+    source = {p.relative_to(REPO).as_posix() for p in (REPO / "tsvllm").rglob("*.py")}
+    shipped = {p.relative_to(target).as_posix() for p in (target / "tsvllm").rglob("*.py")}
+    assert source - shipped == set()
+
+
 def test_an_editable_install_resolves_the_handler_files_to_the_checkout(tmp_path):
     src, target = pip_install(tmp_path, editable=True)
     assert not (target / "tsvllm").exists()  # editable: nothing copied

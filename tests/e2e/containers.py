@@ -1,0 +1,137 @@
+"""The container image under podman, as a platform runs it: build once per run, start a
+container with a platform's flags and environment, talk to it from outside over loopback,
+stop it, and always remove what the test started (containers by the name it gave them).
+
+podman runs with the repo's settings (scripts/containers.conf through CONTAINERS_CONF); the
+image is built by scripts/image.sh, the script users run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+
+from tests.e2e.launched import free_port_block
+
+REPO = Path(__file__).resolve().parents[2]
+STARTUP = 900
+#: the container's engine: the tiny model's settings of the entrypoint tests
+VLLM_ARGS = "--max-model-len 2048 --enforce-eager --max-num-seqs 16 --dtype bfloat16"
+
+
+def podman(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "CONTAINERS_CONF": str(REPO / "scripts" / "containers.conf")}
+    return subprocess.run(
+        ["podman", *args], env=env, capture_output=True, text=True, timeout=timeout, check=check
+    )
+
+
+def build_image() -> str:
+    """scripts/image.sh, once per run (its layer cache makes a second call cheap); the tag."""
+    out = subprocess.run(
+        [str(REPO / "scripts" / "image.sh")],
+        capture_output=True,
+        text=True,
+        timeout=3600,
+        check=False,
+    )
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+    match = re.search(r"^image: (\S+) built in", out.stdout, re.M)
+    assert match, out.stdout[-2000:]
+    return match.group(1)
+
+
+class Container:
+    """One container of the image, started detached with ``flags`` and ``env``; its
+    inference port published on 127.0.0.1 only."""
+
+    def __init__(
+        self,
+        image: str,
+        *,
+        env: dict[str, str],
+        flags: tuple[str, ...] = (),
+        port: int = 8080,
+        command: tuple[str, ...] = (),
+    ):
+        self.name = f"tsvllm-test-{uuid.uuid4().hex[:10]}"
+        self.host_port = free_port_block(1)
+        self.url = f"http://127.0.0.1:{self.host_port}"
+        env_flags = [f"--env={k}={v}" for k, v in env.items()]
+        podman(
+            "run",
+            "--detach",
+            f"--name={self.name}",
+            f"--publish=127.0.0.1:{self.host_port}:{port}",
+            *env_flags,
+            *flags,
+            image,
+            *command,
+        )
+
+    def logs(self) -> str:
+        out = podman("logs", self.name, check=False)
+        return out.stdout + out.stderr
+
+    def state(self) -> dict:
+        out = podman("inspect", "--type=container", self.name, check=False)
+        return json.loads(out.stdout)[0]["State"] if out.returncode == 0 else {}
+
+    def wait_ready(self, *, timeout: float = STARTUP) -> None:
+        """Until the entrypoint says ready (after its own readiness check); fail at once if
+        the container stops first."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if "tsvllm-entrypoint: ready." in self.logs():
+                return
+            if not self.state().get("Running", False):
+                break
+            time.sleep(1)
+        raise AssertionError(f"container {self.name} not ready:\n{self.logs()[-6000:]}")
+
+    def wait_exit(self, *, timeout: float) -> int | None:
+        """The exit code once the container stopped, or None if it still runs at ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            state = self.state()
+            if state and not state.get("Running", False) and state.get("Status") == "exited":
+                return int(state["ExitCode"])
+            time.sleep(0.5)
+        return None
+
+    def exec(self, *args: str) -> str:
+        return podman("exec", self.name, *args).stdout
+
+    def key(self) -> str:
+        """The inference key, as a user reads it: ``tsvllm key`` in the container, with the
+        key file the entrypoint announced."""
+        match = re.search(r"key in (\S+)\)", self.logs())
+        assert match, self.logs()[-3000:]
+        return self.exec("tsvllm", "key", "--file", match.group(1)).strip()
+
+    def processes(self) -> list[str]:
+        """The container's processes (podman top), empty once it has stopped."""
+        out = podman("top", self.name, "pid,args", check=False)
+        return out.stdout.splitlines()[1:] if out.returncode == 0 else []
+
+    def remove(self) -> None:
+        podman("rm", "--force", "--time=10", self.name, check=False, timeout=120)
+
+
+def openai_client(container: Container, *, key: str = "unused"):
+    from openai import OpenAI
+
+    from tsvllm.contract import OPENAI_BASE
+
+    return OpenAI(base_url=container.url + OPENAI_BASE, api_key=key, max_retries=0, timeout=120)
+
+
+def get(container: Container, path: str) -> httpx.Response:
+    return httpx.get(container.url + path, timeout=30)
