@@ -50,7 +50,8 @@ def build_image() -> str:
 
 class Container:
     """One container of the image, started detached with ``flags`` and ``env``; its
-    inference port published on 127.0.0.1 only."""
+    inference ``port`` published on 127.0.0.1 only (unless ``publish`` is false: a container
+    in another one's network namespace)."""
 
     def __init__(
         self,
@@ -59,17 +60,19 @@ class Container:
         env: dict[str, str],
         flags: tuple[str, ...] = (),
         port: int = 8080,
+        publish: bool = True,
         command: tuple[str, ...] = (),
     ):
         self.name = f"tsvllm-test-{uuid.uuid4().hex[:10]}"
         self.host_port = free_port_block(1)
         self.url = f"http://127.0.0.1:{self.host_port}"
         env_flags = [f"--env={k}={v}" for k, v in env.items()]
+        publish_flags = [f"--publish=127.0.0.1:{self.host_port}:{port}"] if publish else []
         podman(
             "run",
             "--detach",
             f"--name={self.name}",
-            f"--publish=127.0.0.1:{self.host_port}:{port}",
+            *publish_flags,
             *env_flags,
             *flags,
             image,
@@ -87,14 +90,17 @@ class Container:
     def wait_ready(self, *, timeout: float = STARTUP) -> None:
         """Until the entrypoint says ready (after its own readiness check); fail at once if
         the container stops first."""
+        self.wait_for_log("tsvllm-entrypoint: ready.", timeout=timeout)
+
+    def wait_for_log(self, text: str, *, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if "tsvllm-entrypoint: ready." in self.logs():
+            if text in self.logs():
                 return
             if not self.state().get("Running", False):
                 break
-            time.sleep(1)
-        raise AssertionError(f"container {self.name} not ready:\n{self.logs()[-6000:]}")
+            time.sleep(0.5)
+        raise AssertionError(f"container {self.name}: no {text!r}:\n{self.logs()[-6000:]}")
 
     def wait_exit(self, *, timeout: float) -> int | None:
         """The exit code once the container stopped, or None if it still runs at ``timeout``."""

@@ -11,10 +11,21 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
+import httpx
 import pytest
+import yaml
 
-from tests.e2e.containers import VLLM_ARGS, Container, build_image, get, openai_client, podman
+from tests.e2e.containers import (
+    REPO,
+    VLLM_ARGS,
+    Container,
+    build_image,
+    get,
+    openai_client,
+    podman,
+)
 from tests.e2e.streams import STOP_MARGIN, TOKENS, finished_whole, join, start_streams
+from tsvllm.cli import main as cli
 from tsvllm.contract import LIVENESS_ROUTE, OPENAI_BASE, READINESS_ROUTE
 
 #: what every container here gets: the model, mounted read-only, and a small engine
@@ -132,3 +143,85 @@ def test_hardened_run_serves(image, tiny_model):
         assert container.exec("id", "-u").strip() == "10001"
     finally:
         container.remove()
+
+
+@pytest.fixture(scope="module")
+def azure_ml(tmp_path_factory, image) -> tuple[dict, dict]:
+    """The deployment and environment YAML ``tsvllm deploy azureml`` writes for the tiny
+    config and this image."""
+    out = tmp_path_factory.mktemp("azureml")
+    config = str(REPO / "model_configs" / "tiny-cpu.yaml")
+    assert cli(["deploy", "azureml", config, "--out", str(out), "--image", image]) == 0
+    load = lambda name: yaml.safe_load((out / name).read_text())  # noqa: E731
+    return load("deployment.yml"), load("environment.yml")
+
+
+def test_azure_ml_as_its_yaml_runs_it(image, tiny_model, azure_ml):
+    """The environment variables of deployment.yml, the model mounted read-only at its
+    model_mount_path (AZUREML_MODEL_DIR, as Azure sets it), and the three routes of
+    environment.yml on the port they name. Azure's schema has no shared-memory setting:
+    the run gives the ~400 MiB vLLM needs (docs/DEPLOY.md, "Shared memory")."""
+    deployment, environment = azure_ml
+    routes = environment["inference_config"]
+    [port] = {route["port"] for route in routes.values()}
+    mount = deployment["model_mount_path"]
+    env = {**deployment["environment_variables"], "AZUREML_MODEL_DIR": mount}
+    volume = f"--volume={tiny_model}:{mount}:ro"
+    container = Container(image, env=env, flags=(SHM, volume), port=port)
+    try:
+        container.wait_ready()
+        assert get(container, routes["liveness_route"]["path"]).status_code == 200
+        assert get(container, routes["readiness_route"]["path"]).status_code == 200
+        body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+        scored = httpx.post(container.url + routes["scoring_route"]["path"], json=body, timeout=120)
+        assert scored.status_code == 200, scored.text
+        assert scored.json()["choices"][0]["message"]["role"] == "assistant"
+    finally:
+        container.remove()
+
+
+@pytest.mark.parametrize(
+    ("case", "reason"),
+    [
+        ("missing model dir", "/models/missing"),
+        ("bad model config", "not_a_key"),
+        ("port in use", "Address already in use"),
+        ("default shared memory", "--shm-size"),  # vLLM's queues need ~400 MiB of /dev/shm
+    ],
+)
+def test_a_bad_configuration_exits_non_zero_within_60_s_naming_why(
+    image, tiny_model, tmp_path, case, reason
+):
+    env, flags = {**MODEL_ENV}, [SHM, model_mount(tiny_model)]
+    holder = None
+    if case == "missing model dir":
+        env["MODEL_PATH"] = "/models/missing"
+    elif case == "default shared memory":
+        flags = [model_mount(tiny_model)]
+    elif case == "bad model config":
+        bad = tmp_path / "bad-config.yaml"
+        bad.write_text("asyncCommunication: true\nnot_a_key: 1\nhandler: {model_path: m}\n")
+        bad.chmod(0o644)
+        flags.append(f"--volume={bad}:/config/model-config.yaml:ro")
+        env["TSVLLM_CONFIG"] = "/config/model-config.yaml"
+    else:  # another process of the pod holds the inference port
+        hold = "import socket, time; s = socket.socket(); s.bind(('', 8080)); s.listen(); "
+        holder = Container(
+            image,
+            env={},
+            flags=("--entrypoint=python3",),
+            command=("-u", "-c", hold + "print('holding 8080'); time.sleep(600)"),
+            publish=False,
+        )
+        holder.wait_for_log("holding 8080", timeout=60)
+        flags = [SHM, model_mount(tiny_model), f"--network=container:{holder.name}"]
+    container = Container(image, env=env, flags=tuple(flags), publish=holder is None)
+    try:
+        code = container.wait_exit(timeout=60)
+        logs = container.logs()
+        assert code not in (None, 0), logs[-3000:]
+        assert reason in "\n".join(logs.splitlines()[-8:]), logs[-3000:]
+    finally:
+        container.remove()
+        if holder is not None:
+            holder.remove()

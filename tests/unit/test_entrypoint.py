@@ -229,3 +229,28 @@ def test_ready_probe_fails_when_nothing_listens(tmp_path):
     env = {"TSVLLM_WORKDIR": str(tmp_path), "PORT": "1"}
     assert ep.main(["--probe", "ready"], env=env) == 1
     assert ep.main(["--probe", "alive"], env=env) == 1
+
+
+@pytest.mark.parametrize(
+    ("env", "gpus", "free_mib", "refused"),
+    [
+        ({"TSVLLM_DEVICE": "cpu"}, 0, 62, True),  # a container's default 64 MB
+        ({"TSVLLM_DEVICE": "cpu"}, 0, 1000, False),  # --shm-size=1g
+        ({"TSVLLM_DEVICE": "gpu", "TENSOR_PARALLEL_SIZE": "2"}, 2, 500, True),  # 2 workers
+        ({"TSVLLM_DEVICE": "gpu"}, 1, 62, False),  # one GPU: vLLM runs one process
+    ],
+)
+def test_too_little_shared_memory_stops_before_the_start_naming_the_fix(
+    tmp_path, monkeypatch, env, gpus, free_mib, refused
+):
+    import shutil
+
+    cfg = ep.model_config(env, model="/models/tiny", gpus=gpus)
+    usage = shutil.disk_usage(tmp_path)._replace(free=free_mib << 20)
+    monkeypatch.setattr(ep.shutil, "disk_usage", lambda _: usage)
+    if not refused:
+        ep.check_shared_memory(cfg, env, shm=tmp_path)
+        return
+    with pytest.raises(EntrypointError) as info:
+        ep.check_shared_memory(cfg, env, shm=tmp_path)
+    assert f"has {free_mib} MiB free" in str(info.value) and "--shm-size" in str(info.value)

@@ -190,6 +190,23 @@ def engine_environ(handler: Any) -> dict[str, str]:
     return env
 
 
+#: vLLM 0.32's message queues in /dev/shm (``distributed/device_communicators/
+#: shm_broadcast.py``; ``v1/executor/multiproc_executor.py``, which the CPU backend always
+#: uses): the scheduler's broadcast queue, ``VLLM_MQ_MAX_CHUNK_BYTES_MB`` (16) MiB x 10
+#: chunks, and one response queue per local worker, 24 MiB x 10 chunks. vLLM checks /dev/shm
+#: has room for each as it makes it.
+_MQ_CHUNKS = 10
+_MQ_BROADCAST_CHUNK_MB = 16
+_MQ_RESPONSE_CHUNK_MB = 24
+
+
+def shm_needed_bytes(*, local_workers: int, environ: Mapping[str, str]) -> int:
+    """Bytes of /dev/shm vLLM's multiprocess executor takes with ``local_workers`` workers
+    on this host (about 400 MiB for one)."""
+    chunk_mb = int(environ.get("VLLM_MQ_MAX_CHUNK_BYTES_MB") or _MQ_BROADCAST_CHUNK_MB)
+    return (chunk_mb + _MQ_RESPONSE_CHUNK_MB * local_workers) * _MQ_CHUNKS << 20
+
+
 def parse_engine_args(argv: Sequence[str]) -> argparse.Namespace:
     """Parse ``argv`` with vLLM's own ``vllm serve`` parser; raise EngineArgsError on error."""
     _require_vllm()

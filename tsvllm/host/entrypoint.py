@@ -429,6 +429,25 @@ def check_engine_args(cfg: Any) -> None:
         raise EntrypointError(f"VLLM_ARGS: {exc}") from None
 
 
+def check_shared_memory(cfg: Any, env: Mapping[str, str], *, shm: Path = Path("/dev/shm")) -> None:
+    """Enough /dev/shm for vLLM's message queues, or stop now naming the fix: a container
+    gets 64 MB by default, and vLLM would fail its start after the engine's load."""
+    from tsvllm.engine.vllm_engine import shm_needed_bytes
+
+    local = cfg.handler.parallel_per_node
+    if not shm.is_dir() or (cfg.deviceType == "gpu" and local == 1):
+        return  # vLLM runs a single GPU in one process: no queues
+    need = shm_needed_bytes(local_workers=local, environ=env)
+    free = shutil.disk_usage(shm).free
+    if free < need:
+        raise EntrypointError(
+            f"{shm} has {free >> 20} MiB free; vLLM's message queues need {need >> 20} MiB "
+            f"for {local} engine worker(s) here: give the container more shared memory "
+            "(docker/podman run --shm-size=1g; Kubernetes: an emptyDir with medium: Memory "
+            "mounted at /dev/shm, as tsvllm deploy k8s writes)"
+        )
+
+
 # -- TorchServe settings --------------------------------------------------------------
 
 
@@ -531,6 +550,7 @@ def write_config(
     model = resolve_model(env, cache=cache)
     cfg = model_config(env, model=model, master_addr=master_addr)
     check_engine_args(cfg)
+    check_shared_memory(cfg, env)
     return cfg, dump_model_config(cfg, path)
 
 

@@ -409,8 +409,10 @@ class TorchServe:
         start = time.monotonic()
         while time.monotonic() - start < timeout:
             if self.process is not None and self.process.poll() is not None:
+                reason = self.exit_reason()
                 raise ServeError(
-                    f"TorchServe exited with status {self.process.returncode}; "
+                    f"TorchServe exited with status {self.process.returncode}"
+                    f"{': ' + reason if reason else ''}; "
                     f"see {self.log_path} and {self.workdir / 'logs'}"
                 )
             if self.probe(model):
@@ -421,6 +423,18 @@ class TorchServe:
         raise ServeError(
             f"model {model!r} not ready after {timeout:.0f}s; see {self.workdir / 'logs'}"
         )
+
+    def exit_reason(self) -> str:
+        """Why the frontend stopped, from the end of its output: the exception lines a
+        failed start prints (e.g. "Failed to bind to address ..."; "Caused by: ... Address
+        already in use"), or "" when there are none."""
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()[-60:]
+        except OSError:
+            return ""
+        marks = ("Exception: ", "Caused by: ", "Error: ", "Invalid configuration")
+        found = [ln.strip() for ln in lines if any(m in ln for m in marks)]
+        return "; ".join(found[:2])  # the first: what follows comes from the shutdown
 
     def process_tree(self) -> list[int]:
         """PIDs of the frontend and every descendant (workers, vLLM engine processes)."""
