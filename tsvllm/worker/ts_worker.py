@@ -356,6 +356,9 @@ def set_header(context: Any, name: str, value: str) -> None:
 def send_chunk(context: Any, chunk: bytes | memoryview) -> None:
     """Send one intermediate chunk of a streamed reply (the return value ends it), as
     several frames when it is larger than :data:`FRAME_BODY_BYTES`."""
+    if len(chunk) <= FRAME_BODY_BYTES:  # nearly always: no copy
+        _send_frame(context, bytes(chunk))
+        return
     view = memoryview(chunk)
     for start in range(0, len(chunk), FRAME_BODY_BYTES):
         _send_frame(context, bytes(view[start : start + FRAME_BODY_BYTES]))
