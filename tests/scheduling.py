@@ -39,7 +39,6 @@ COSTLIEST_FIRST = (
     "e2e:test_container.py",
     "e2e:test_torchserve_features.py",
     "e2e:test_launch.py",
-    "e2e:test_entrypoint.py",
     "e2e:test_lifecycle.py",
     "e2e:test_multinode_lws.py",
     "e2e:test_torchserve_vllm_flow.py",

@@ -51,7 +51,7 @@ def build_image() -> str:
 class Container:
     """One container of the image, started detached with ``flags`` and ``env``; its
     inference ``port`` published on 127.0.0.1 only (unless ``publish`` is false: a container
-    in another one's network namespace)."""
+    in another one's network namespace, or in the host's, where it listens on ``port``)."""
 
     def __init__(
         self,
@@ -64,7 +64,7 @@ class Container:
         command: tuple[str, ...] = (),
     ):
         self.name = f"tsvllm-test-{uuid.uuid4().hex[:10]}"
-        self.host_port = free_port_block(1)
+        self.host_port = free_port_block(1) if publish else port
         self.url = f"http://127.0.0.1:{self.host_port}"
         env_flags = [f"--env={k}={v}" for k, v in env.items()]
         publish_flags = [f"--publish=127.0.0.1:{self.host_port}:{port}"] if publish else []

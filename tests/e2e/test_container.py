@@ -1,6 +1,7 @@
-"""The CPU image, built by scripts/image.sh and run under podman as a user and a hardened
-platform run it: real TorchServe and vLLM inside, the tiny model mounted read-only, the
-official ``openai`` client and plain HTTP from outside over loopback.
+"""The CPU image, built by scripts/image.sh and run under podman as a user, a hardened
+platform, Azure ML and Vertex AI run it: real TorchServe and vLLM inside, the tiny model
+mounted read-only (or fetched from a gs:// URI), the official ``openai`` client and plain
+HTTP from outside over loopback.
 
 One image per run (:func:`image`); every container a fixture starts is removed in its
 ``finally``, whatever the tests did.
@@ -24,9 +25,11 @@ from tests.e2e.containers import (
     openai_client,
     podman,
 )
+from tests.e2e.fake_gcs import serving as fake_gcs_serving
+from tests.e2e.launched import free_port_block
 from tests.e2e.streams import STOP_MARGIN, TOKENS, finished_whole, join, start_streams
 from tsvllm.cli import main as cli
-from tsvllm.contract import LIVENESS_ROUTE, OPENAI_BASE, READINESS_ROUTE
+from tsvllm.contract import LIVENESS_ROUTE, OPENAI_BASE, READINESS_ROUTE, VERTEX_PREDICT_ROUTE
 
 #: what every container here gets: the model, mounted read-only, and a small engine
 MODEL_ENV = {
@@ -78,6 +81,26 @@ def test_plain_run_serves_chat_stream_and_completions(plain):
     assert chunks[-1].choices[0].finish_reason in ("stop", "length")
     completion = client.completions.create(model="tiny", prompt="Hello", max_tokens=4)
     assert completion.usage.completion_tokens >= 1
+
+
+#: the container's listening TCP addresses, read in it with psutil (tsvllm depends on it)
+LISTENING = (
+    "import json, psutil; print(json.dumps(sorted({(c.laddr.ip, c.laddr.port) for c in "
+    "psutil.net_connections('inet') if c.status == psutil.CONN_LISTEN})))"
+)
+
+
+def test_only_inference_listens_beyond_loopback_and_the_exec_probes_pass(plain):
+    """Management, metrics, gRPC and the engine's own ports (torch.distributed, gloo) stay
+    on the container's loopback (or a Unix socket): the one port reachable from the pod's
+    network is inference, 8080. The exec probes (for platforms where
+    token auth stays on) read the key TorchServe wrote and answer 0."""
+    listening = json.loads(plain.exec("python3", "-c", LISTENING))
+    loopback = ("127.", "::1", "::ffff:127.")
+    outside = {port for ip, port in listening if not ip.startswith(loopback)}
+    assert outside == {8080}, listening
+    for kind in ("ready", "alive"):
+        plain.exec("python3", "-m", "tsvllm.host.entrypoint", "--probe", kind)  # exit 0
 
 
 def test_plain_run_refuses_a_request_without_the_key(plain):
@@ -187,6 +210,7 @@ def test_azure_ml_as_its_yaml_runs_it(image, tiny_model, azure_ml):
         ("bad model config", "not_a_key"),
         ("port in use", "Address already in use"),
         ("default shared memory", "--shm-size"),  # vLLM's queues need ~400 MiB of /dev/shm
+        ("wrong Vertex route", "AIP_PREDICT_ROUTE=/predict"),
     ],
 )
 def test_a_bad_configuration_exits_non_zero_within_60_s_naming_why(
@@ -198,6 +222,8 @@ def test_a_bad_configuration_exits_non_zero_within_60_s_naming_why(
         env["MODEL_PATH"] = "/models/missing"
     elif case == "default shared memory":
         flags = [model_mount(tiny_model)]
+    elif case == "wrong Vertex route":
+        env["AIP_PREDICT_ROUTE"] = "/predict"
     elif case == "bad model config":
         bad = tmp_path / "bad-config.yaml"
         bad.write_text("asyncCommunication: true\nnot_a_key: 1\nhandler: {model_path: m}\n")
@@ -225,3 +251,46 @@ def test_a_bad_configuration_exits_non_zero_within_60_s_naming_why(
         container.remove()
         if holder is not None:
             holder.remove()
+
+
+def test_vertex_ai_as_it_runs_the_container(image, tiny_model):
+    """The AIP_* variables Vertex AI sets; the weights from AIP_STORAGE_URI, a gs:// URI
+    served by a GCS emulator on loopback; predict through the envelope. The container
+    shares the host's network so that it reaches the emulator there (whose object links
+    name 127.0.0.1), and binds loopback only (TSVLLM_BIND)."""
+    port = free_port_block()  # the inference port, then management and metrics
+    env = {k: v for k, v in MODEL_ENV.items() if k != "MODEL_PATH"}
+    with fake_gcs_serving(tiny_model) as gcs_port:
+        env |= {
+            "AIP_HTTP_PORT": str(port),
+            "AIP_PREDICT_ROUTE": VERTEX_PREDICT_ROUTE,
+            "AIP_HEALTH_ROUTE": READINESS_ROUTE,
+            "AIP_STORAGE_URI": "gs://models/tiny",
+            "STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{gcs_port}",
+            "TSVLLM_DISABLE_TOKEN_AUTH": "1",  # Vertex AI authenticates
+            "TSVLLM_BIND": "127.0.0.1",
+        }
+        container = Container(
+            image, env=env, flags=(SHM, "--network=host"), port=port, publish=False
+        )
+        try:
+            container.wait_ready()
+            assert "downloading gs://models/tiny" in container.logs()
+            assert get(container, READINESS_ROUTE).status_code == 200
+            body = {
+                "instances": [{"prompt": "one", "max_tokens": 3}, {"prompt": "two"}],
+                "parameters": {"temperature": 0, "ignore_eos": True, "max_tokens": 5},
+            }
+            reply = httpx.post(container.url + VERTEX_PREDICT_ROUTE, json=body, timeout=120)
+            assert reply.status_code == 200, reply.text
+            usage = [p["usage"]["completion_tokens"] for p in reply.json()["predictions"]]
+            assert usage == [3, 5]
+            chat = {
+                "instances": ["hi", {"messages": [{"role": "user", "content": "yo"}]}],
+                "parameters": {"@requestFormat": "chatCompletions", "max_tokens": 2},
+            }
+            reply = httpx.post(container.url + VERTEX_PREDICT_ROUTE, json=chat, timeout=120)
+            assert reply.status_code == 200, reply.text
+            assert [p["object"] for p in reply.json()["predictions"]] == ["chat.completion"] * 2
+        finally:
+            container.remove()

@@ -80,3 +80,16 @@ def test_error_for_status_picks_our_class(status, cls):
 def test_error_for_an_unlisted_status_keeps_it():
     code, body = to_error_body(error_for_status(501, "not implemented"))
     assert code == 501 and body["error"]["code"] == 501
+
+
+def test_an_engine_on_one_host_keeps_its_ports_on_loopback():
+    from types import SimpleNamespace
+
+    from tsvllm.engine.vllm_engine import engine_environ
+
+    one_host = SimpleNamespace(runtime_lora=False, nnodes=1)
+    loopback = {"GLOO_SOCKET_IFNAME": "lo", "VLLM_HOST_IP": "127.0.0.1"}
+    assert engine_environ(one_host, environ={}) == loopback
+    assert engine_environ(one_host, environ=loopback | {"VLLM_HOST_IP": "10.0.0.5"}) == {}
+    across = SimpleNamespace(runtime_lora=True, nnodes=2)  # the others must reach it
+    assert engine_environ(across, environ={}) == {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}

@@ -182,11 +182,23 @@ def _chat_template(value: str | None, resolve: Callable[[str], str]) -> str | No
         return value
 
 
-def engine_environ(handler: Any) -> dict[str, str]:
-    """The environment vLLM reads for a ``handler:`` config section's switches."""
+def engine_environ(handler: Any, *, environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment vLLM reads for a ``handler:`` config section's switches.
+
+    An engine on one host keeps its processes' ports on loopback: vLLM's worker listens for
+    gloo's connections (about a dozen ports on CPU) on the address its host name resolves
+    to, unless ``GLOO_SOCKET_IFNAME`` names an interface, and gives ``VLLM_HOST_IP`` (else
+    the host's first address) for torch.distributed's rendezvous. In a container or pod
+    that address is reachable from its network. Across hosts the addresses must be ones the
+    others reach (the LeaderWorkerSet assets set the pod's IP), so nothing is set there; a
+    value already set is kept."""
     env = {}
     if handler.runtime_lora:  # vLLM then registers v1/load_lora_adapter, v1/unload_...
         env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
+    if handler.nnodes == 1:
+        for name, value in (("GLOO_SOCKET_IFNAME", "lo"), ("VLLM_HOST_IP", "127.0.0.1")):
+            if not environ.get(name):
+                env[name] = value
     return env
 
 

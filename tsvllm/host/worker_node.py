@@ -93,7 +93,7 @@ def run(config: str, *, node_rank: int, master_addr: str | None = None) -> int:
 
     argv = follower_argv(cfg, node_rank=node_rank, master_addr=master_addr, resolve=beside)
     os.environ.update(cfg.handler.env)
-    os.environ.update(engine_environ(cfg.handler))
+    os.environ.update(engine_environ(cfg.handler, environ=os.environ))
     logger.info(
         "tsvllm worker-node: node %d of %d, vLLM args %s",
         node_rank,

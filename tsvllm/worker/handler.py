@@ -321,7 +321,7 @@ class VLLMHandler(Hooks):
             parse_engine_args,
         )
 
-        os.environ.update(engine_environ(self.config.handler))
+        os.environ.update(engine_environ(self.config.handler, environ=os.environ))
         await asyncio.to_thread(import_vllm)  # seconds, cold: not on the event loop
         argv = handler_argv(self.config.handler, resolve=lambda p: _in_archive(p, model_dir))
         return await VllmEngine.start(parse_engine_args(argv), timeout_s=self.start_timeout_s())
