@@ -11,7 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.conftest import archive, base_url, started
+from tests.e2e.conftest import STARTUP_TIMEOUT, archive, base_url, started
+from tests.e2e.ts_features import describe
 from tsvllm.host.torchserve import TorchServe
 
 MARKER = "zanzibar-quokka"  # a prompt word that must never reach the log
@@ -34,11 +35,23 @@ def audited(tmp_path_factory, tiny_model):
     )
     ts = TorchServe(workdir=root / "ts", model_store=store, models=["audited"])
     try:
-        started(ts, ["audited"])
+        started(ts, ["audited"])  # serving: one worker READY; the tests need both
+        both_workers_ready(ts, "audited")
         add_named_keys(ts, log, KEYS)
         yield ts, log
     finally:
         ts.stop()
+
+
+def both_workers_ready(ts: TorchServe, model: str, *, timeout: float = STARTUP_TIMEOUT) -> None:
+    """Until describe-model shows two READY workers (READY means the engine serves)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        workers = describe(ts, model)[0]["workers"]
+        if [w["status"] for w in workers] == ["READY", "READY"]:
+            return
+        time.sleep(1)
+    raise AssertionError(f"not both workers READY after {timeout:.0f} s: {workers}")
 
 
 def add_named_keys(ts: TorchServe, log: Path, keys: dict[str, str]) -> None:
