@@ -22,7 +22,7 @@ import pytest
 from tests.e2e.conftest import STARTUP_TIMEOUT, archive, base_url, client, started
 from tests.e2e.ts_features import describe
 from tsvllm import contract
-from tsvllm.bench.serve import start_side
+from tsvllm.bench.serve import first_token_s, start_side
 from tsvllm.config import load_model_config
 from tsvllm.host.torchserve import TorchServe
 
@@ -33,21 +33,6 @@ ENGINE_ARGS = {
     ).handler.vllm_engine_config,
     "max_logprobs": -1,
 }
-
-
-def wait_serving(url: str, proc, *, timeout: float) -> None:
-    """Poll ``url`` (vllm serve's v1/models) until 200; fail if the server exits first."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"vllm serve exited with status {proc.returncode}")
-        try:
-            if httpx.get(url, timeout=5).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(1)
-    raise RuntimeError(f"vllm serve not ready after {timeout:.0f} s")
 
 
 @pytest.fixture(scope="module")
@@ -66,9 +51,12 @@ def sides(tmp_path_factory, smollm2_model) -> Iterator[dict]:
     ts = TorchServe(workdir=root / "ts", model_store=store, models=[MODEL])
     vllm_serve = None
     try:
+        start = time.monotonic()
         vllm_serve = start_side("a", cfg, workdir=root)  # starts while TorchServe loads
         started(ts, [MODEL])
-        wait_serving(f"{vllm_serve.url}/models", vllm_serve.proc, timeout=STARTUP_TIMEOUT)
+        first_token_s(
+            vllm_serve.url, MODEL, start=start, proc=vllm_serve.proc, timeout=STARTUP_TIMEOUT
+        )
         yield {"a": vllm_serve.url, "ts": ts, "key": ts.keys()["inference"]}
     finally:
         if vllm_serve is not None:
