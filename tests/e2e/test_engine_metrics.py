@@ -87,8 +87,9 @@ def test_each_engines_vllm_series_and_the_hook_metrics_share_one_scrape_target(t
             if name == "PromptTokens" and value > 0
         }
 
-    def complete(text: str) -> bool:
-        return all(generated(text).get(m) and prompt_tokens(text).get(m) for m in MODELS)
+    def complete(text: str) -> bool:  # every request's tokens counted, in both series
+        tokens = generated(text)
+        return all(tokens.get(m, 0) >= REQUESTS and prompt_tokens(text).get(m) for m in MODELS)
 
     deadline = time.monotonic() + 60  # workers rewrite their files every 2 s
     text = scrape(ts)

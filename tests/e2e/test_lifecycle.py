@@ -25,6 +25,10 @@ from tsvllm.host.torchserve import TorchServe
 
 GONE_WITHIN = 15.0
 DEADLINE_S = 20
+#: a readiness poll with no answer within this long waited for the engine (which takes
+#: 25-60 s to start here): probes must answer while it starts, not when it is done. The
+#: tests check that with the answers' content (a 503 while loading), not with their time.
+HANG_S = 10
 
 
 def engine_processes(ts: TorchServe) -> list[psutil.Process]:
@@ -86,16 +90,17 @@ def own_server(tmp_path_factory, tiny_model):
 
 @dataclass
 class Poll:
-    """One second's look at the server while it starts: /ping, describe-model's worker
-    status and GET v1/models (its status and its error's type), each asked with a client
-    timeout of 1 s. ``None`` everywhere: the frontend did not listen yet; ``unanswered``:
-    a request that got no answer within its second."""
+    """One look at the server while it starts: /ping, describe-model's worker status and
+    GET v1/models (its status and its error's type), each asked with a client timeout of
+    ``HANG_S``. ``None`` everywhere: the frontend did not listen yet; ``unanswered``: a
+    request that got no answer within ``HANG_S``; ``took``: the poll's seconds."""
 
     ping: int | None
     ready: bool | None
     models: int | None
     error: str | None
     unanswered: str | None = None
+    took: float = 0.0
 
 
 def watch_startup(ts: TorchServe, model: str, *, timeout: float = 600) -> list[Poll]:
@@ -107,7 +112,7 @@ def watch_startup(ts: TorchServe, model: str, *, timeout: float = 600) -> list[P
     while time.monotonic() < end:
         t0 = time.monotonic()
         try:
-            ping = httpx.get(f"{ts.inference_url}/ping", headers=auth(ts), timeout=1).status_code
+            ping = httpx.get(f"{ts.inference_url}/ping", headers=auth(ts), timeout=HANG_S)
         except httpx.ConnectError:
             polls.append(Poll(None, None, None, None))  # the frontend does not listen yet
             time.sleep(max(0.0, 1 - (time.monotonic() - t0)))
@@ -116,14 +121,14 @@ def watch_startup(ts: TorchServe, model: str, *, timeout: float = 600) -> list[P
             polls.append(Poll(None, None, None, None, unanswered="/ping"))
             continue
         try:
-            workers = describe(ts, model, timeout=1)[0]["workers"]
+            workers = describe(ts, model, timeout=HANG_S)[0]["workers"]
             ready = any(w["status"] == "READY" for w in workers)
-            reply = httpx.get(f"{base_url(ts, model)}/models", headers=auth(ts), timeout=1)
+            reply = httpx.get(f"{base_url(ts, model)}/models", headers=auth(ts), timeout=HANG_S)
         except httpx.TimeoutException as exc:
-            polls.append(Poll(ping, None, None, None, unanswered=str(exc.request.url)))
+            polls.append(Poll(ping.status_code, None, None, None, str(exc.request.url)))
             continue
         models, error = reply.status_code, reply.json().get("error", {}).get("type")
-        polls.append(Poll(ping, ready, models, error))
+        polls.append(Poll(ping.status_code, ready, models, error, took=time.monotonic() - t0))
         if models == 200:
             return polls
         time.sleep(max(0.0, 1 - (time.monotonic() - t0)))
@@ -133,11 +138,13 @@ def watch_startup(ts: TorchServe, model: str, *, timeout: float = 600) -> list[P
 def test_torchserves_signals_say_ready_only_when_the_model_serves(own_server):
     """From `torchserve --start` until v1/models is 200, once a second: /ping (Healthy) and
     describe-model (READY) never say ready while v1/models is not 200, and every request
-    is answered within its second: before a worker is READY, v1/models gets an OpenAI-style
-    503 (tsvllm's frontend plugin; TorchServe alone would hold it in its queue)."""
+    is answered while the engine starts, not once it is done: before a worker is READY,
+    v1/models gets an OpenAI-style 503 (tsvllm's frontend plugin; TorchServe alone would
+    hold it in its queue until a worker is READY)."""
     polls = own_server.startup
     print(f"{len(polls)} polls: " + ", ".join(f"{p.ping}/{p.ready}/{p.models}" for p in polls))
-    assert [p.unanswered for p in polls if p.unanswered] == [], polls  # answered at once
+    print(f"slowest poll: {max(p.took for p in polls):.2f} s")
+    assert [p.unanswered for p in polls if p.unanswered] == [], polls  # none waited
     listening = [p for p in polls if p.ping is not None]
     said_ready = [p for p in listening if p.ping == 200 or p.ready]
     assert all(p.models == 200 for p in said_ready), polls  # never a lie
@@ -350,16 +357,14 @@ def test_a_killed_engine_fails_requests_in_flight_with_503_and_its_worker_restar
 def watch_readiness(ts: TorchServe, model: str, *, timeout: float = 600) -> list[tuple]:
     """Poll describe-model and /ping every 0.5 s until the model's worker is READY; then
     send a request at once, which must be served. Returns the distinct (worker status,
-    /ping status) pairs seen, in order. Every poll must answer within 2 s."""
+    /ping status) pairs seen, in order. A poll with no answer within ``HANG_S`` fails."""
     from tests.e2e.ts_features import describe
 
     seen: list[tuple] = []
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        t0 = time.monotonic()
-        workers = describe(ts, model)[0]["workers"]
-        ping = httpx.get(f"{ts.inference_url}/ping", headers=auth(ts), timeout=2).status_code
-        assert time.monotonic() - t0 < 2, "a readiness poll did not answer at once"
+        workers = describe(ts, model, timeout=HANG_S)[0]["workers"]
+        ping = httpx.get(f"{ts.inference_url}/ping", headers=auth(ts), timeout=HANG_S).status_code
         ready = any(w["status"] == "READY" for w in workers)
         pair = ("READY" if ready else "not ready", ping)
         if not seen or seen[-1] != pair:
@@ -373,6 +378,7 @@ def watch_readiness(ts: TorchServe, model: str, *, timeout: float = 600) -> list
 
 def test_engine_dies_with_a_killed_worker_and_the_worker_comes_back(own_server):
     ts = own_server
+    ts.wait_ready("lifecycle", timeout=600)  # the test before kills an engine too
     assert chat_ok(ts)
     engines = engine_processes(ts)
     assert len(engines) >= 2  # EngineCore + Worker

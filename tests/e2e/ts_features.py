@@ -4,7 +4,6 @@ management API over TCP, and the vLLM processes under a worker."""
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 import time
@@ -195,13 +194,16 @@ def wait_probe(ts: TorchServe, model: str, version: str, timeout: float = 900) -
 
 def stream_outcome(url: str, body: dict, progress: dict, index: int, timeout: float = 300) -> dict:
     """Stream ``body``; record what the client saw: status, content chunks, [DONE], an
-    OpenAI error event (``error_event``: its ``error`` object), the exception if any, and
-    the tail of the body. ``timeout``: the longest wait for the next bytes."""
+    OpenAI error event (``error_event``: its ``error`` object), the exception if any, the
+    tail of the body, the last finish reason, and ``tokens``: the usage chunk's completion
+    tokens (when the body asks for it with ``stream_options``). ``runs``: how many
+    generations the chunks came from (their distinct ``created`` values). ``timeout``: the
+    longest wait for the next bytes."""
     seen = {"status": None, "chunks": 0, "done": False, "error": None, "tail": "", "runs": 0}
-    seen["error_event"] = None
+    seen |= {"error_event": None, "tokens": None, "finish_reason": None}
     progress[index] = seen
     text = ""
-    started: set[str] = set()  # each chunk's "created": one value per generation run
+    started: set[int] = set()
     try:
         with httpx.stream("POST", url, json=body, timeout=timeout) as reply:
             seen["status"] = reply.status_code
@@ -209,14 +211,18 @@ def stream_outcome(url: str, body: dict, progress: dict, index: int, timeout: fl
                 text += line + "\n"
                 if line == "data: [DONE]":
                     seen["done"] = True
-                elif line.startswith('data: {"error"'):
-                    seen["error_event"] = json.loads(line.removeprefix("data: "))["error"]
                 elif line.startswith("data: "):
-                    seen["chunks"] += 1
-                    created = re.search(r'"created":(\d+)', line)
-                    if created:
-                        started.add(created.group(1))
+                    event = json.loads(line.removeprefix("data: "))
+                    if "error" in event:
+                        seen["error_event"] = event["error"]
+                    elif event.get("usage") and not event["choices"]:
+                        seen["tokens"] = event["usage"]["completion_tokens"]
+                    else:
+                        seen["chunks"] += 1
+                        started.add(event["created"])
                         seen["runs"] = len(started)
+                        reason = event["choices"][0].get("finish_reason")
+                        seen["finish_reason"] = reason or seen["finish_reason"]
     except Exception as exc:  # a reset or a protocol error is an outcome too
         seen["error"] = f"{type(exc).__name__}: {exc}"
     seen["tail"] = text[-400:]
