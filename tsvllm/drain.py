@@ -8,7 +8,8 @@ environment):
 * the host creates ``drain`` (every model) or ``drain@<model>`` (one model, e.g. before
   unregistering it): each worker of that model answers new requests (and its readiness
   probe) 503 with ``Retry-After``, keeps serving the running ones, and writes its status
-  to ``worker-<pid>.json`` (``{"pid": .., "running": n}``) several times a second;
+  to ``worker-<pid>.json`` (``{"pid": .., "running": n}``) several times a second, for as
+  long as it drains (a cancelled drain removes it);
 * the host creates ``drain-pid-<pid>`` to drain one worker process only (``tsvllm scale``
   drains the workers TorchServe is about to remove, the others keep serving);
 * the host creates ``abort`` (``abort@<model>``, ``abort-pid-<pid>``) once the drain
@@ -114,6 +115,12 @@ def write_status(directory: Path, *, pid: int, running: int) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"pid": pid, "running": running}))
     os.replace(tmp, path)
+
+
+def clear_status(directory: Path, *, pid: int) -> None:
+    """Worker side: this worker no longer drains (the drain was cancelled): its status goes,
+    so that the next drain waits for a fresh one instead of reading this one's last count."""
+    (directory / f"worker-{pid}.json").unlink(missing_ok=True)
 
 
 def running(

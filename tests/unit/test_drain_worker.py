@@ -115,6 +115,9 @@ def test_a_cancelled_drain_takes_requests_again(handler, tmp_path):
     drain.cancel(tmp_path, model="tiny")
     watch.poll()
     assert not watch.draining
+    # its last count ("running: 0") is gone: the next drain waits for a fresh report
+    assert list(tmp_path.glob("worker-*.json")) == []
+    assert drain.running(tmp_path, [os.getpid()]) == {os.getpid(): None}
     ctx = make_context("v1/completions")
     asyncio.run(handler.handle([{"body": {"prompt": "x"}}], ctx))
     assert ctx.get_response_status(0)[0] == 200

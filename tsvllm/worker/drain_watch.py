@@ -60,7 +60,9 @@ class DrainWatch:
             return
         if self.draining and not asked_drain and not self.aborted:
             self.draining = False
+            drain.clear_status(self.directory, pid=self.pid)
             logger.info("tsvllm: drain cancelled: taking requests again")
+            return
         if asked_drain and not self.draining:
             self.draining = True
             logger.info("tsvllm: draining: new requests get 503; %d running", self._running())
