@@ -40,7 +40,7 @@ COSTLIEST_FIRST = (
     "e2e:test_torchserve_features.py",
     "e2e:test_launch.py",
     "e2e:test_lifecycle.py",
-    "e2e:test_multinode_lws.py",
+    "e2e:test_container_lws.py",
     "e2e:test_torchserve_vllm_flow.py",
     "e2e:test_vllm_parity.py",
     "e2e:test_audit.py",

@@ -170,3 +170,12 @@ def smollm2(server, key):
 @pytest.fixture(scope="session")
 def rag(server, key):
     return client(server, key, "rag")
+
+
+@pytest.fixture(scope="session")
+def image() -> str:
+    """The CPU image, built by scripts/image.sh (once per xdist worker that needs it; the
+    layer cache makes a second build seconds)."""
+    from tests.e2e.containers import build_image
+
+    return build_image()

@@ -1,15 +1,15 @@
-"""A LeaderWorkerSet group's pods as processes: the image's ENTRYPOINT plus each pod's args,
-with ``$(VAR)`` expanded the way Kubernetes expands it, and the pod's literal environment.
+"""A LeaderWorkerSet group's pods as a container runtime gets them: each pod's args, with
+``$(VAR)`` expanded the way Kubernetes expands it, its environment, and the settings of its
+pod spec that a ``podman run`` flag carries (user, capabilities, shared memory).
 
-Used by the two-host test (``test_multinode_lws.py``) to run exactly what a generated
-``leaderworkerset.yaml`` says, and by a unit test that checks the argv it builds.
+Used by the container test (``test_container_lws.py``) to run exactly what a generated
+``leaderworkerset.yaml`` says, and by a unit test that checks what it builds.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,18 +22,18 @@ _REF = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 
 @dataclass(frozen=True)
 class Pod:
-    argv: list[str]
+    """``args``: after the image's ENTRYPOINT; ``flags``: ``podman run`` flags for the pod
+    spec's security context and its shared-memory volume."""
+
+    args: list[str]
     env: dict[str, str]
+    flags: list[str]
 
 
 def image_entrypoint(dockerfile: Path = REPO / "docker" / "Dockerfile.cpu") -> list[str]:
-    """The image's ENTRYPOINT without tini (PID 1 in a container; not needed in a test),
-    with this venv's Python for ``python3``."""
+    """The image's ENTRYPOINT, as the Dockerfile writes it."""
     line = next(x for x in dockerfile.read_text().splitlines() if x.startswith("ENTRYPOINT"))
-    argv = json.loads(line.removeprefix("ENTRYPOINT"))
-    if argv[:2] == ["tini", "--"]:
-        argv = argv[2:]
-    return [sys.executable if a == "python3" else a for a in argv]
+    return json.loads(line.removeprefix("ENTRYPOINT"))
 
 
 def expand(text: str, env: dict[str, str]) -> str:
@@ -50,11 +50,12 @@ def pod(
     pod_ip: str,
     env_here: dict[str, str] | None = None,
 ) -> Pod:
-    """The process of pod ``index`` of a group (``role``: leaderTemplate or workerTemplate):
-    what the LWS controller injects, the container's literal env, status.podIP, then
-    ``env_here`` (what differs on this machine), and the args expanded in that env."""
+    """Pod ``index`` of a group (``role``: leaderTemplate or workerTemplate): what the LWS
+    controller injects, the container's literal env, status.podIP, then ``env_here`` (what
+    differs on this machine), and the args expanded in that env."""
     lwt = lws["spec"]["leaderWorkerTemplate"]
-    container = lwt[role]["spec"]["containers"][0]
+    spec = lwt[role]["spec"]
+    container = spec["containers"][0]
     env = {
         "LWS_LEADER_ADDRESS": leader_address,
         "LWS_GROUP_SIZE": str(lwt["size"]),
@@ -66,7 +67,23 @@ def pod(
             env[item["name"]] = pod_ip
     env.update(env_here or {})
     args = [expand(a, env) for a in container.get("args") or []]
-    return Pod(argv=[*image_entrypoint(), *args], env=env)
+    return Pod(args=args, env=env, flags=_run_flags(spec, container))
+
+
+def _run_flags(spec: dict[str, Any], container: dict[str, Any]) -> list[str]:
+    """The pod's user and group, dropped capabilities, no privilege escalation, and its
+    memory-backed /dev/shm volume's size."""
+    pod_security = spec.get("securityContext") or {}
+    flags = [f"--user={pod_security['runAsUser']}:{pod_security['runAsGroup']}"]
+    security = container.get("securityContext") or {}
+    flags += [f"--cap-drop={cap}" for cap in _get(security, "capabilities", "drop") or []]
+    if security.get("allowPrivilegeEscalation") is False:
+        flags.append("--security-opt=no-new-privileges")
+    for volume in spec.get("volumes") or []:
+        if _get(volume, "emptyDir", "medium") == "Memory":
+            size = volume["emptyDir"]["sizeLimit"]  # Kubernetes' "400Mi": podman's "400m"
+            flags.append(f"--shm-size={size.removesuffix('Mi')}m")
+    return flags
 
 
 def _get(data: Any, *keys: str) -> Any:

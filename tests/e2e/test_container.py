@@ -20,7 +20,6 @@ from tests.e2e.containers import (
     REPO,
     VLLM_ARGS,
     Container,
-    build_image,
     get,
     openai_client,
     podman,
@@ -41,11 +40,6 @@ MODEL_ENV = {
 }
 #: vLLM's engine needs more shared memory than a container's default 64 MB (docs/DEPLOY.md)
 SHM = "--shm-size=1g"
-
-
-@pytest.fixture(scope="session")
-def image() -> str:
-    return build_image()
 
 
 def model_mount(tiny_model) -> str:

@@ -1,10 +1,10 @@
 """One engine over several pods: the LeaderWorkerSet `tsvllm deploy k8s` writes, the checks
 `tsvllm validate` makes on it, and the container entrypoint's two roles. Offline and fast;
-the group runs for real in tests/e2e/test_multinode_lws.py, from the same commands."""
+the group runs for real in tests/e2e/test_container_lws.py, from the same commands."""
 
 from __future__ import annotations
 
-import sys
+import re
 from pathlib import Path
 
 import pytest
@@ -92,7 +92,9 @@ def test_the_worker_pods_command_is_tsvllm_worker_node(big_lws):
     assert worker_args() == flags[1:]
     for dockerfile in ("Dockerfile", "Dockerfile.cpu"):
         assert image_entrypoint(REPO / "docker" / dockerfile) == [
-            sys.executable,
+            "tini",
+            "--",
+            "python3",
             "-m",
             "tsvllm.host.entrypoint",
         ]
@@ -100,16 +102,22 @@ def test_the_worker_pods_command_is_tsvllm_worker_node(big_lws):
     lws = _lws(big_lws)
     worker = pod(lws, "workerTemplate", index=3, leader_address="l.svc", pod_ip="1.2.3.4")
     assert (
-        worker.argv[3:]
+        worker.args
         == follower_command("/tmp/tsvllm/model-config.yaml", node_rank=3, master_addr="l.svc")[1:]
     )
     assert worker.env["VLLM_HOST_IP"] == "1.2.3.4"
+    assert worker.flags[:3] == [
+        "--user=10001:10001",
+        "--cap-drop=ALL",
+        "--security-opt=no-new-privileges",
+    ]
+    assert re.fullmatch(r"--shm-size=\d+m", worker.flags[3])
     moved = pod(lws, "workerTemplate", index=1, leader_address="l", pod_ip="i", env_here=here)
-    assert moved.argv[moved.argv.index("--config") + 1] == "/w/model-config.yaml"
-    args = ep._parser().parse_args(worker.argv[3:])
+    assert moved.args[moved.args.index("--config") + 1] == "/w/model-config.yaml"
+    args = ep._parser().parse_args(worker.args)
     assert (args.mode, args.node_rank, args.master_addr) == ("worker-node", 3, "l.svc")
     leader = pod(lws, "leaderTemplate", index=0, leader_address="l.svc", pod_ip="1.2.3.5")
-    args = ep._parser().parse_args(leader.argv[3:])
+    args = ep._parser().parse_args(leader.args)
     assert (args.mode, args.master_addr) == (None, "l.svc")
 
 

@@ -10,9 +10,9 @@ environment (``VLLM_ARGS`` with ``--nnodes N``); only the image's entrypoint fla
   $(LWS_LEADER_ADDRESS)`` (:func:`worker_args`), the flags of ``tsvllm worker-node`` from
   :func:`tsvllm.host.worker_node.follower_command`.
 
-The two-host e2e test (``tests/e2e/test_multinode_lws.py``) runs exactly these commands,
-read from a generated ``leaderworkerset.yaml``. :func:`group_problems` is what
-``tsvllm validate`` checks on a group.
+The container e2e test (``tests/e2e/test_container_lws.py``) runs exactly these pods, read
+from a generated ``leaderworkerset.yaml``, as two containers of the image.
+:func:`group_problems` is what ``tsvllm validate`` checks on a group.
 """
 
 from __future__ import annotations
