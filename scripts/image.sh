@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
-# Build the CPU container image from docker/Dockerfile.cpu with podman (or docker where its
-# daemon runs), tag it tsvllm-cpu:<version>, and print the build time and the image size.
+# Build a container image with podman (or docker where its daemon runs): the CPU one from
+# docker/Dockerfile.cpu by default, tagged tsvllm-cpu:<version>; print build time and size.
 #
 #   scripts/image.sh
+#   TSVLLM_DOCKERFILE=docker/Dockerfile scripts/image.sh     # the GPU image, tsvllm:<version>
 #
 # Settings (environment):
-#   TSVLLM_IMAGE        the tag (default tsvllm-cpu:<version from setup.py>)
-#   TSVLLM_IMAGE_BASE   the base image (default debian:bookworm-slim). When it is not present
-#                       and cannot be pulled (no registry reachable), a Debian bookworm base is
-#                       made here with mmdebstrap and imported as localhost/tsvllm-base:bookworm.
+#   TSVLLM_DOCKERFILE   the Dockerfile (default docker/Dockerfile.cpu; docker/Dockerfile: GPU)
+#   TSVLLM_IMAGE        the tag (default tsvllm-cpu:<version from setup.py>; GPU: tsvllm:<version>)
+#   TSVLLM_TARGET       build up to this stage only (runtime, dependencies; default: all)
+#   TSVLLM_IMAGE_BASE   the base image (default: the Dockerfile's ARG BASE). When a Debian
+#                       bookworm base is not present and cannot be pulled (no registry
+#                       reachable), it is made here with mmdebstrap and imported as
+#                       localhost/tsvllm-base:bookworm.
 #   TORCH_INDEX         the CPU torch wheel's index (default PyPI's CPU index at pytorch.org;
 #                       when it is unreachable, the pip settings below must provide the wheel)
 # This machine's pip settings (its pip config files and PIP_* variables: indexes, wheel
@@ -28,8 +32,14 @@ else
   exit 1
 fi
 VERSION=$(sed -n 's/^ *version="\([^"]*\)".*/\1/p' setup.py)
-IMAGE="${TSVLLM_IMAGE:-tsvllm-cpu:$VERSION}"
-BASE="${TSVLLM_IMAGE_BASE:-debian:bookworm-slim}"
+DOCKERFILE="${TSVLLM_DOCKERFILE:-docker/Dockerfile.cpu}"
+if [ "$DOCKERFILE" = docker/Dockerfile.cpu ]; then
+  IMAGE="${TSVLLM_IMAGE:-tsvllm-cpu:$VERSION}"
+else
+  IMAGE="${TSVLLM_IMAGE:-tsvllm:$VERSION}"
+fi
+# the Dockerfile's own default base (ARG BASE=...) unless TSVLLM_IMAGE_BASE names another
+BASE="${TSVLLM_IMAGE_BASE:-$(sed -n 's/^ARG BASE=//p' "$DOCKERFILE")}"
 TORCH_INDEX="${TORCH_INDEX-https://download.pytorch.org/whl/cpu}"
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
@@ -37,6 +47,13 @@ trap 'rm -rf "$WORK"' EXIT
 image_exists() { "$ENGINE" image inspect "$1" >/dev/null 2>&1; }
 
 if ! image_exists "$BASE" && ! timeout 60 "$ENGINE" pull -q "$BASE" >/dev/null 2>&1; then
+  case "$BASE" in
+    debian:bookworm*) ;;  # a Debian bookworm base can be made here
+    *)
+      echo "image: cannot pull $BASE (pull it, or set TSVLLM_IMAGE_BASE to an image you have)" >&2
+      exit 1
+      ;;
+  esac
   LOCAL_BASE=localhost/tsvllm-base:bookworm
   if ! image_exists "$LOCAL_BASE"; then
     command -v mmdebstrap >/dev/null 2>&1 || {
@@ -95,6 +112,9 @@ with open(sys.argv[1], "w") as out:
 Path(sys.argv[2]).write_text("".join(f"{s}:{t}:ro\n" for s, t in mounts.items()))
 EOF
 BUILD_ARGS=(--build-arg "BASE=$BASE" --build-arg "TORCH_INDEX=$TORCH_INDEX")
+if [ -n "${TSVLLM_TARGET:-}" ]; then
+  BUILD_ARGS+=(--target "$TSVLLM_TARGET")
+fi
 BUILD_ARGS+=(--secret "id=pip.conf,src=$WORK/pip.conf")
 if [ "$ENGINE" = podman ]; then
   while read -r mount; do
@@ -104,8 +124,8 @@ else
   export DOCKER_BUILDKIT=1  # docker build mounts no host folders: the pip settings alone go in
 fi
 
-echo "image: building $IMAGE from $BASE with $ENGINE"
+echo "image: building $IMAGE from $DOCKERFILE${TSVLLM_TARGET:+ (up to stage $TSVLLM_TARGET)} on $BASE with $ENGINE"
 START=$SECONDS
-"$ENGINE" build -f docker/Dockerfile.cpu -t "$IMAGE" "${BUILD_ARGS[@]}" .
+"$ENGINE" build -f "$DOCKERFILE" -t "$IMAGE" "${BUILD_ARGS[@]}" .
 SIZE=$("$ENGINE" image inspect "$IMAGE" --format '{{.Size}}')
 echo "image: $IMAGE built in $((SECONDS - START)) s; $((SIZE / 1000000)) MB"

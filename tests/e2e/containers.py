@@ -40,15 +40,16 @@ def podman(*args: str, timeout: float = 120, check: bool = True) -> subprocess.C
     )
 
 
-def build_image() -> str:
-    """scripts/image.sh; the tag. Test files on other xdist workers build one after the
-    other (a lock file), so that the later ones get the layer cache (seconds), not a second
-    cold build beside the first."""
+def build_image(**settings: str) -> str:
+    """scripts/image.sh with ``settings`` (its TSVLLM_* variables); the tag. Test files on
+    other xdist workers build one after the other (a lock file), so that the later ones get
+    the layer cache (seconds), not a second cold build beside the first."""
     lock = Path(tempfile.gettempdir()) / "tsvllm-test-image-build.lock"
     with lock.open("w") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
         out = subprocess.run(
             [str(REPO / "scripts" / "image.sh")],
+            env={**os.environ, **settings},
             capture_output=True,
             text=True,
             timeout=3600,

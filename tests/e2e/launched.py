@@ -1,5 +1,5 @@
-"""`tsvllm launch` and the container entrypoint as a user and a container runtime run them,
-in the foreground, and the checks that nothing they started outlives them."""
+"""`tsvllm launch` as a user runs it, in the foreground, and the checks that nothing it
+started outlives it."""
 
 from __future__ import annotations
 

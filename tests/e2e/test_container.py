@@ -20,6 +20,7 @@ from tests.e2e.containers import (
     REPO,
     VLLM_ARGS,
     Container,
+    build_image,
     get,
     openai_client,
     podman,
@@ -103,6 +104,29 @@ def test_plain_run_refuses_a_request_without_the_key(plain):
     with pytest.raises(openai.AuthenticationError):
         openai_client(plain).models.list()
     assert get(plain, LIVENESS_ROUTE).status_code == 200  # probes need no key
+
+
+def test_the_gpu_dockerfile_builds_up_to_the_step_that_needs_vllms_cuda_base(image):
+    """No GPU and no registry here: docker/Dockerfile is built on a stand-in for
+    vllm/vllm-openai (the CPU Dockerfile's ``runtime`` stage: Debian, Python 3, venv) up to
+    its ``dependencies`` stage, with the same build settings. What it installs imports; the
+    next step needs the base's vLLM (CUDA), which the stand-in does not have."""
+    stand_in, gpu = "localhost/tsvllm-test-gpu-base:stand-in", "localhost/tsvllm-test-gpu:deps"
+    try:
+        build_image(TSVLLM_TARGET="runtime", TSVLLM_IMAGE=stand_in)
+        built = build_image(
+            TSVLLM_DOCKERFILE="docker/Dockerfile",
+            TSVLLM_TARGET="dependencies",
+            TSVLLM_IMAGE_BASE=stand_in,
+            TSVLLM_IMAGE=gpu,
+        )
+        assert built == gpu
+        python = ("run", "--rm", "--entrypoint=/opt/venv/bin/python", gpu, "-c")
+        podman(*python, "import ts, model_archiver, google.cloud.storage, boto3, pydantic")
+        missing = podman(*python, "import vllm", check=False)
+        assert "No module named 'vllm'" in missing.stderr, missing.stderr
+    finally:
+        podman("rmi", "--force", gpu, stand_in, check=False)
 
 
 def test_the_image_holds_no_build_settings_and_runs_as_non_root(image):
