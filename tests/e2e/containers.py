@@ -109,9 +109,8 @@ class Container:
     """One container of the image, started detached with ``flags`` and ``env``; its
     inference ``port`` published on 127.0.0.1 only, unless ``address`` is given (the
     container's own address on a test network, reached from inside a container's network
-    namespace) or ``publish``
-    is false (a container in another one's network namespace, or in the host's, where it
-    listens on ``port``)."""
+    namespace) or ``publish`` is false (a container in another one's network namespace, or
+    in the host's, where it listens on ``port``)."""
 
     def __init__(
         self,
