@@ -70,10 +70,15 @@ class Stream:
 
 
 def start_streams(
-    url: str, *, model: str, max_tokens: int = TOKENS, headers: dict[str, str] | None = None
+    url: str,
+    *,
+    model: str,
+    max_tokens: int = TOKENS,
+    headers: dict[str, str] | None = None,
+    count: int = STREAMS,
 ) -> list[tuple[Stream, threading.Thread]]:
-    """:data:`STREAMS` streams, each running (with a first event) when this returns."""
-    streams = [Stream(url, max_tokens, model, dict(headers or {})) for _ in range(STREAMS)]
+    """``count`` streams, each running (with a first event) when this returns."""
+    streams = [Stream(url, max_tokens, model, dict(headers or {})) for _ in range(count)]
     threads = [threading.Thread(target=s.run, daemon=True) for s in streams]
     for t in threads:
         t.start()

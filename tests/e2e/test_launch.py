@@ -105,8 +105,9 @@ class TestWithoutTokenAuth:
 
 @pytest.fixture(scope="class")
 def keyed_launch(tmp_path_factory, tiny_model) -> Iterator[Launch]:
-    # a drain timeout far shorter than LONG streams, for the class's last test
-    yield from launched(tmp_path_factory, tiny_model, "--drain-timeout", "1")
+    # a drain timeout of 0 (end what runs at once), for the class's last test: on an idle
+    # machine the tiny model finished LONG streams within a 1 s timeout
+    yield from launched(tmp_path_factory, tiny_model, "--drain-timeout", "0")
 
 
 def key_of(la: Launch) -> str:
@@ -163,8 +164,10 @@ class TestWithTokenAuth:
         url = f"{la.url}/chat/completions"
         auth = {"Authorization": f"Bearer {key_of(la)}"}
         session = la.proc.pid
-        # far longer than the 1 s drain timeout
-        running = start_streams(url, model="launched", max_tokens=LONG, headers=auth)
+        # 4, not 12: here the server ran 8 streams at once; the others got their first event
+        # only as earlier ones ended, so by the time all 12 had started, the tiny model had
+        # finished some (once all) of them
+        running = start_streams(url, model="launched", max_tokens=LONG, headers=auth, count=4)
         sent = time.monotonic()
         la.proc.send_signal(signal.SIGTERM)
         streams = join(running, timeout=120)
@@ -173,7 +176,7 @@ class TestWithTokenAuth:
         ended = [s for s in streams if s.errors]
         for s in streams:
             assert s.error is None and s.done, (s.error, s.events[-3:], out)
-        assert ended, "no stream was ended: they were not longer than the drain timeout"
+        assert ended, f"no stream was ended: they were not longer than the drain timeout\n{out}"
         for s in ended:
             assert "error" in s.events[-1] or s.events[-1].get("usage"), s.events[-2:]
         assert code == 3, out
