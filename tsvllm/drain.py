@@ -109,9 +109,14 @@ def gone_requests(directory: Path) -> set[str]:
         return set()
 
 
+def status_path(directory: Path, pid: int) -> Path:
+    """Where worker ``pid`` writes its status while it drains."""
+    return directory / f"worker-{pid}.json"
+
+
 def write_status(directory: Path, *, pid: int, running: int) -> None:
     """Worker side: this worker's running count, replaced atomically."""
-    path = directory / f"worker-{pid}.json"
+    path = status_path(directory, pid)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"pid": pid, "running": running}))
     os.replace(tmp, path)
@@ -120,7 +125,7 @@ def write_status(directory: Path, *, pid: int, running: int) -> None:
 def clear_status(directory: Path, *, pid: int) -> None:
     """Worker side: this worker no longer drains (the drain was cancelled): its status goes,
     so that the next drain waits for a fresh one instead of reading this one's last count."""
-    (directory / f"worker-{pid}.json").unlink(missing_ok=True)
+    status_path(directory, pid).unlink(missing_ok=True)
 
 
 def running(
@@ -130,7 +135,7 @@ def running(
     with ``since`` (wall clock), not since then)."""
     out: dict[int, int | None] = {}
     for pid in pids:
-        path = directory / f"worker-{pid}.json"
+        path = status_path(directory, pid)
         try:
             if since is not None and path.stat().st_mtime < since:
                 raise ValueError("an older status")
