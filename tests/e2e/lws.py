@@ -14,9 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tsvllm.config import dump_model_config, load_model_config
 from tsvllm.deploy.common import plain_env
 
 REPO = Path(__file__).resolve().parents[2]
+#: the master port of :func:`two_node_config`'s engine
+MASTER_PORT = 29555
 _REF = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 
 
@@ -90,3 +93,25 @@ def _get(data: Any, *keys: str) -> Any:
     for key in keys:
         data = data.get(key) if isinstance(data, dict) else None
     return data
+
+
+def two_node_config(
+    directory: Path, *, model: Path | None = None, startup_timeout: int | None = None
+) -> Path:
+    """tiny-cpu.yaml as one engine over two nodes (tensor parallel 2, one rank per node),
+    written to ``directory/mn.yaml``: what the LeaderWorkerSet tests deploy. ``model``: the
+    weights folder (default: the config's own path). ``master_addr`` is a placeholder: each
+    pod gets ``--master-addr $(LWS_LEADER_ADDRESS)``."""
+    cfg = load_model_config(REPO / "model_configs" / "tiny-cpu.yaml")
+    engine = {
+        **cfg.handler.vllm_engine_config,
+        "tensor_parallel_size": 2,
+        "nnodes": 2,
+        "master_addr": "10.0.0.1",
+        "master_port": MASTER_PORT,
+    }
+    handler = {"vllm_engine_config": engine} | ({"model_path": str(model)} if model else {})
+    update = {"handler": cfg.handler.model_copy(update=handler)}
+    if startup_timeout is not None:
+        update["startupTimeout"] = startup_timeout
+    return dump_model_config(cfg.model_copy(update=update), directory / "mn.yaml")

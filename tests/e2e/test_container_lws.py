@@ -16,35 +16,16 @@ import openai
 import pytest
 import yaml
 
-from tests.e2e.containers import REPO, Container, internal_network, podman
-from tests.e2e.lws import pod
+from tests.e2e.containers import Container, internal_network, podman
+from tests.e2e.lws import pod, two_node_config
 from tests.e2e.netns import inside
 from tests.e2e.test_multinode import TOKENS, _complete
-from tsvllm.config import dump_model_config, load_model_config
 from tsvllm.contract import OPENAI_BASE
 from tsvllm.deploy import DeployOptions, generate
 from tsvllm.deploy.validate import validate_dir
 
-MASTER_PORT = 29500
 #: a request with no answer within this long waited for an engine that is gone
 HANG_S = 30
-
-
-def _config(tmp, model) -> str:
-    """tiny-cpu.yaml as a two-node engine (tensor parallel 2, one rank per pod)."""
-    cfg = load_model_config(REPO / "model_configs" / "tiny-cpu.yaml")
-    engine = {
-        **cfg.handler.vllm_engine_config,
-        "tensor_parallel_size": 2,
-        "nnodes": 2,
-        "master_addr": "10.0.0.1",  # a pod gets --master-addr $(LWS_LEADER_ADDRESS)
-        "master_port": MASTER_PORT,
-    }
-    handler = cfg.handler.model_copy(
-        update={"model_path": str(model), "vllm_engine_config": engine}
-    )
-    cfg = cfg.model_copy(update={"handler": handler, "startupTimeout": 300})
-    return str(dump_model_config(cfg, tmp / "mn.yaml"))
 
 
 def test_a_leader_worker_set_serves_as_two_containers_and_stops_cleanly(
@@ -52,7 +33,8 @@ def test_a_leader_worker_set_serves_as_two_containers_and_stops_cleanly(
 ):
     out = tmp_path / "k8s"
     options = DeployOptions(name="mn", weights="local", image=image)
-    generate("k8s", _config(tmp_path, tiny_model), out=out, options=options)
+    config = two_node_config(tmp_path, model=tiny_model, startup_timeout=300)
+    generate("k8s", config, out=out, options=options)
     assert validate_dir(out) == []
     lws = yaml.safe_load((out / "leaderworkerset.yaml").read_text())
     group = lws["spec"]["leaderWorkerTemplate"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.e2e.lws import image_entrypoint, pod
+from tests.e2e.lws import MASTER_PORT, image_entrypoint, pod, two_node_config
 from tests.unit.test_deploy import REPO, broken_copy, load
 from tsvllm.config import dump_model_config, load_model_config
 from tsvllm.deploy import DeployError, DeployOptions, generate
@@ -29,20 +29,6 @@ from tsvllm.host.entrypoint import EntrypointError
 from tsvllm.host.worker_node import follower_command
 
 BIG = REPO / "model_configs" / "llama-3.1-405b-instruct-fp8-tp8.yaml"  # TP 8, gpu
-
-
-def _cpu_two_nodes(tmp_path: Path) -> Path:
-    """tiny-cpu.yaml as one engine over two nodes (what the e2e test deploys)."""
-    cfg = load_model_config(REPO / "model_configs" / "tiny-cpu.yaml")
-    engine = {
-        **cfg.handler.vllm_engine_config,
-        "tensor_parallel_size": 2,
-        "nnodes": 2,
-        "master_addr": "10.0.0.1",
-        "master_port": 29555,
-    }
-    handler = cfg.handler.model_copy(update={"vllm_engine_config": engine})
-    return dump_model_config(cfg.model_copy(update={"handler": handler}), tmp_path / "mn.yaml")
 
 
 def _lws(out: Path) -> dict:
@@ -122,7 +108,7 @@ def test_the_worker_pods_command_is_tsvllm_worker_node(big_lws):
 
 
 def test_a_cpu_config_with_nnodes_is_a_group_without_gpus(tmp_path):
-    config = _cpu_two_nodes(tmp_path)
+    config = two_node_config(tmp_path)
     out = tmp_path / "k8s"
     generate("k8s", config, out=out)
     assert validate_dir(out) == []
@@ -130,7 +116,7 @@ def test_a_cpu_config_with_nnodes_is_a_group_without_gpus(tmp_path):
     assert "nvidia.com/gpu" not in leader["resources"]["limits"]
     env = {e["name"]: e.get("value") for e in worker["env"]}
     assert env["TENSOR_PARALLEL_SIZE"] == "2" and env["TSVLLM_DEVICE"] == "cpu"
-    assert "--nnodes 2" in env["VLLM_ARGS"] and "--master-port 29555" in env["VLLM_ARGS"]
+    assert "--nnodes 2" in env["VLLM_ARGS"] and f"--master-port {MASTER_PORT}" in env["VLLM_ARGS"]
     assert "10.0.0.1" not in (out / "leaderworkerset.yaml").read_text()
     assert "worker-node --node-rank $(LWS_WORKER_INDEX)" in (out / "README.md").read_text()
     for platform in ("azureml", "vertex"):
