@@ -110,6 +110,8 @@ def _cmd_bench_serve(args: argparse.Namespace) -> int:
         sides=args.sides.split(","),
         json_path=args.json,
         plot_path=args.plot,
+        engine=args.engine,
+        null_tokens_per_s=args.null_tokens_per_s,
     )
 
 
@@ -446,6 +448,21 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--rounds", type=int, default=3, help="measured rounds (medians)")
     p.add_argument("--warmup", type=int, default=1, help="rounds run first and not counted")
+    p.add_argument(
+        "--engine",
+        choices=["model", "null"],
+        default="model",
+        help="model: the model generates; null: no model, every engine step answers at once "
+        "with real token ids, so only the serving layer (HTTP, OpenAI layer, detokenizing, "
+        "scheduler) is measured, the same way on every side",
+    )
+    p.add_argument(
+        "--null-tokens-per-s",
+        type=float,
+        default=0,
+        help="with --engine null: engine steps per second (one token per running request "
+        "each), like a device decoding at that rate; 0 (the default): no wait",
+    )
     p.add_argument("--json", help="write the report here")
     p.add_argument("--plot", help="write a PNG plot here")
     p.set_defaults(func=_cmd_bench_serve)

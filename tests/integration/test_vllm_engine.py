@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import os
 
 import pytest
 
+from tests.integration.engines import running_engine
 from tsvllm.engine.base import Api
 from tsvllm.engine.vllm_engine import (
     EngineArgsError,
-    VllmEngine,
     engine_argv,
     parse_engine_args,
 )
@@ -36,26 +35,8 @@ def test_vllm_parser_accepts_known_args():
 
 @pytest.fixture(scope="module")
 def engine(tiny_model):
-    with pytest.MonkeyPatch.context() as mp:  # for the engine's lifetime, then restored
-        if "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
-            mp.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
-        model = tiny_model
-        args = parse_engine_args(
-            engine_argv(model=str(model), engine_args=ENGINE_ARGS, served_model_name=["tiny"])
-        )
-        loop = asyncio.new_event_loop()
-        eng = loop.run_until_complete(VllmEngine.start(args))
-        try:
-            yield eng, loop
-        finally:
-            # inside the loop, so vLLM closes its sockets now (else zmq hangs at exit)
-            loop.run_until_complete(_in_loop(eng.shutdown))
-            loop.close()
-
-
-async def _in_loop(fn):
-    fn()
-    await asyncio.sleep(0)
+    with running_engine(tiny_model, engine_args=ENGINE_ARGS) as running:
+        yield running
 
 
 def test_generate_full_and_stream(engine):

@@ -79,16 +79,22 @@ def test_new_vanished_and_reused_processes():
     assert used == pytest.approx({"server": 0.25, "frontend": 0.5, "engine": 0.75})
 
 
-def test_ms_per_request_and_serving_is_frontend_plus_server():
-    per = serve.cpu_ms_per_request({"server": 0.2, "frontend": 0.12, "engine": 1.6}, 64)
+def test_ms_per_request_and_chunk_serving_is_frontend_plus_server_and_roles_add_up():
+    used = {"server": 0.2, "frontend": 0.12, "engine": 1.6}
+    per = serve.cpu_ms_per_request(used, 64, chunks=640)
     assert per == pytest.approx(
         {
             "cpu_ms_per_req_server": 3.125,
             "cpu_ms_per_req_frontend": 1.875,
             "cpu_ms_per_req_engine": 25.0,
             "cpu_ms_per_req_serving": 5.0,
+            "cpu_ms_per_req_total": 30.0,
+            "cpu_ms_per_chunk_serving": 0.5,
         }
     )
+    roles = sum(per[f"cpu_ms_per_req_{role}"] for role in serve.ROLES)
+    assert roles == pytest.approx(per["cpu_ms_per_req_total"])
+    assert "cpu_ms_per_chunk_serving" not in serve.cpu_ms_per_request(used, 64)  # not streamed
     assert serve.cpu_ms_per_request({"server": 1.0, "frontend": 0, "engine": 0}, 0) == {}
 
 
@@ -200,15 +206,21 @@ def test_the_report_has_cpu_per_request_per_side_mode_and_api(monkeypatch, tmp_p
             assert b[shape][mode]["cpu_ms_per_req_serving"] == pytest.approx(15.0)
             assert b[shape][mode]["cpu_ms_per_req_engine"] == pytest.approx(20.0)
     ratios = report["ratios"]["b/a"]
-    assert ratios["chat:64x16x32"]["stream_serving_cpu_ms_per_req_delta"] == pytest.approx(5.0)
+    assert ratios["chat:64x16x32"]["stream_cpu_ms_per_req_serving"] == pytest.approx(1.5)
     assert ratios["embeddings:64x16x8"] == {
         "non_stream_tok_per_s": 1.0,
-        "non_stream_serving_cpu_ms_per_req_delta": 5.0,
-    }
+        "non_stream_req_per_s": 1.0,
+        "non_stream_latency_p50_ms": 1.0,
+        "non_stream_latency_p99_ms": 1.0,
+        "non_stream_cpu_ms_per_req_server": 0.5,
+        "non_stream_cpu_ms_per_req_engine": 1.0,
+        "non_stream_cpu_ms_per_req_serving": 1.5,
+        "non_stream_cpu_ms_per_req_total": pytest.approx(35 / 30, abs=1e-3),
+    }  # no frontend ratio: a has none to divide by
     table = serve.render(report).splitlines()
     assert "srv ms/req" in table[0] and "eng ms/req" in table[0]
     row = next(line for line in table if line.startswith("b    embeddings:64x16x8"))
-    assert row.split()[-2:] == ["15.00", "20.00"]
+    assert row.split()[-3:] == ["15.00", "20.00", "-"]  # no chunks: not streamed
 
 
 def test_an_embeddings_only_bench_probes_with_an_embedding(monkeypatch, tmp_path):

@@ -57,6 +57,7 @@ def test_medians_over_rounds_and_ratios_b_over_a():
     assert ratios(a, b) == {
         "non_stream_tok_per_s": 0.9,
         "stream_tok_per_s": 0.8,
+        "stream_ttft_p50_ms": 1.12,  # a ratio for every figure both sides have
         "stream_ttft_p50_overhead_ms": 3.0,
     }
     assert side_ratios(a, b) == {"cold_start": 1.1, "peak_rss_delta_mb": 200.0}

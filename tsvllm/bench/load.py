@@ -6,7 +6,8 @@
 
 Completions and chat: sends the same fixed prompts with ``ignore_eos`` (so every request
 makes exactly ``max_tokens`` tokens), counts tokens from ``usage`` (never from chunks: vLLM
-coalesces deltas), and measures latency, time to first token and inter-token latency.
+coalesces deltas), and measures latency, time to first token, inter-token latency (a
+request's mean; p50 and p99 over requests) and the chunks streamed (events with choices).
 Embeddings (``v1/embeddings``, never streamed): each request embeds ``--max-tokens`` texts
 (the load shape's third number is the batch), and the tokens counted are the input tokens
 (``usage.prompt_tokens``): tok/s is input tokens embedded per second.
@@ -79,6 +80,8 @@ def summarize(samples: list[dict[str, Any]], *, wall_s: float) -> dict[str, Any]
         "ttft_p50_ms": round(percentile(ttft, 50), 1) if ttft else None,
         "ttft_p99_ms": round(percentile(ttft, 99), 1) if ttft else None,
         "itl_p50_ms": round(statistics.median(itl), 2) if itl else None,
+        "itl_p99_ms": round(percentile(itl, 99), 2) if itl else None,
+        "chunks": sum(s.get("chunks", 0) for s in ok),
     }
 
 
@@ -95,7 +98,7 @@ async def _one(client: Any, url: str, body: dict[str, Any], *, stream: bool) -> 
                 "tokens": usage.get("completion_tokens") or usage["prompt_tokens"],
             }
         first = last = None
-        tokens = 0
+        tokens = chunks = 0
         async with client.stream(
             "POST", url, json={**body, "stream": True, "stream_options": {"include_usage": True}}
         ) as resp:
@@ -108,6 +111,7 @@ async def _one(client: Any, url: str, body: dict[str, Any], *, stream: bool) -> 
                 if chunk.get("choices"):
                     first = first or now
                     last = now
+                    chunks += 1
                 if chunk.get("usage"):
                     tokens = chunk["usage"]["completion_tokens"]
         end = time.perf_counter()
@@ -117,6 +121,7 @@ async def _one(client: Any, url: str, body: dict[str, Any], *, stream: bool) -> 
             "tokens": tokens,
             "ttft_s": (first - start) if first else None,
             "itl_s": itl,
+            "chunks": chunks,
         }
     except Exception as exc:  # counted, reported, never hidden
         return {"latency_s": time.perf_counter() - start, "tokens": 0, "error": repr(exc)}

@@ -166,13 +166,20 @@ def cpu_used(
     return used
 
 
-def cpu_ms_per_request(used: dict[str, float], requests: int) -> dict[str, float]:
-    """``cpu_ms_per_req_<role>`` and ``cpu_ms_per_req_serving`` (frontend + server)."""
+def cpu_ms_per_request(
+    used: dict[str, float], requests: int, *, chunks: int = 0
+) -> dict[str, float]:
+    """``cpu_ms_per_req_<role>``, ``cpu_ms_per_req_serving`` (frontend + server) and
+    ``cpu_ms_per_req_total`` (every role); with ``chunks`` (a stream's events),
+    ``cpu_ms_per_chunk_serving`` too."""
     if requests <= 0:
         return {}
     out = {f"cpu_ms_per_req_{role}": round(used[role] * 1000 / requests, 3) for role in ROLES}
     serving = used["server"] + used["frontend"]
     out["cpu_ms_per_req_serving"] = round(serving * 1000 / requests, 3)
+    out["cpu_ms_per_req_total"] = round(sum(used.values()) * 1000 / requests, 3)
+    if chunks > 0:
+        out["cpu_ms_per_chunk_serving"] = round(serving * 1000 / chunks, 4)
     return out
 
 
@@ -240,17 +247,30 @@ def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {**medians, "rounds_tok_per_s": [r["tok_per_s"] for r in runs]}
 
 
+#: the figures of a load whose b/a ratio the report gives (each where both sides have it)
+RATIO_METRICS = (
+    "tok_per_s",
+    "req_per_s",
+    "ttft_p50_ms",
+    "ttft_p99_ms",
+    "itl_p50_ms",
+    "itl_p99_ms",
+    "latency_p50_ms",
+    "latency_p99_ms",
+    *(f"cpu_ms_per_req_{role}" for role in (*ROLES, "serving", "total")),
+    "cpu_ms_per_chunk_serving",
+)
+
+
 def ratios(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    """Side ``b`` relative to side ``a`` for one load shape: throughput ratios and the TTFT
-    overhead in ms."""
+    """Side ``b`` relative to side ``a`` for one load shape: ``<mode>_<metric>`` = b / a for
+    each of :data:`RATIO_METRICS`, and the stream's TTFT overhead in ms."""
     out: dict[str, Any] = {}
     for mode in ("non_stream", "stream"):
-        if mode in a and mode in b and a[mode]["tok_per_s"]:
-            out[f"{mode}_tok_per_s"] = round(b[mode]["tok_per_s"] / a[mode]["tok_per_s"], 3)
-        cpu_a = a.get(mode, {}).get("cpu_ms_per_req_serving")
-        cpu_b = b.get(mode, {}).get("cpu_ms_per_req_serving")
-        if cpu_a is not None and cpu_b is not None:
-            out[f"{mode}_serving_cpu_ms_per_req_delta"] = round(cpu_b - cpu_a, 2)
+        fa, fb = a.get(mode, {}), b.get(mode, {})
+        for metric in RATIO_METRICS:
+            if fa.get(metric) and fb.get(metric) is not None:
+                out[f"{mode}_{metric}"] = round(fb[metric] / fa[metric], 3)
     if a.get("stream", {}).get("ttft_p50_ms") is not None:
         out["stream_ttft_p50_overhead_ms"] = round(
             b["stream"]["ttft_p50_ms"] - a["stream"]["ttft_p50_ms"], 1
@@ -450,6 +470,8 @@ def run(
     rounds: int,
     sides: list[str],
     warmup: int = 1,
+    engine: str = "model",
+    null_tokens_per_s: float = 0,
     progress: Any = print,
 ) -> dict[str, Any]:
     """Start every side, drive each load shape at each in alternating order, stop all.
@@ -468,7 +490,9 @@ def run(
     # cold start: the first reply of the API the loads use (a pooling model has no completions)
     embeds_only = all(api == "embeddings" for api, _ in parsed.values())
     probe_api = "embeddings" if embeds_only else "completions"
-    cfg, served = bench_config(config, model_dir=model_dir)
+    cfg, served = bench_config(
+        config, model_dir=model_dir, engine=engine, null_tokens_per_s=null_tokens_per_s
+    )
     workdir.mkdir(parents=True, exist_ok=True)
     report: dict[str, dict[str, Any]] = {s: {"shapes": {}} for s in sides}
     running: dict[str, _Side] = {}
@@ -497,23 +521,48 @@ def run(
     finally:
         for side in running.values():
             side.stop()
-    return _summary(report, shapes=shapes, rounds=rounds, warmup=warmup)
+    engine_load = {"engine": engine}
+    if engine == "null":
+        engine_load["null_tokens_per_s"] = null_tokens_per_s
+    return _summary(report, shapes=shapes, rounds=rounds, warmup=warmup, engine=engine_load)
 
 
-def bench_config(config: Path, *, model_dir: Path) -> tuple[Any, str]:
-    """The model config every side serves, pointed at ``model_dir``, and the served name."""
+#: ``--engine``: what generates the tokens on every side
+ENGINES = {
+    "model": "the model, run by vLLM",
+    "null": "no model: tsvllm.bench.null_executor answers every step at once (or at "
+    "--null-tokens-per-s), so only the serving layer is measured",
+}
+
+
+def bench_config(
+    config: Path, *, model_dir: Path, engine: str = "model", null_tokens_per_s: float = 0
+) -> tuple[Any, str]:
+    """The model config every side serves, pointed at ``model_dir``, and the served name.
+
+    ``engine="null"`` adds the null engine to the engine args and its rate to the engine's
+    environment (:mod:`tsvllm.bench.null_tokens`): both sides get it the same way.
+    """
+    from tsvllm.bench.null_tokens import EXECUTOR, TOKENS_PER_S_ENV
     from tsvllm.config import load_model_config
 
+    if engine not in ENGINES:
+        raise ValueError(f"--engine {engine}: choose from {', '.join(ENGINES)}")
+    if null_tokens_per_s < 0:
+        raise ValueError(f"--null-tokens-per-s {null_tokens_per_s}: use 0 (no wait) or more")
+    if null_tokens_per_s and engine != "null":
+        raise ValueError("--null-tokens-per-s sets the null engine's rate: add --engine null")
     cfg = load_model_config(config)
     served = (cfg.handler.served_model_name or ["model"])[0]
-    # every side gets the same handler section, pointed at the same model folder
-    cfg = cfg.model_copy(
-        update={
-            "handler": cfg.handler.model_copy(
-                update={"model_path": str(model_dir), "served_model_name": [served]}
-            )
+    update: dict[str, Any] = {"model_path": str(model_dir), "served_model_name": [served]}
+    if engine == "null":
+        update["vllm_engine_config"] = {
+            **cfg.handler.vllm_engine_config,
+            "distributed_executor_backend": EXECUTOR,
         }
-    )
+        update["env"] = {**cfg.handler.env, TOKENS_PER_S_ENV: str(null_tokens_per_s)}
+    # every side gets the same handler section, pointed at the same model folder
+    cfg = cfg.model_copy(update={"handler": cfg.handler.model_copy(update=update)})
     return cfg, served
 
 
@@ -564,7 +613,7 @@ def _rounds(
                             api=api,
                         )
                     ok = result.get("requests", requests) - result.get("errors", 0)
-                    result.update(cpu_ms_per_request(cpu.used, ok))
+                    result.update(cpu_ms_per_request(cpu.used, ok, chunks=result.get("chunks", 0)))
                     peaks[name] = max(peaks[name], rss.peak)
                     if r >= 0:
                         runs.setdefault((name, shape, mode), []).append(result)
@@ -577,13 +626,19 @@ def _rounds(
 
 
 def _summary(
-    report: dict[str, dict[str, Any]], *, shapes: list[str], rounds: int, warmup: int
+    report: dict[str, dict[str, Any]],
+    *,
+    shapes: list[str],
+    rounds: int,
+    warmup: int,
+    engine: dict[str, Any],
 ) -> dict[str, Any]:
     """The whole report: the load, every side's measurements and their ratios to side a."""
+    null = " on the null engine" if engine["engine"] == "null" else ""
     return {
-        "title": f"{', '.join(shapes)} (requests x concurrency x tokens), "
+        "title": f"{', '.join(shapes)} (requests x concurrency x tokens){null}, "
         f"{rounds} alternating rounds after {warmup} warm-up, medians",
-        "load": {"shapes": shapes, "rounds": rounds, "warmup_rounds": warmup},
+        "load": {"shapes": shapes, "rounds": rounds, "warmup_rounds": warmup, **engine},
         "sides": report,
         "ratios": {
             f"{name}/a": {
@@ -602,11 +657,12 @@ def _summary(
 def render(report: dict[str, Any]) -> str:
     """A plain table: one line per side, shape and mode; then the ratios. ``srv ms/req``:
     CPU ms per request of the serving processes (frontend + server), ``eng ms/req``: of
-    vLLM's engine processes (:class:`CpuMeter`)."""
+    vLLM's engine processes (:class:`CpuMeter`), ``srv ms/chk``: serving CPU ms per streamed
+    chunk."""
     lines = [
         f"{'side':4s} {'shape':20s} {'mode':10s} {'tok/s':>9s} {'req/s':>7s} "
         f"{'TTFT p50':>9s} {'TTFT p99':>9s} {'ITL p50':>8s} {'lat p50':>8s} "
-        f"{'lat p99':>8s} {'srv ms/req':>10s} {'eng ms/req':>10s}"
+        f"{'lat p99':>8s} {'srv ms/req':>10s} {'eng ms/req':>10s} {'srv ms/chk':>10s}"
     ]
 
     def cell(value: float | None, width: int, digits: int) -> str:
@@ -621,7 +677,8 @@ def render(report: dict[str, Any]) -> str:
                     f"{cell(m.get('itl_p50_ms'), 8, 2)} "
                     f"{m['latency_p50_ms']:8.1f} {m['latency_p99_ms']:8.1f} "
                     f"{cell(m.get('cpu_ms_per_req_serving'), 10, 2)} "
-                    f"{cell(m.get('cpu_ms_per_req_engine'), 10, 2)}"
+                    f"{cell(m.get('cpu_ms_per_req_engine'), 10, 2)} "
+                    f"{cell(m.get('cpu_ms_per_chunk_serving'), 10, 3)}"
                 )
         lines.append(
             f"{name:4s} cold start {side['cold_start_s']} s, peak RSS {side['peak_rss_mb']:.0f} MB"
@@ -642,6 +699,8 @@ def main(
     sides: list[str],
     json_path: str | None,
     plot_path: str | None,
+    engine: str = "model",
+    null_tokens_per_s: float = 0,
 ) -> int:
     if plot_path:  # before the run: never a failure after a long one
         check_plot(Path(plot_path))
@@ -653,6 +712,8 @@ def main(
         rounds=rounds,
         warmup=warmup,
         sides=sides,
+        engine=engine,
+        null_tokens_per_s=null_tokens_per_s,
     )
     print(render(report))
     if json_path:
