@@ -10,6 +10,7 @@ server a fixture starts is stopped in its ``finally``, whatever the tests did.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -140,6 +141,16 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
     ts = item.funcargs.get("server")
     if ts is not None:
         ts.stop()
+
+
+def wait_for(predicate, *, timeout: float = 600) -> bool:
+    """Poll ``predicate`` every 0.5 s until it holds (True) or ``timeout`` passes (False)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.5)
+    return False
 
 
 def base_url(ts: TorchServe, model: str) -> str:

@@ -20,7 +20,7 @@ import psutil
 import pytest
 from openai import OpenAI
 
-from tests.e2e.conftest import archive, base_url
+from tests.e2e.conftest import archive, base_url, wait_for
 from tsvllm.host.torchserve import TorchServe
 
 GONE_WITHIN = 15.0
@@ -161,15 +161,6 @@ def auth(ts: TorchServe) -> dict[str, str]:
 def health(ts: TorchServe) -> httpx.Response:
     url = f"{ts.inference_url}/predictions/lifecycle/1.0/health"
     return httpx.get(url, headers=auth(ts), timeout=60)
-
-
-def wait_for(predicate, *, timeout: float = 600) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.5)
-    return False
 
 
 def metric_total(ts: TorchServe, name: str) -> float:

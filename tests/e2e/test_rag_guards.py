@@ -13,7 +13,7 @@ import httpx
 import openai
 import pytest
 
-from tests.e2e.conftest import base_url
+from tests.e2e.conftest import base_url, wait_for
 
 WHO = [{"role": "user", "content": "Who designed the Zorblax-7 hydroponic controller?"}]
 DESIGNER = "Okonkwo"
@@ -215,16 +215,26 @@ def test_example_hooks_apply_to_completions_and_their_streams(server, key):
 def test_guard_retrieval_and_token_metrics_reach_prometheus(server, rag):
     ask(rag, [{"role": "user", "content": "My email is jane@example.com. Who made Zorblax-7?"}])
     list(ask(rag, WHO, stream=True, stream_options={"include_usage": True}))
-    metrics = httpx.get(f"http://127.0.0.1:{server.ports.metrics}/metrics", timeout=30).text
-    lines = metrics.splitlines()
+    wanted = [
+        ("GuardDecisions", 'Guard="pii"', 'Category="pii.email"'),
+        ("RetrievalLatency", 'ModelName="rag"'),
+        ("CompletionTokens", 'ModelName="rag"'),
+        ("TimeToFirstToken", 'ModelName="rag"'),
+    ]
 
-    def present(name, *labels):
-        return any(ln.startswith(name) and all(lb in ln for lb in labels) for ln in lines)
+    def missing(lines: list[str]) -> list[tuple[str, ...]]:
+        return [
+            (name, *labels)
+            for name, *labels in wanted
+            if not any(ln.startswith(name) and all(lb in ln for lb in labels) for ln in lines)
+        ]
 
-    assert present("GuardDecisions", 'Guard="pii"', 'Category="pii.email"'), metrics[-3000:]
-    assert present("RetrievalLatency", 'ModelName="rag"')
-    assert present("CompletionTokens", 'ModelName="rag"')
-    assert present("TimeToFirstToken", 'ModelName="rag"')
+    def scraped() -> list[str]:
+        url = f"http://127.0.0.1:{server.ports.metrics}/metrics"
+        return httpx.get(url, timeout=30).text.splitlines()
+
+    # the worker writes its metric lines within a second (batched)
+    assert wait_for(lambda: not missing(scraped()), timeout=30), missing(scraped())
 
 
 def test_llm_judge_verdict_on_the_served_engine_reaches_the_client(server, key):
@@ -264,5 +274,6 @@ def test_llm_judge_verdict_on_the_served_engine_reaches_the_client(server, key):
         assert refused.status_code == 400, refused.text
         err = refused.json()["error"]
         assert (err["code"], err["categories"]) == ("content_filter", ["llamaguard.S1"])
-    assert decisions("llamaguard.S1") == 2
+    # the worker writes its metric lines within a second (batched)
+    assert wait_for(lambda: decisions("llamaguard.S1") == 2, timeout=30)
     assert decisions("guard.error") == 0

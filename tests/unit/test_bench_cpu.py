@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tsvllm.bench import serve
+from tsvllm.bench import serve, usage
 
 CONFIG = Path(__file__).parents[2] / "model_configs" / "tiny-cpu.yaml"
 Times = namedtuple("Times", "user system children_user children_system")
@@ -46,7 +46,7 @@ class FakeProc:
 
 
 def test_roles_of_each_sides_processes():
-    role = serve.process_role
+    role = usage.process_role
     assert role(FakeProc(1, "python", argv=["python", "-m", "vllm.entrypoints..."])) == "server"
     assert role(FakeProc(2, "VLLM::EngineCor", argv=["VLLM::EngineCore"])) == "engine"
     assert role(FakeProc(3, "python3", argv=["VLLM::Worker"])) == "engine"  # comm not retitled
@@ -58,11 +58,11 @@ def test_cpu_used_is_the_difference_per_role():
     api = FakeProc(10, "python", user=5.0, system=1.0)
     core = FakeProc(11, "VLLM::EngineCore", user=50.0, system=2.0)
     worker = FakeProc(12, "VLLM::Worker", user=80.0, system=3.0)
-    before = serve.cpu_snapshot([api, core, worker])
+    before = usage.cpu_snapshot([api, core, worker])
     api.user, api.system = 5.6, 1.2  # +0.8 s
     core.user += 3.0
     worker.system += 1.5
-    used = serve.cpu_used(before, serve.cpu_snapshot([api, core, worker]))
+    used = usage.cpu_used(before, usage.cpu_snapshot([api, core, worker]))
     assert used == pytest.approx({"server": 0.8, "frontend": 0.0, "engine": 4.5})
 
 
@@ -70,18 +70,18 @@ def test_new_vanished_and_reused_processes():
     java = FakeProc(20, "java", user=10.0)
     worker = FakeProc(21, "python", user=4.0)
     helper = FakeProc(22, "python", user=1.0)
-    before = serve.cpu_snapshot([java, worker, helper])
+    before = usage.cpu_snapshot([java, worker, helper])
     java.user = 10.5
     helper.gone = True  # exits during the load: left out, no negative CPU
     reused = FakeProc(21, "python", user=0.25, created=99.0)  # same pid, new process
     new = FakeProc(23, "VLLM::Worker", user=0.75)
-    used = serve.cpu_used(before, serve.cpu_snapshot([java, reused, helper, new]))
+    used = usage.cpu_used(before, usage.cpu_snapshot([java, reused, helper, new]))
     assert used == pytest.approx({"server": 0.25, "frontend": 0.5, "engine": 0.75})
 
 
 def test_ms_per_request_and_chunk_serving_is_frontend_plus_server_and_roles_add_up():
     used = {"server": 0.2, "frontend": 0.12, "engine": 1.6}
-    per = serve.cpu_ms_per_request(used, 64, chunks=640)
+    per = usage.cpu_ms_per_request(used, 64, chunks=640)
     assert per == pytest.approx(
         {
             "cpu_ms_per_req_server": 3.125,
@@ -92,17 +92,17 @@ def test_ms_per_request_and_chunk_serving_is_frontend_plus_server_and_roles_add_
             "cpu_ms_per_chunk_serving": 0.5,
         }
     )
-    roles = sum(per[f"cpu_ms_per_req_{role}"] for role in serve.ROLES)
+    roles = sum(per[f"cpu_ms_per_req_{role}"] for role in usage.ROLES)
     assert roles == pytest.approx(per["cpu_ms_per_req_total"])
-    assert "cpu_ms_per_chunk_serving" not in serve.cpu_ms_per_request(used, 64)  # not streamed
-    assert serve.cpu_ms_per_request({"server": 1.0, "frontend": 0, "engine": 0}, 0) == {}
+    assert "cpu_ms_per_chunk_serving" not in usage.cpu_ms_per_request(used, 64)  # not streamed
+    assert usage.cpu_ms_per_request({"server": 1.0, "frontend": 0, "engine": 0}, 0) == {}
 
 
 def test_cpu_meter_lists_the_tree_before_and_after(monkeypatch):
     procs = [FakeProc(30, "python", user=1.0), FakeProc(31, "VLLM::EngineCore", user=2.0)]
     calls = []
-    monkeypatch.setattr(serve, "process_tree", lambda pid: calls.append(pid) or list(procs))
-    with serve.CpuMeter(30) as meter:
+    monkeypatch.setattr(usage, "process_tree", lambda pid: calls.append(pid) or list(procs))
+    with usage.CpuMeter(30) as meter:
         procs[0].user += 0.5
         procs.append(FakeProc(32, "VLLM::Worker", system=0.25))
     assert calls == [30, 30]
@@ -110,8 +110,8 @@ def test_cpu_meter_lists_the_tree_before_and_after(monkeypatch):
 
 
 def test_process_tree_of_this_process_and_of_a_gone_one():
-    assert serve.process_tree(os.getpid())[0].pid == os.getpid()
-    assert serve.process_tree(2**22 + 12345) == []
+    assert usage.process_tree(os.getpid())[0].pid == os.getpid()
+    assert usage.process_tree(2**22 + 12345) == []
 
 
 class Trees:
@@ -134,8 +134,8 @@ class Trees:
         monkeypatch.setattr(serve, "_start_vllm", lambda argv, **kw: self.side("a", 100))
         monkeypatch.setattr(serve, "_start_torchserve", lambda n, cfg, **kw: self.side(n, 200))
         monkeypatch.setattr(serve, "first_token_s", self.first_token_s)
-        monkeypatch.setattr(serve, "process_tree", lambda pid: self.procs[self.pids[pid]])
-        monkeypatch.setattr(serve, "PeakRss", FakeRss)
+        monkeypatch.setattr(usage, "process_tree", lambda pid: self.procs[self.pids[pid]])
+        monkeypatch.setattr(usage, "PeakRss", FakeRss)
         monkeypatch.setattr(serve, "load", self.load)
 
     def side(self, name: str, pid: int) -> serve._Side:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 import struct
 import threading
 import time
@@ -163,15 +164,12 @@ def inference_message(request_id: bytes) -> bytes:
     )
 
 
-class FeedSocket:
-    """The frontend's side: hands out the given bytes, then disconnects."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-    def recv(self, n: int) -> bytes:
-        chunk, self.data = self.data[:n], self.data[n:]
-        return chunk
+def frontend_socket(data: bytes) -> socket.socket:
+    """The worker's end of a socket pair whose frontend end sent ``data`` and hung up."""
+    worker, frontend = socket.socketpair()
+    frontend.sendall(data)
+    frontend.close()
+    return worker
 
 
 @pytest.fixture
@@ -188,7 +186,9 @@ def loop():
 def receive(loop, data: bytes, call_predict) -> None:
     """Run the receive loop until the fake frontend disconnects (TorchServe exits then)."""
     async_service = SimpleNamespace(
-        service=SimpleNamespace(cl_socket=FeedSocket(data)), loop=loop, call_predict=call_predict
+        service=SimpleNamespace(cl_socket=frontend_socket(data)),
+        loop=loop,
+        call_predict=call_predict,
     )
     with pytest.raises(SystemExit):
         ts_worker._receive_requests(async_service)
@@ -216,12 +216,36 @@ def test_a_load_command_is_logged_and_skipped_like_torchserve_does(loop, caplog)
     assert "LOAD" in caplog.text
 
 
+def test_requests_read_through_the_buffer_decode_as_torchserve_decodes_them(loop):
+    """Many requests in one socket read, and a request split over reads, each decoded whole
+    and in order, the same as TorchServe's decoder reading the raw socket."""
+    from ts.protocol.otf_message_handler import _retrieve_buffer, _retrieve_inference_msg
+
+    seen: list[list[dict[str, Any]]] = []
+
+    async def call_predict(the_batch):
+        seen.append(the_batch)
+
+    ids = [f"req-{i}".encode() for i in range(1000)]
+    data = b"".join(inference_message(i) for i in ids)  # over the 64 KiB buffer: split
+    receive(loop, data, call_predict)
+    wait_for(lambda: len(seen) == len(ids))
+    assert [batch[0]["requestId"] for batch in seen] == ids
+    raw = frontend_socket(inference_message(b"req-x"))
+    assert _retrieve_buffer(raw, 1) == b"I"
+    expected = _retrieve_inference_msg(raw)
+    expected[0]["requestId"] = b"req-0"
+    assert seen[0] == expected
+
+
 def test_an_unknown_command_byte_is_logged_before_the_worker_stops(loop, caplog):
     async def call_predict(the_batch):
         raise AssertionError("not reached")
 
     async_service = SimpleNamespace(
-        service=SimpleNamespace(cl_socket=FeedSocket(b"X")), loop=loop, call_predict=call_predict
+        service=SimpleNamespace(cl_socket=frontend_socket(b"X")),
+        loop=loop,
+        call_predict=call_predict,
     )
     with caplog.at_level(logging.ERROR), pytest.raises(ValueError, match="command"):
         ts_worker._receive_requests(async_service)
@@ -250,6 +274,7 @@ def fresh(monkeypatch):
         monkeypatch.setattr(AsyncService, name, getattr(AsyncService, name))
     monkeypatch.setattr(ts_worker, "_installed", False)
     monkeypatch.setattr(ts_worker._WRITER, "coalesce", False)
+    monkeypatch.setattr(ts_worker._METRICS, "batching", False)
     return AsyncService
 
 
@@ -266,6 +291,8 @@ def test_on_torchserve_0_12_0_the_path_is_patched_and_logged(fresh, caplog, lean
         ts_worker.install_worker_path(lean=lean)
     changed = {name for name in before if vars(fresh)[name] is not before[name]}
     assert changed == patched
+    # frames coalesced and metrics batched on the lean path only (both written from the loop)
+    assert ts_worker._WRITER.coalesce is lean and ts_worker._METRICS.batching is lean
     [line] = [r.getMessage() for r in caplog.records if "worker path:" in r.getMessage()]
     assert path in line
 
@@ -283,3 +310,71 @@ def test_another_torchserve_version_keeps_its_own_path_with_a_warning(
     assert "0.13.1" in warning and "0.12.0" in warning
     [line] = [r.getMessage() for r in caplog.records if "worker path:" in r.getMessage()]
     assert "TorchServe's path unpatched" in line
+
+
+class RecordingMetrics:
+    """TorchServe's metrics cache as the worker uses it: each add is one stdout line."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple] = []
+        self.request_ids: Any = "unset"
+
+    def add_counter(self, name, value, idx, dimensions):
+        self.lines.append(("counter", name, value, {d.name: d.value for d in dimensions}))
+
+    def add_time(self, name, value, idx, unit, dimensions, metric_type=None):
+        kind = "histogram" if metric_type is not None else "gauge"
+        self.lines.append((kind, name, value, unit, {d.name: d.value for d in dimensions}))
+
+
+def test_batched_metrics_sum_counters_keep_a_gauges_last_value_and_every_observation(
+    monkeypatch,
+):
+    monkeypatch.setattr(ts_worker, "METRICS_FLUSH_S", 0.0)
+    batch = ts_worker._MetricBatch()
+    metrics = RecordingMetrics()
+    alice, bob = {"Key": "alice"}, {"Key": "bob"}
+
+    async def requests() -> None:
+        for tokens, key, ttft, hook in (
+            (5, alice, 30.0, 0.1),
+            (7, alice, 20.0, 0.2),
+            (1, bob, 9.0, 0.3),
+        ):
+            batch.add(
+                metrics,
+                counters=[("CompletionTokens", tokens, key)],
+                times_ms=[("TimeToFirstToken", ttft, {})],
+                histograms_s=[("HookLatency", hook, {"Stage": "on_request"})],
+            )
+        assert metrics.lines == []  # nothing written with the requests themselves
+        deadline = time.monotonic() + 5
+        while not metrics.lines:  # the flush the first add scheduled
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+
+    asyncio.run(requests())
+    assert metrics.request_ids is None  # a batch's lines belong to no one request
+    assert sorted(metrics.lines, key=repr) == sorted(
+        [
+            ("counter", "CompletionTokens", 12, alice),
+            ("counter", "CompletionTokens", 1, bob),
+            ("gauge", "TimeToFirstToken", 9.0, "ms", {}),
+            *(
+                ("histogram", "HookLatency", s, "s", {"Stage": "on_request"})
+                for s in (0.1, 0.2, 0.3)
+            ),
+        ],
+        key=repr,
+    )
+    metrics.lines.clear()
+    batch.flush()  # nothing pending: nothing written
+    assert metrics.lines == []
+
+
+def test_metrics_are_written_at_once_off_the_lean_path():
+    metrics = RecordingMetrics()
+    context = SimpleNamespace(metrics=metrics, request_ids={0: "req-1"})
+    ts_worker.emit_metrics(context, counters=[("PromptTokens", 3, {"Key": "-"})])
+    assert metrics.lines == [("counter", "PromptTokens", 3, {"Key": "-"})]
+    assert metrics.request_ids == {0: "req-1"}

@@ -16,13 +16,10 @@ A load shape may name its API: ``chat:64x16x32`` drives ``v1/chat/completions``,
 ``embeddings:256x16x8`` drives ``v1/embeddings`` with 8 texts per request (never streamed;
 tok/s counts input tokens), a bare ``64x16x32`` drives ``v1/completions``.
 
-**CPU per request** (:class:`CpuMeter`): the CPU time (user + system, psutil) each side's
-process tree used during a load, divided by the requests served, split by role: the
-*engine* (vLLM's ``VLLM::EngineCore`` and ``VLLM::Worker`` processes, the same on every
-side), the *frontend* (TorchServe's Java process) and the *server* (vLLM's API server
-process on a; our worker and TorchServe's launcher on b and c). ``serving`` = frontend +
-server: what the HTTP/OpenAI layer costs, which the client and the machine's noise do not
-change as much as they change throughput.
+**CPU per request** (:mod:`tsvllm.bench.usage`): each side's CPU time during a load per
+request served, split by role (engine, frontend, server); ``serving`` = frontend + server,
+what the HTTP/OpenAI layer costs, which the client and the machine's noise do not change as
+much as they change throughput. Streamed loads also give it per chunk.
 """
 
 from __future__ import annotations
@@ -33,11 +30,11 @@ import signal
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
+from tsvllm.bench import usage
 from tsvllm.host.torchserve import Ports, TorchServe
 
 
@@ -77,127 +74,6 @@ def first_token_s(
             pass
         time.sleep(0.5)
     raise RuntimeError(f"no first token from {base_url} within {timeout:.0f}s")
-
-
-class PeakRss:
-    """Samples the summed RSS of a process tree in a thread; ``peak`` in MB."""
-
-    def __init__(self, pid: int):
-        self.pid, self.peak, self._stop = pid, 0.0, threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        import psutil
-
-        while not self._stop.is_set():
-            try:
-                root = psutil.Process(self.pid)
-                procs = [root, *root.children(recursive=True)]
-                total = sum(p.memory_info().rss for p in procs if p.is_running())
-                self.peak = max(self.peak, total / 2**20)
-            except psutil.Error:
-                pass
-            self._stop.wait(0.5)
-
-    def __enter__(self) -> PeakRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-#: CPU roles of a side's processes (see the module doc)
-ROLES = ("server", "frontend", "engine")
-
-
-def process_role(proc: Any) -> str:
-    """``engine`` for vLLM's engine processes (``VLLM::EngineCore``, ``VLLM::Worker``...,
-    which retitle themselves), ``frontend`` for TorchServe's Java process, else ``server``."""
-    name = proc.name()
-    if name.startswith("VLLM::"):
-        return "engine"
-    argv = proc.cmdline()
-    if argv and argv[0].startswith("VLLM::"):
-        return "engine"
-    if name == "java":
-        return "frontend"
-    return "server"
-
-
-def process_tree(pid: int) -> list[Any]:
-    """The process ``pid`` and all its descendants (psutil processes; [] once it is gone)."""
-    import psutil
-
-    try:
-        root = psutil.Process(pid)
-        return [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return []
-
-
-def cpu_snapshot(procs: list[Any]) -> dict[tuple[int, float], tuple[str, float]]:
-    """``{(pid, create_time): (role, user + system seconds)}``; processes that vanish while
-    read are left out. (pid, create_time) tells a new process from a reused pid.
-    Children's times are not added: an engine's children are in ``procs`` themselves."""
-    import psutil
-
-    out = {}
-    for proc in procs:
-        try:
-            times = proc.cpu_times()
-            out[(proc.pid, proc.create_time())] = (process_role(proc), times.user + times.system)
-        except psutil.Error:
-            continue
-    return out
-
-
-def cpu_used(
-    before: dict[tuple[int, float], tuple[str, float]],
-    after: dict[tuple[int, float], tuple[str, float]],
-) -> dict[str, float]:
-    """CPU seconds each role used between two snapshots. A process started in between
-    counts from zero; one that ended in between is not counted (its last interval is lost:
-    the servers start no processes per request)."""
-    used = dict.fromkeys(ROLES, 0.0)
-    for key, (role, seconds) in after.items():
-        used[role] += max(0.0, seconds - before.get(key, (role, 0.0))[1])
-    return used
-
-
-def cpu_ms_per_request(
-    used: dict[str, float], requests: int, *, chunks: int = 0
-) -> dict[str, float]:
-    """``cpu_ms_per_req_<role>``, ``cpu_ms_per_req_serving`` (frontend + server) and
-    ``cpu_ms_per_req_total`` (every role); with ``chunks`` (a stream's events),
-    ``cpu_ms_per_chunk_serving`` too."""
-    if requests <= 0:
-        return {}
-    out = {f"cpu_ms_per_req_{role}": round(used[role] * 1000 / requests, 3) for role in ROLES}
-    serving = used["server"] + used["frontend"]
-    out["cpu_ms_per_req_serving"] = round(serving * 1000 / requests, 3)
-    out["cpu_ms_per_req_total"] = round(sum(used.values()) * 1000 / requests, 3)
-    if chunks > 0:
-        out["cpu_ms_per_chunk_serving"] = round(serving * 1000 / chunks, 4)
-    return out
-
-
-class CpuMeter:
-    """CPU seconds per role that the process tree of ``pid`` used inside the ``with``
-    block (:func:`cpu_used`); the tree is listed again at the end, so processes started
-    meanwhile count too."""
-
-    def __init__(self, pid: int):
-        self.pid = pid
-        self.used: dict[str, float] = dict.fromkeys(ROLES, 0.0)
-
-    def __enter__(self) -> CpuMeter:
-        self._before = cpu_snapshot(process_tree(self.pid))
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.used = cpu_used(self._before, cpu_snapshot(process_tree(self.pid)))
 
 
 def load(
@@ -257,7 +133,7 @@ RATIO_METRICS = (
     "itl_p99_ms",
     "latency_p50_ms",
     "latency_p99_ms",
-    *(f"cpu_ms_per_req_{role}" for role in (*ROLES, "serving", "total")),
+    *(f"cpu_ms_per_req_{role}" for role in (*usage.ROLES, "serving", "total")),
     "cpu_ms_per_chunk_serving",
 )
 
@@ -589,8 +465,8 @@ def _rounds(
     """Every load shape at every side, non-streaming then streaming, round by round.
 
     The warm-up rounds come first and are not kept; the side order alternates. Each load's
-    result gets the CPU per request of the side's processes (:class:`CpuMeter`). Returns
-    the load results per ``(side, shape, mode)`` and each side's peak RSS in MB.
+    result gets the CPU per request of the side's processes (:mod:`tsvllm.bench.usage`).
+    Returns the load results per ``(side, shape, mode)`` and each side's peak RSS in MB.
     """
     runs: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     peaks = {s: 0.0 for s in sides}
@@ -602,7 +478,7 @@ def _rounds(
                 mode = "stream" if stream else "non_stream"
                 for name in order:
                     pid = running[name].proc.pid
-                    with PeakRss(pid) as rss, CpuMeter(pid) as cpu:
+                    with usage.PeakRss(pid) as rss, usage.CpuMeter(pid) as cpu:
                         result = load(
                             running[name].url,
                             served,
@@ -613,7 +489,9 @@ def _rounds(
                             api=api,
                         )
                     ok = result.get("requests", requests) - result.get("errors", 0)
-                    result.update(cpu_ms_per_request(cpu.used, ok, chunks=result.get("chunks", 0)))
+                    result.update(
+                        usage.cpu_ms_per_request(cpu.used, ok, chunks=result.get("chunks", 0))
+                    )
                     peaks[name] = max(peaks[name], rss.peak)
                     if r >= 0:
                         runs.setdefault((name, shape, mode), []).append(result)
@@ -657,8 +535,8 @@ def _summary(
 def render(report: dict[str, Any]) -> str:
     """A plain table: one line per side, shape and mode; then the ratios. ``srv ms/req``:
     CPU ms per request of the serving processes (frontend + server), ``eng ms/req``: of
-    vLLM's engine processes (:class:`CpuMeter`), ``srv ms/chk``: serving CPU ms per streamed
-    chunk."""
+    vLLM's engine processes (:mod:`tsvllm.bench.usage`), ``srv ms/chk``: serving CPU ms per
+    streamed chunk."""
     lines = [
         f"{'side':4s} {'shape':20s} {'mode':10s} {'tok/s':>9s} {'req/s':>7s} "
         f"{'TTFT p50':>9s} {'TTFT p99':>9s} {'ITL p50':>8s} {'lat p50':>8s} "

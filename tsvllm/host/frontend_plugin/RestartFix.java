@@ -1,13 +1,9 @@
 package org.tsvllm.frontend;
 
 import java.lang.reflect.Field;
-import java.util.Map;
 import org.pytorch.serve.wlm.AsyncWorkerThread;
-import org.pytorch.serve.wlm.Model;
 import org.pytorch.serve.wlm.ModelManager;
-import org.pytorch.serve.wlm.ModelVersionedRefs;
 import org.pytorch.serve.wlm.WorkerState;
-import org.pytorch.serve.wlm.WorkerThread;
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
 
@@ -48,10 +44,9 @@ final class RestartFix {
     }
 
     void sweep(ModelManager manager) throws ReflectiveOperationException {
-        for (Map.Entry<String, ModelVersionedRefs> entry : manager.getAllModels()) {
-            for (Map.Entry<String, Model> version : entry.getValue().getAllVersions()) {
-                Model model = version.getValue();
-                for (WorkerThread worker : manager.getWorkers(model.getModelVersionName())) {
+        Workers.each(
+                manager,
+                (model, worker) -> {
                     if (worker instanceof AsyncWorkerThread
                             && worker.getState() == WorkerState.WORKER_STOPPED
                             && loadingFinished.getBoolean(worker)) {
@@ -60,8 +55,6 @@ final class RestartFix {
                                 "tsvllm: worker {} stopped; its restart will wait for its model load",
                                 worker.getWorkerId());
                     }
-                }
-            }
-        }
+                });
     }
 }

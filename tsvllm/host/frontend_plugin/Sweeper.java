@@ -5,8 +5,8 @@ import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
 
 /**
- * One daemon thread that runs {@link RestartFix}, {@link QueueGuard} and {@link ClientWatch}
- * every {@link #PERIOD_MS} ms, and {@link BodyLimit} every {@link #BODY_LIMIT_EVERY} sweeps. Started once, when TorchServe loads the plugin. Written against
+ * One daemon thread that runs {@link RestartFix}, {@link JobRelease}, {@link QueueGuard} and
+ * {@link ClientWatch} every {@link #PERIOD_MS} ms, and {@link BodyLimit} every {@link #BODY_LIMIT_EVERY} sweeps. Started once, when TorchServe loads the plugin. Written against
  * TorchServe 0.12.0 (the last release); a part whose frontend internals are missing logs
  * once and is left out.
  */
@@ -18,16 +18,19 @@ final class Sweeper implements Runnable {
     private static boolean started;
 
     private final RestartFix restartFix;
+    private final JobRelease jobRelease;
     private final QueueGuard queueGuard;
     private final ClientWatch clientWatch;
     private final BodyLimit bodyLimit;
 
     private Sweeper(
             RestartFix restartFix,
+            JobRelease jobRelease,
             QueueGuard queueGuard,
             ClientWatch clientWatch,
             BodyLimit bodyLimit) {
         this.restartFix = restartFix;
+        this.jobRelease = jobRelease;
         this.queueGuard = queueGuard;
         this.clientWatch = clientWatch;
         this.bodyLimit = bodyLimit;
@@ -41,6 +44,7 @@ final class Sweeper implements Runnable {
         Sweeper sweeper =
                 new Sweeper(
                         RestartFix.create(),
+                        JobRelease.create(),
                         QueueGuard.create(),
                         ClientWatch.create(),
                         BodyLimit.create());
@@ -67,6 +71,9 @@ final class Sweeper implements Runnable {
                 }
                 if (restartFix != null) {
                     restartFix.sweep(manager);
+                }
+                if (jobRelease != null) {
+                    jobRelease.sweep(manager);
                 }
                 if (queueGuard != null) {
                     queueGuard.sweep(manager);

@@ -1,11 +1,13 @@
 """tsvllm's TorchServe frontend plugin: a truthful ``/ping``, ``/alive`` for liveness
 probes, worker restarts that work, a 503 at once for a request to a model with no READY
-worker (TorchServe leaves it waiting in its queue), word to the worker when a request's
+worker (TorchServe leaves it waiting in its queue), non-streamed requests forgotten once
+answered (TorchServe keeps every one in memory), word to the worker when a request's
 client has gone (TorchServe never tells it), and an OpenAI 413 for a body over
 ``max_request_size`` (TorchServe's has no body).
 
 The plugin is a small jar built from the Java sources next to this file (``ReadyPing``,
-``Alive``, ``Sweeper``, ``RestartFix``, ``QueueGuard``, ``ClientWatch``, ``BodyLimit``;
+``Alive``, ``Sweeper``, ``RestartFix``, ``JobRelease``, ``QueueGuard``, ``ClientWatch``,
+``BodyLimit``;
 docs/TORCHSERVE.md says what each fixes in TorchServe 0.12). TorchServe loads it from its
 ``plugins_path``: ``tsvllm launch``, the container entrypoint and the quick start set it; with a
 plain ``torchserve --start`` add ``--plugins-path "$(python -m tsvllm.host.frontend_plugin)"``.
@@ -33,9 +35,11 @@ SOURCES = (
     "Alive.java",
     "Sweeper.java",
     "RestartFix.java",
+    "JobRelease.java",
     "QueueGuard.java",
     "ClientWatch.java",
     "BodyLimit.java",
+    "Workers.java",
 )
 #: what ServiceLoader reads to find the endpoints (TorchServe's PluginsManager)
 SERVICE = "META-INF/services/org.pytorch.serve.servingsdk.ModelServerEndpoint"
