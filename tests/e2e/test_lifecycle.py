@@ -219,6 +219,26 @@ def test_abandoned_streams_free_the_engine_at_once(own_server):
     )
 
 
+def test_the_frontend_forgets_a_request_once_it_is_answered(own_server):
+    """TorchServe 0.12 keeps a request in its async worker's ``jobs_in_backend`` until a
+    reply says ``ts_stream_next: false``, which only a stream's last part says: every
+    non-streamed request stayed for good (the frontend's heap grew with each), and the
+    client watch marked each as gone once its client closed the connection. 16 requests are
+    answered on connections that then close; a stream abandoned after them is marked and
+    counted (so the watch has swept since); once it has ended, no mark is left."""
+    ts = own_server
+    url = f"{base_url(ts, 'lifecycle')}/completions"
+    body = {"model": "tiny", "prompt": "hi", "max_tokens": 2}
+    for _ in range(16):  # each on its own connection, closed on return
+        assert httpx.post(url, json=body, headers=auth(ts), timeout=120).status_code == 200
+    disconnects = metric_total(ts, "ClientDisconnects")
+    with httpx.stream("POST", url, json=long_stream_body(0), headers=auth(ts), timeout=120) as r:
+        next(line for line in r.iter_lines() if line.startswith("data: "))
+    assert wait_for(lambda: metric_total(ts, "ClientDisconnects") == disconnects + 1, timeout=30)
+    gone = ts.control_dir / "gone"
+    assert wait_for(lambda: not any(gone.iterdir()), timeout=10), sorted(gone.iterdir())
+
+
 def vertex_predict(ts: TorchServe, body: dict) -> httpx.Response:
     url = f"{ts.inference_url}/predictions/lifecycle/1.0/vertex/predict"
     return httpx.post(url, json=body, headers=auth(ts), timeout=300)

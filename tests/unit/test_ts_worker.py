@@ -318,6 +318,7 @@ class RecordingMetrics:
     def __init__(self) -> None:
         self.lines: list[tuple] = []
         self.request_ids: Any = "unset"
+        self.model_name = "tiny"
 
     def add_counter(self, name, value, idx, dimensions):
         self.lines.append(("counter", name, value, {d.name: d.value for d in dimensions}))
@@ -334,6 +335,7 @@ def test_batched_metrics_sum_counters_keep_a_gauges_last_value_and_every_observa
     batch = ts_worker._MetricBatch()
     metrics = RecordingMetrics()
     alice, bob = {"Key": "alice"}, {"Key": "bob"}
+    model = {"ModelName": "tiny", "Level": "Model"}  # as TorchServe adds to a request's
 
     async def requests() -> None:
         for tokens, key, ttft, hook in (
@@ -357,11 +359,11 @@ def test_batched_metrics_sum_counters_keep_a_gauges_last_value_and_every_observa
     assert metrics.request_ids is None  # a batch's lines belong to no one request
     assert sorted(metrics.lines, key=repr) == sorted(
         [
-            ("counter", "CompletionTokens", 12, alice),
-            ("counter", "CompletionTokens", 1, bob),
-            ("gauge", "TimeToFirstToken", 9.0, "ms", {}),
+            ("counter", "CompletionTokens", 12, {**alice, **model}),
+            ("counter", "CompletionTokens", 1, {**bob, **model}),
+            ("gauge", "TimeToFirstToken", 9.0, "ms", model),
             *(
-                ("histogram", "HookLatency", s, "s", {"Stage": "on_request"})
+                ("histogram", "HookLatency", s, "s", {"Stage": "on_request", **model})
                 for s in (0.1, 0.2, 0.3)
             ),
         ],
@@ -378,3 +380,43 @@ def test_metrics_are_written_at_once_off_the_lean_path():
     ts_worker.emit_metrics(context, counters=[("PromptTokens", 3, {"Key": "-"})])
     assert metrics.lines == [("counter", "PromptTokens", 3, {"Key": "-"})]
     assert metrics.request_ids == {0: "req-1"}
+
+
+def test_a_batched_line_has_the_dimensions_torchserve_gives_a_requests_line(caplog):
+    """With TorchServe's own metrics cache: the batched line and the line of one request
+    differ only in value, time and request id (a line without ModelName would be another
+    Prometheus series, and TorchServe labels a line with no request id Level "Error")."""
+    import os
+
+    import ts
+    from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
+
+    cache = MetricsCacheYamlImpl(
+        os.path.join(os.path.dirname(ts.__file__), "configs", "metrics.yaml")
+    )
+    cache.initialize_cache()
+    cache.model_name = "tiny"
+    counters = [("CompletionTokens", 4, {"Key": "alice"})]
+    times = [("TimeToFirstToken", 12.5, {})]
+
+    def lines() -> list[str]:
+        out = [r.getMessage() for r in caplog.records if r.getMessage().startswith("[METRICS]")]
+        caplog.clear()
+        # name.unit, then dimensions and type: not the value, host time or request id
+        return sorted(
+            ln.split(":", 1)[0] + "|" + ln.split("|")[1] + "|" + ln.split("|")[2] for ln in out
+        )
+
+    with caplog.at_level(logging.INFO):
+        context = SimpleNamespace(metrics=cache, request_ids={0: "req-1"})
+        ts_worker.emit_metrics(context, counters=counters, times_ms=times)
+        per_request = lines()
+        batch = ts_worker._MetricBatch()
+
+        async def batched() -> None:
+            batch.add(cache, counters=counters, times_ms=times, histograms_s=())
+
+        asyncio.run(batched())
+        batch.flush()
+        assert lines() == per_request
+    assert any("ModelName:tiny" in ln and "Level:Model" in ln for ln in per_request), per_request

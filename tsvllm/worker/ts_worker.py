@@ -506,12 +506,20 @@ class _MetricBatch:
         histograms, self._histograms = self._histograms, []
         if self._metrics is None or not (counters or gauges or histograms):
             return
-        self._metrics.request_ids = None  # a line per batch, not per request
+        metrics = self._metrics
+        metrics.request_ids = None  # a line per batch, not per request
+        # the dimensions TorchServe adds to a request's metric (its _add_default_dims), in
+        # its order: without a request id it would add only Level "Error"
+        defaults = {"ModelName": str(metrics.model_name), "Level": "Model"}
+
+        def full(dims: dict[str, str]) -> dict[str, str]:
+            return {**dims, **{k: v for k, v in defaults.items() if k not in dims}}
+
         _write_metrics(
-            self._metrics,
-            counters=[(name, value, dict(dims)) for (name, dims), value in counters.items()],
-            times_ms=[(name, value, dict(dims)) for (name, dims), value in gauges.items()],
-            histograms_s=histograms,
+            metrics,
+            counters=[(name, v, full(dict(dims))) for (name, dims), v in counters.items()],
+            times_ms=[(name, v, full(dict(dims))) for (name, dims), v in gauges.items()],
+            histograms_s=[(name, v, full(dims)) for name, v, dims in histograms],
         )
 
 
