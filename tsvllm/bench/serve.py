@@ -193,17 +193,20 @@ def check_plot(path: Path) -> None:
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
-    """Throughput per side and mode (bars: medians, dots: rounds), and stream TTFT, one
-    row of panels per load shape."""
+    """Throughput per side and mode (bars: medians, dots: rounds), stream TTFT and the
+    serving layer's CPU per request, one row of panels per load shape."""
     plt = _pyplot()
     sides = list(report["sides"])
     shapes = report["load"]["shapes"]
-    fig, axes = plt.subplots(len(shapes), 2, figsize=(11, 3.8 * len(shapes)), squeeze=False)
+    panels = [
+        ("tok_per_s", "tokens/s", ["non_stream", "stream"]),
+        ("ttft_p50_ms", "stream TTFT p50 (ms)", ["stream"]),
+        ("cpu_ms_per_req_serving", "serving CPU ms/request", ["non_stream", "stream"]),
+    ]
+    fig, axes = plt.subplots(
+        len(shapes), len(panels), figsize=(15, 3.8 * len(shapes)), squeeze=False
+    )
     for row, shape in zip(axes, shapes, strict=True):
-        panels = [
-            ("tok_per_s", "tokens/s", ["non_stream", "stream"]),
-            ("ttft_p50_ms", "stream TTFT p50 (ms)", ["stream"]),
-        ]
         for ax, (metric, label, modes) in zip(row, panels, strict=True):
             width = 0.8 / len(sides)
             for i, side in enumerate(sides):
