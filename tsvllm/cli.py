@@ -112,6 +112,7 @@ def _cmd_bench_serve(args: argparse.Namespace) -> int:
         plot_path=args.plot,
         engine=args.engine,
         null_tokens_per_s=args.null_tokens_per_s,
+        ts_workers=args.ts_workers,
     )
 
 
@@ -462,6 +463,12 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         default=0,
         help="with --engine null: engine steps per second (one token per running request "
         "each), like a device decoding at that rate; 0 (the default): no wait",
+    )
+    p.add_argument(
+        "--ts-workers",
+        type=int,
+        help="TorchServe workers of sides b, c and b0 (minWorkers and maxWorkers; each runs "
+        "its own engine); default: the config's",
     )
     p.add_argument("--json", help="write the report here")
     p.add_argument("--plot", help="write a PNG plot here")

@@ -36,6 +36,7 @@ def report(tiny_model, tmp_path_factory) -> dict:
 def test_the_report_names_the_null_engine_and_has_both_sides_for_every_shape(report):
     assert report["load"]["engine"] == "null"
     assert report["load"]["null_tokens_per_s"] == 0
+    assert report["load"]["ts_workers"] == 1
     assert "null engine" in report["title"]
     for side in ("a", "b"):
         shapes = report["sides"][side]["shapes"]

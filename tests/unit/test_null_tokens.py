@@ -1,6 +1,6 @@
 """The null engine's bookkeeping (tsvllm.bench.null_tokens): which scheduled requests sample a
-token in a step, which token, and the pace of steps; and how ``--engine null`` reaches every
-side's engine args."""
+token in a step, which token, and the pace of steps; how ``--engine null`` reaches every
+side's engine args, and ``--ts-workers`` the TorchServe sides' workers."""
 
 from __future__ import annotations
 
@@ -121,3 +121,12 @@ def test_engine_null_adds_the_executor_and_its_rate_for_every_side(tmp_path):
 def test_bad_engine_options_are_errors_that_name_the_fix(tmp_path, engine, rate, message):
     with pytest.raises(ValueError, match=message):
         serve.bench_config(CONFIG, model_dir=tmp_path, engine=engine, null_tokens_per_s=rate)
+
+
+def test_ts_workers_sets_the_torchserve_sides_workers_and_must_be_positive(tmp_path):
+    cfg, _ = serve.bench_config(CONFIG, model_dir=tmp_path, engine="null", ts_workers=4)
+    assert (cfg.minWorkers, cfg.maxWorkers) == (4, 4)
+    default, _ = serve.bench_config(CONFIG, model_dir=tmp_path)
+    assert (default.minWorkers, default.maxWorkers) == (1, 1)  # the config's own
+    with pytest.raises(ValueError, match="--ts-workers 0: use 1 or more"):
+        serve.bench_config(CONFIG, model_dir=tmp_path, ts_workers=0)

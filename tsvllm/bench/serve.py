@@ -351,6 +351,7 @@ def run(
     warmup: int = 1,
     engine: str = "model",
     null_tokens_per_s: float = 0,
+    ts_workers: int | None = None,
     progress: Any = print,
 ) -> dict[str, Any]:
     """Start every side, drive each load shape at each in alternating order, stop all.
@@ -370,7 +371,11 @@ def run(
     embeds_only = all(api == "embeddings" for api, _ in parsed.values())
     probe_api = "embeddings" if embeds_only else "completions"
     cfg, served = bench_config(
-        config, model_dir=model_dir, engine=engine, null_tokens_per_s=null_tokens_per_s
+        config,
+        model_dir=model_dir,
+        engine=engine,
+        null_tokens_per_s=null_tokens_per_s,
+        ts_workers=ts_workers,
     )
     workdir.mkdir(parents=True, exist_ok=True)
     report: dict[str, dict[str, Any]] = {s: {"shapes": {}} for s in sides}
@@ -400,7 +405,7 @@ def run(
     finally:
         for side in running.values():
             side.stop()
-    engine_load = {"engine": engine}
+    engine_load: dict[str, Any] = {"engine": engine, "ts_workers": cfg.minWorkers}
     if engine == "null":
         engine_load["null_tokens_per_s"] = null_tokens_per_s
     return _summary(report, shapes=shapes, rounds=rounds, warmup=warmup, engine=engine_load)
@@ -415,12 +420,19 @@ ENGINES = {
 
 
 def bench_config(
-    config: Path, *, model_dir: Path, engine: str = "model", null_tokens_per_s: float = 0
+    config: Path,
+    *,
+    model_dir: Path,
+    engine: str = "model",
+    null_tokens_per_s: float = 0,
+    ts_workers: int | None = None,
 ) -> tuple[Any, str]:
     """The model config every side serves, pointed at ``model_dir``, and the served name.
 
     ``engine="null"`` adds the null engine to the engine args and its rate to the engine's
     environment (:mod:`tsvllm.bench.null_tokens`): both sides get it the same way.
+    ``ts_workers`` sets the TorchServe sides' workers (``minWorkers`` and ``maxWorkers``;
+    each runs its own engine); vLLM's server (a) keeps its one engine.
     """
     from tsvllm.bench.null_tokens import EXECUTOR, TOKENS_PER_S_ENV
     from tsvllm.config import load_model_config
@@ -440,8 +452,11 @@ def bench_config(
             "distributed_executor_backend": EXECUTOR,
         }
         update["env"] = {**cfg.handler.env, TOKENS_PER_S_ENV: str(null_tokens_per_s)}
+    if ts_workers is not None and ts_workers < 1:
+        raise ValueError(f"--ts-workers {ts_workers}: use 1 or more")
+    workers = {"minWorkers": ts_workers, "maxWorkers": ts_workers} if ts_workers else {}
     # every side gets the same handler section, pointed at the same model folder
-    cfg = cfg.model_copy(update={"handler": cfg.handler.model_copy(update=update)})
+    cfg = cfg.model_copy(update={"handler": cfg.handler.model_copy(update=update), **workers})
     return cfg, served
 
 
@@ -582,6 +597,7 @@ def main(
     plot_path: str | None,
     engine: str = "model",
     null_tokens_per_s: float = 0,
+    ts_workers: int | None = None,
 ) -> int:
     if plot_path:  # before the run: never a failure after a long one
         check_plot(Path(plot_path))
@@ -595,6 +611,7 @@ def main(
         sides=sides,
         engine=engine,
         null_tokens_per_s=null_tokens_per_s,
+        ts_workers=ts_workers,
     )
     print(render(report))
     if json_path:
