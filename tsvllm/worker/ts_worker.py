@@ -94,6 +94,9 @@ def install_worker_path(*, lean: bool = True) -> None:
       ``self._entry_point=...`` and the ``PredictionTime`` metric (the frontend's own
       ``ts_inference_latency_microseconds`` still measures each request).
 
+    The lean path also runs the worker's event loop on uvloop (:func:`_use_uvloop`), as
+    vLLM's own server does.
+
     Stream chunks and final replies are written from the loop, in order, those of one loop
     turn in one ``sendall`` (:class:`_FrameWriter`), under :data:`_SOCKET_LOCK` (TorchServe
     wrote them from two threads unguarded). A handler that raises gets a per-request 500,
@@ -129,12 +132,32 @@ def install_worker_path(*, lean: bool = True) -> None:
         AsyncService.call_predict = _call_predict
         _WRITER.coalesce = True
         _METRICS.batching = True
-        path = "lean path"
+        path = f"lean path on {_use_uvloop()}"
     else:
         AsyncService.send_responses = _locked_send_responses
         path = "TorchServe's path with the socket lock"
     logger.info("TorchServe %s worker path: %s", ts_version, path)
     _installed = True
+
+
+def _use_uvloop() -> str:
+    """Make the worker's event loop a uvloop loop, as vLLM's own server runs on (uvicorn
+    picks uvloop when it is installed); returns what the loop is, for the log line.
+
+    TorchServe runs the main thread's default loop (``asyncio.get_event_loop()``), which
+    nothing has created yet when ``initialize`` starts: the loop set here is the one the
+    engine starts on and every request runs on. Everything the worker does per request
+    and per token (vLLM's output handler, its ZeroMQ sockets, the request core) runs on it;
+    asyncio's own loop is pure Python.
+    """
+    import asyncio
+
+    try:
+        import uvloop
+    except ImportError:
+        return "asyncio (uvloop is not installed: pip install uvloop)"
+    asyncio.set_event_loop(uvloop.new_event_loop())
+    return "uvloop"
 
 
 def _locked_send_responses(self: Any) -> None:
