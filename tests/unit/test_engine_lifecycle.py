@@ -107,16 +107,17 @@ def test_a_start_with_no_time_left_leaves_the_load_to_torchserves_timeout(
     """No failed LOAD reply (TorchServe 0.12 may lose a queued request on that path): the
     worker waits for the frontend to end the load at startupTimeout and start a new one."""
     monkeypatch.setattr(handler_module, "FIRST_RETRY_DELAY_S", 0.05)
-    monkeypatch.setattr(handler_module, "LOAD_MARGIN_S", CONFIG["startupTimeout"] - 0.3)
+    # 1 s of the load left: room for a retry on a loaded machine (0.3 s once had only one)
+    monkeypatch.setattr(handler_module, "LOAD_MARGIN_S", CONFIG["startupTimeout"] - 1.0)
     handler = make(engine, failures=[OSError(f"engine core died #{i}") for i in range(99)])
     with pytest.raises(LoadLeftUnanswered) as info:
         loaded(handler)
     reason, left_s = info.value.args
     attempts = type(handler).attempts
-    assert 2 <= attempts < 10  # retried, within the load's time
+    assert 2 <= attempts < 12  # retried, within the load's time
     last = f"OSError: engine core died #{attempts - 1}; attempt {attempts}"
     assert reason == f"the engine did not start ({last})"
-    assert left_s < 0.3 and handler.engine is None
+    assert left_s < 1.0 and handler.engine is None
 
 
 def test_a_final_failure_loads_so_that_every_request_gets_the_reason(engine, loaded):
