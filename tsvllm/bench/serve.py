@@ -221,8 +221,12 @@ def plot(report: dict[str, Any], path: Path) -> None:
             ax.set_xticks([x + width * (len(sides) - 1) / 2 for x in range(len(modes))], modes)
             ax.set_title(f"{shape}: {label}")
             ax.legend(fontsize=8)
-    fig.suptitle(report["title"])
-    fig.tight_layout()
+    import textwrap
+
+    title = textwrap.fill(report["title"], 110)
+    fig.suptitle(title)
+    # room at the top for the title's lines (tight_layout alone lets it overlap the panels)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 * (title.count("\n") + 1.5) / fig.get_figheight()))
     fig.savefig(path)
 
 
