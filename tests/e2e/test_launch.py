@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -37,7 +38,12 @@ from tests.e2e.streams import (
     short_request,
     start_streams,
 )
+from tsvllm.bench.serve import bench_config
+from tsvllm.config import dump_model_config
 
+CONFIG = Path(__file__).parents[2] / "model_configs" / "tiny-cpu.yaml"
+#: the null engine's steps per second for the keyed server: one token per stream per step
+PACE = 100
 CHAT = {"model": "launched", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 
 
@@ -105,9 +111,20 @@ class TestWithoutTokenAuth:
 
 @pytest.fixture(scope="class")
 def keyed_launch(tmp_path_factory, tiny_model) -> Iterator[Launch]:
-    # a drain timeout of 0 (end what runs at once), for the class's last test: on an idle
-    # machine the tiny model finished LONG streams within a 1 s timeout
-    yield from launched(tmp_path_factory, tiny_model, "--drain-timeout", "0")
+    """Token auth on; a drain timeout of 0 (end what runs at once), for the class's last
+    test; and the bench's null engine at :data:`PACE` steps a second (the real TorchServe,
+    worker, AsyncLLM and EngineCore; no forward pass), so that a LONG stream lasts 15 s
+    here. Both drain tests need streams still running when the drain comes, and on an idle
+    machine the tiny model finished 1,500-token streams in the engine within a second or
+    two (the frontend was still sending them to their clients)."""
+    cfg, _ = bench_config(CONFIG, model_dir=tiny_model, engine="null", null_tokens_per_s=PACE)
+    cfg = cfg.model_copy(
+        update={"handler": cfg.handler.model_copy(update={"served_model_name": ["launched"]})}
+    )
+    config = dump_model_config(cfg, tmp_path_factory.mktemp("keyed") / "model-config.yaml")
+    yield from launched(
+        tmp_path_factory, tiny_model, "--config", str(config), "--drain-timeout", "0"
+    )
 
 
 def key_of(la: Launch) -> str:
@@ -164,9 +181,6 @@ class TestWithTokenAuth:
         url = f"{la.url}/chat/completions"
         auth = {"Authorization": f"Bearer {key_of(la)}"}
         session = la.proc.pid
-        # 4, not 12: here the server ran 8 streams at once; the others got their first event
-        # only as earlier ones ended, so by the time all 12 had started, the tiny model had
-        # finished some (once all) of them
         running = start_streams(url, model="launched", max_tokens=LONG, headers=auth, count=4)
         sent = time.monotonic()
         la.proc.send_signal(signal.SIGTERM)
