@@ -434,3 +434,12 @@ def test_a_batched_line_has_the_dimensions_torchserve_gives_a_requests_line(capl
         batch.flush()
         assert lines() == per_request
     assert any("ModelName:tiny" in ln and "Level:Model" in ln for ln in per_request), per_request
+
+
+def test_a_metric_batched_outside_the_event_loop_is_written_at_once():
+    metrics = RecordingMetrics()
+    batch = ts_worker._MetricBatch()
+    batch.add(metrics, counters=[("PromptTokens", 2, {})], times_ms=(), histograms_s=())
+    assert metrics.lines == [
+        ("counter", "PromptTokens", 2, {"ModelName": "tiny", "Level": "Model"})
+    ]

@@ -517,7 +517,12 @@ class _MetricBatch:
             self._gauges[(name, tuple(dims.items()))] = value
         self._histograms.extend(histograms_s)
         if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(METRICS_FLUSH_S, self.flush)
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # outside the loop (none runs yet): write at once
+                self.flush()
+                return
+            self._timer = loop.call_later(METRICS_FLUSH_S, self.flush)
 
     def flush(self) -> None:
         """Write what is pending now."""
