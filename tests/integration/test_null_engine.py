@@ -9,8 +9,8 @@ from openai.types import Completion
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from tests.integration.engines import running_engine
-from tsvllm.bench.null_tokens import EXECUTOR, NullTokens
 from tsvllm.engine.base import Api
+from tsvllm.engine.null_tokens import EXECUTOR, NullTokens
 
 ENGINE_ARGS = {
     "max_model_len": 1024,
@@ -31,7 +31,7 @@ def engine(tiny_model):
 def expected_text(tiny_model) -> str:
     from transformers import AutoTokenizer
 
-    from tsvllm.bench.null_executor import token_ids
+    from tsvllm.engine.null_executor import token_ids
 
     ids = token_ids(str(tiny_model))
     assert len(ids) < TOKENS

@@ -1,4 +1,4 @@
-"""The null engine's bookkeeping (tsvllm.bench.null_tokens): which scheduled requests sample a
+"""The null engine's bookkeeping (tsvllm.engine.null_tokens): which scheduled requests sample a
 token in a step, which token, and the pace of steps; how ``--engine null`` reaches every
 side's engine args, and ``--ts-workers`` the TorchServe sides' workers."""
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tsvllm.bench import serve
-from tsvllm.bench.null_tokens import EXECUTOR, TOKENS_PER_S_ENV, NullTokens, Pace
+from tsvllm.engine.null_tokens import EXECUTOR, TOKENS_PER_S_ENV, NullTokens, Pace
 
 CONFIG = Path(__file__).parents[2] / "model_configs" / "tiny-cpu.yaml"
 

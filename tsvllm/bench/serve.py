@@ -418,7 +418,7 @@ def run(
 #: ``--engine``: what generates the tokens on every side
 ENGINES = {
     "model": "the model, run by vLLM",
-    "null": "no model: tsvllm.bench.null_executor answers every step at once (or at "
+    "null": "no model: tsvllm.engine.null_executor answers every step at once (or at "
     "--null-tokens-per-s), so only the serving layer is measured",
 }
 
@@ -434,12 +434,12 @@ def bench_config(
     """The model config every side serves, pointed at ``model_dir``, and the served name.
 
     ``engine="null"`` adds the null engine to the engine args and its rate to the engine's
-    environment (:mod:`tsvllm.bench.null_tokens`): both sides get it the same way.
+    environment (:mod:`tsvllm.engine.null_tokens`): both sides get it the same way.
     ``ts_workers`` sets the TorchServe sides' workers (``minWorkers`` and ``maxWorkers``;
     each runs its own engine); vLLM's server (a) keeps its one engine.
     """
-    from tsvllm.bench.null_tokens import EXECUTOR, TOKENS_PER_S_ENV
     from tsvllm.config import load_model_config
+    from tsvllm.engine.null_tokens import EXECUTOR, TOKENS_PER_S_ENV
 
     if engine not in ENGINES:
         raise ValueError(f"--engine {engine}: choose from {', '.join(ENGINES)}")

@@ -1,5 +1,5 @@
 """What the bench's null engine "generates": which requests of a step get a token, which token,
-and how fast (no vLLM here; :mod:`tsvllm.bench.null_executor` adapts it to vLLM's executor).
+and how fast (no vLLM here; :mod:`tsvllm.engine.null_executor` adapts it to vLLM's executor).
 
 A request samples a token in the step where its last known token is computed: its prompt's
 last chunk, then every decode step. Tokens come from a fixed cycle of real token ids (the
@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 #: ``distributed_executor_backend`` that selects the null engine (vLLM imports it by name)
-EXECUTOR = "tsvllm.bench.null_executor.NullExecutor"
+EXECUTOR = "tsvllm.engine.null_executor.NullExecutor"
 #: environment variable the null engine reads when it starts: steps per second (each step gives
 #: every running request one token); unset or 0: no wait
 TOKENS_PER_S_ENV = "TSVLLM_NULL_TOKENS_PER_S"

@@ -4,13 +4,14 @@ vLLM runs everything else for real: its API server or tsvllm's handler, input pr
 ``AsyncLLM`` and its detokenizer, the ``EngineCore`` process and its scheduler. Only the
 forward pass is gone: :class:`NullExecutor` answers each scheduled step at once (or at
 ``TSVLLM_NULL_TOKENS_PER_S`` steps per second) with real token ids of the served model's
-tokenizer (:mod:`tsvllm.bench.null_tokens`). Both sides of the bench get it the same way,
+tokenizer (:mod:`tsvllm.engine.null_tokens`). Both sides of the bench get it the same way,
 through vLLM's own engine arg ``distributed_executor_backend`` (a class's qualified name;
 vLLM 0.32's ``Executor.get_class``), so the request path has no branch for it and what is
 left to measure is the serving layer.
 
-This is the bench's one vLLM import, apart from :mod:`tsvllm.engine.vllm_engine`: it follows
-vLLM's executor interface (``vllm/v1/executor/abstract.py``), and changes when that does.
+It lives beside :mod:`tsvllm.engine.vllm_engine` because it imports vLLM's internals (the
+executor interface, ``vllm/v1/executor/abstract.py``): when vLLM moves them, ``tsvllm/engine/``
+is the folder to change. Nothing in the serving path imports it; vLLM loads it by name.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from vllm.v1.executor.abstract import Executor
 from vllm.v1.kv_cache_interface import FullAttentionSpec
 from vllm.v1.outputs import ModelRunnerOutput
 
-from tsvllm.bench.null_tokens import TEXT, TOKENS_PER_S_ENV, NullTokens, Pace
+from tsvllm.engine.null_tokens import TEXT, TOKENS_PER_S_ENV, NullTokens, Pace
 
 #: KV cache the scheduler may hand out: blocks of one small layer (no memory is used)
 _BLOCK_SIZE = 16
@@ -38,7 +39,7 @@ _NO_OPS = frozenset(
 
 
 def token_ids(tokenizer_path: str, *, trust_remote_code: bool = False) -> list[int]:
-    """The token ids of :data:`~tsvllm.bench.null_tokens.TEXT` in the served model's tokenizer."""
+    """The token ids of :data:`~tsvllm.engine.null_tokens.TEXT` in the served model's tokenizer."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, trust_remote_code=trust_remote_code)
